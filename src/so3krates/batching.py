@@ -1,0 +1,264 @@
+"""Padded, fixed-shape batches of structures (graphs) for the model.
+
+Every batch is padded to one of a few capacities ``(n_atoms, n_pairs, n_structures)`` so
+that jit-compiled functions see only a handful of shapes. Padding atoms have ``Z = 0`` and
+belong to a padding structure; padding pairs point at a padding atom and are masked out.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from so3krates.neighbours import NeighbourList, neighbour_list
+
+
+class Graph(NamedTuple):
+    """A padded batch of structures. Shapes use N atoms, P pairs, S structures (padded).
+
+    Attributes:
+        positions: Cartesian positions in Å, (N, 3).
+        numbers: atomic numbers, 0 for padding atoms, (N,) int32.
+        structure: structure index of each atom, (N,) int32.
+        centers: atom ``i`` of each pair, (P,) int32.
+        neighbors: atom ``j`` of each pair, (P,) int32.
+        shifts: lattice shift of each pair in cell-vector units, (P, 3) float.
+        cells: lattice vectors as rows in Å, (S, 3, 3).
+        atom_mask: True for real atoms, (N,).
+        pair_mask: True for real pairs, (P,).
+        structure_mask: True for real structures, (S,).
+    """
+
+    positions: np.ndarray
+    numbers: np.ndarray
+    structure: np.ndarray
+    centers: np.ndarray
+    neighbors: np.ndarray
+    shifts: np.ndarray
+    cells: np.ndarray
+    atom_mask: np.ndarray
+    pair_mask: np.ndarray
+    structure_mask: np.ndarray
+
+
+class Labels(NamedTuple):
+    """Reference labels for a padded batch (NaN or padding entries are masked).
+
+    Attributes:
+        energy: total energies in eV, (S,) float64.
+        forces: forces in eV/Å, (N, 3).
+        energy_mask: (S,) bool.
+        forces_mask: (N, 3) bool.
+    """
+
+    energy: np.ndarray
+    forces: np.ndarray
+    energy_mask: np.ndarray
+    forces_mask: np.ndarray
+
+
+class Capacity(NamedTuple):
+    """Padded sizes of a batch: atoms, pairs and structures (each including one padding)."""
+
+    atoms: int
+    pairs: int
+    structures: int
+
+
+def round_up(n: int, multiple: int) -> int:
+    """Smallest multiple of ``multiple`` that is >= n."""
+    return int(math.ceil(n / multiple) * multiple)
+
+
+def bucket_ladder(
+    max_atoms: int, max_pairs: int, structures: int, n_buckets: int = 3, ratio: float = 0.6
+) -> list[Capacity]:
+    """A few capacities, geometrically spaced below the largest needed batch.
+
+    The largest bucket fits every batch; smaller ones (scaled by ``ratio``) cut the padding
+    waste for smaller batches without creating more than ``n_buckets`` compiled shapes.
+    """
+    ladder = []
+    for k in range(n_buckets):
+        s = ratio**k
+        cap = Capacity(
+            atoms=round_up(int(max_atoms * s) + 1, 8),
+            pairs=round_up(int(max_pairs * s) + 1, 64),
+            structures=structures + 1,
+        )
+        if not ladder or cap.atoms < ladder[-1].atoms and cap.pairs < ladder[-1].pairs:
+            ladder.append(cap)
+    return ladder[::-1]  # smallest first
+
+
+def choose_capacity(ladder: Sequence[Capacity], n_atoms: int, n_pairs: int) -> Capacity:
+    """The smallest capacity of ``ladder`` that holds ``n_atoms`` real atoms and ``n_pairs`` pairs."""
+    for cap in ladder:
+        if n_atoms < cap.atoms and n_pairs <= cap.pairs:
+            return cap
+    raise ValueError(
+        f"batch with {n_atoms} atoms and {n_pairs} pairs exceeds the largest capacity {ladder[-1]}"
+    )
+
+
+def pack(
+    numbers: Sequence[np.ndarray],
+    positions: Sequence[np.ndarray],
+    cells: np.ndarray,
+    neighbour_lists: Sequence[NeighbourList],
+    capacity: Capacity,
+    dtype=np.float32,
+) -> Graph:
+    """Concatenate structures into one padded :class:`Graph` of the given capacity.
+
+    The last atom (index ``capacity.atoms - 1``) and the last structure are padding, so every
+    padded array has at least one slot to point at.
+    """
+    n_struct = len(numbers)
+    counts = np.array([len(z) for z in numbers])
+    n_atoms = int(counts.sum())
+    n_pairs = int(sum(len(nl.centers) for nl in neighbour_lists))
+    if n_atoms >= capacity.atoms or n_pairs > capacity.pairs or n_struct >= capacity.structures:
+        raise ValueError(
+            f"{n_struct} structures, {n_atoms} atoms, {n_pairs} pairs do not fit {capacity}"
+        )
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    pad_atom = capacity.atoms - 1
+    pad_struct = capacity.structures - 1
+
+    pos = np.zeros((capacity.atoms, 3), dtype=dtype)
+    z = np.zeros(capacity.atoms, dtype=np.int32)
+    structure = np.full(capacity.atoms, pad_struct, dtype=np.int32)
+    if n_struct:
+        pos[:n_atoms] = np.concatenate(positions)
+        z[:n_atoms] = np.concatenate(numbers)
+        structure[:n_atoms] = np.repeat(np.arange(n_struct, dtype=np.int32), counts)
+    # Padding atoms sit far apart from each other so that no geometry is ever degenerate.
+    pos[n_atoms:, 0] = 1000.0 + 10.0 * np.arange(capacity.atoms - n_atoms)
+
+    centers = np.full(capacity.pairs, pad_atom, dtype=np.int32)
+    neighbors = np.full(capacity.pairs, pad_atom, dtype=np.int32)
+    shifts = np.zeros((capacity.pairs, 3), dtype=dtype)
+    if n_pairs:
+        centers[:n_pairs] = np.concatenate([nl.centers + o for nl, o in zip(neighbour_lists, offsets)])
+        neighbors[:n_pairs] = np.concatenate(
+            [nl.neighbors + o for nl, o in zip(neighbour_lists, offsets)]
+        )
+        shifts[:n_pairs] = np.concatenate([nl.shifts for nl in neighbour_lists])
+    cell = np.zeros((capacity.structures, 3, 3), dtype=dtype)
+    cell[:n_struct] = cells
+
+    return Graph(
+        positions=pos,
+        numbers=z,
+        structure=structure,
+        centers=centers,
+        neighbors=neighbors,
+        shifts=shifts,
+        cells=cell,
+        atom_mask=np.arange(capacity.atoms) < n_atoms,
+        pair_mask=np.arange(capacity.pairs) < n_pairs,
+        structure_mask=np.arange(capacity.structures) < n_struct,
+    )
+
+
+def pack_labels(
+    energy: np.ndarray, forces: Sequence[np.ndarray], capacity: Capacity
+) -> Labels:
+    """Padded labels matching :func:`pack`; NaN labels and padding are masked."""
+    n_struct = len(energy)
+    e = np.zeros(capacity.structures, dtype=np.float64)
+    e[:n_struct] = energy
+    f = np.zeros((capacity.atoms, 3), dtype=np.float64)
+    if forces:
+        cat = np.concatenate(forces)
+        f[: len(cat)] = cat
+    e_mask = np.isfinite(e) & (np.arange(capacity.structures) < n_struct)
+    f_mask = np.isfinite(f)
+    f_mask[sum(len(x) for x in forces):] = False
+    return Labels(
+        energy=np.where(e_mask, e, 0.0),
+        forces=np.where(f_mask, f, 0.0),
+        energy_mask=e_mask,
+        forces_mask=f_mask,
+    )
+
+
+def single_graph(
+    numbers: np.ndarray,
+    positions: np.ndarray,
+    cell: np.ndarray,
+    pbc: np.ndarray,
+    cutoff: float,
+    capacity: Capacity | None = None,
+    dtype=np.float32,
+) -> tuple[Graph, Capacity]:
+    """One structure as a :class:`Graph`; the capacity grows (with headroom) only when needed.
+
+    Reusing the returned capacity on the next call keeps the compiled shape while atoms move
+    and the pair count fluctuates.
+    """
+    nl = neighbour_list(positions, cell, pbc, cutoff)
+    n, p = len(numbers), len(nl.centers)
+    if capacity is None or n >= capacity.atoms or p > capacity.pairs:
+        capacity = Capacity(
+            atoms=round_up(n + 1, 8),
+            pairs=max(round_up(int(p * 1.25) + 1, 64), capacity.pairs if capacity else 0),
+            structures=2,
+        )
+    graph = pack([numbers], [positions], np.asarray(cell)[None], [nl], capacity, dtype=dtype)
+    return graph, capacity
+
+
+class GraphDataset:
+    """A dataset with precomputed neighbour lists, served as padded batches.
+
+    Capacities come from a short ladder (``n_buckets``) sized for the largest possible batch
+    of ``batch_size`` structures, so training compiles at most ``n_buckets`` shapes whatever
+    the molecule sizes and neighbour counts.
+    """
+
+    def __init__(self, data, cutoff: float, batch_size: int, n_buckets: int = 3, dtype=np.float32):
+        self.data = data
+        self.batch_size = batch_size
+        self.dtype = dtype
+        self.neighbour_lists = [
+            neighbour_list(r, c, p, cutoff) for r, c, p in zip(data.positions, data.cells, data.pbc)
+        ]
+        n_atoms = np.sort(data.n_atoms)[::-1]
+        n_pairs = np.sort([len(nl.centers) for nl in self.neighbour_lists])[::-1]
+        b = min(batch_size, len(data))
+        self.ladder = bucket_ladder(
+            int(n_atoms[:b].sum()), int(n_pairs[:b].sum()), batch_size, n_buckets
+        )
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def batch(self, indices: Sequence[int]) -> tuple[Graph, Labels]:
+        """Structures ``indices`` (at most ``batch_size``) as a padded graph with labels."""
+        d = self.data
+        nls = [self.neighbour_lists[k] for k in indices]
+        n_atoms = int(sum(len(d.numbers[k]) for k in indices))
+        cap = choose_capacity(self.ladder, n_atoms, sum(len(nl.centers) for nl in nls))
+        graph = pack(
+            [d.numbers[k] for k in indices],
+            [d.positions[k] for k in indices],
+            d.cells[np.asarray(indices, dtype=np.int64)],
+            nls,
+            cap,
+            self.dtype,
+        )
+        labels = pack_labels(d.energy[np.asarray(indices, dtype=np.int64)], [d.forces[k] for k in indices], cap)
+        return graph, labels
+
+    def batches(self, order: Sequence[int] | None = None, start: int = 0):
+        """Yield ``(graph, labels)`` for consecutive chunks of ``order``, from chunk ``start``."""
+        order = np.arange(len(self)) if order is None else np.asarray(order)
+        for s in range(start * self.batch_size, len(order), self.batch_size):
+            yield self.batch(order[s : s + self.batch_size])
+
+    def num_batches(self) -> int:
+        return -(-len(self) // self.batch_size)

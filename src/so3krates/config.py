@@ -1,0 +1,125 @@
+"""Validated configuration: model hyperparameters, data, training (pydantic, YAML on disk).
+
+Defaults are the published SO3krates reference settings. ``--set a.b=value`` overrides use
+:func:`apply_overrides`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Strict):
+    """SO3krates hyperparameters (see ``shared/docs/so3krates-model.md``)."""
+
+    features: int = Field(128, gt=0)
+    num_layers: int = Field(2, gt=0)
+    num_heads: int = Field(4, gt=0)
+    degrees: list[int] = [1, 2, 3, 4]
+    cutoff: float = Field(5.0, gt=0, description="Å")
+    num_radial: int = Field(32, gt=0)
+    radial_basis: Literal["bernstein", "gaussian", "bessel"] = "bernstein"
+    cutoff_fn: Literal["cosine", "polynomial"] = "cosine"
+    layer_norm: bool = False
+    residual_mlp: bool = True
+    dtype: Literal["float32", "float64"] = "float32"
+
+    @field_validator("degrees")
+    @classmethod
+    def _degrees(cls, v: list[int]) -> list[int]:
+        if not v or any(l < 1 for l in v) or len(set(v)) != len(v):
+            raise ValueError("degrees must be distinct integers >= 1")
+        return sorted(v)
+
+
+class DataConfig(_Strict):
+    """Where the data is, how to read it, and how to split it."""
+
+    path: str | None = None
+    format: str | None = None
+    energy_key: str = "energy"
+    forces_key: str = "forces"
+    energy_unit: str = "eV"
+    length_unit: str = "Angstrom"
+    nan_labels: Literal["error", "mask"] = "error"
+    n_train: int = Field(950, gt=0)
+    n_valid: int = Field(50, gt=0)
+    n_test: int | None = Field(None, ge=0, description="None: all remaining structures")
+    split_seed: int = 0
+    shuffle_split: bool = True
+
+
+class TrainingConfig(_Strict):
+    """Optimisation, validation, checkpoints and budgets."""
+
+    seed: int = 0
+    batch_size: int = Field(5, gt=0)
+    energy_weight: float = Field(0.01, ge=0)
+    forces_weight: float = Field(0.99, ge=0)
+    optimizer: Literal["adam", "amsgrad"] = "amsgrad"
+    learning_rate: float = Field(1e-3, gt=0)
+    schedule: Literal["exponential", "constant"] = "exponential"
+    decay_rate: float = Field(0.1, gt=0, le=1)
+    decay_steps: int = Field(100_000, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    plateau_patience: int = Field(0, ge=0, description="validations; 0 disables")
+    plateau_factor: float = Field(0.5, gt=0, lt=1)
+    grad_clip: float | None = Field(10.0, gt=0)
+    ema_decay: float | None = Field(0.99, ge=0, lt=1)
+    max_epochs: int = Field(2000, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    max_time_minutes: float | None = Field(None, gt=0)
+    valid_every: int = Field(200, gt=0, description="steps between validations")
+    checkpoint_every: int | None = Field(None, gt=0, description="steps; default valid_every")
+    early_stopping_patience: int | None = Field(None, gt=0, description="validations")
+    buckets: int = Field(3, gt=0)
+    progress: bool = True
+
+
+class Config(_Strict):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    training: TrainingConfig = TrainingConfig()
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` strings (values parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {key}: {p} is not a section")
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the defaults), apply overrides, and validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text()
+        raw = yaml.safe_load(text) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level")
+    apply_overrides(raw, overrides or [])
+    return Config.model_validate(raw)
+
+
+def dump_yaml(obj: dict, path: Path) -> None:
+    """Write a dict as YAML atomically."""
+    from so3krates.fileio import atomic_write_bytes
+
+    atomic_write_bytes(path, yaml.safe_dump(obj, sort_keys=False).encode())

@@ -1,0 +1,155 @@
+"""An in-memory dataset of labelled structures, in ASE units.
+
+Structures may differ in size. Every array is NumPy on the host; batching and padding for the
+model happen later (``so3krates.batching``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """Raised for input data that cannot be used: the message says what is wrong and where."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Labelled structures.
+
+    Attributes:
+        numbers: per structure, atomic numbers, shape (n_i,), int.
+        positions: per structure, Cartesian positions in Å, shape (n_i, 3), float64.
+        cells: lattice vectors as rows in Å, shape (S, 3, 3); zeros for molecules.
+        pbc: periodic directions, shape (S, 3), bool.
+        energy: total energies in eV, shape (S,), float64; NaN where a label is missing.
+        forces: per structure, forces in eV/Å, shape (n_i, 3); NaN where missing.
+        source: where the data came from (for messages).
+    """
+
+    numbers: list[np.ndarray]
+    positions: list[np.ndarray]
+    cells: np.ndarray
+    pbc: np.ndarray
+    energy: np.ndarray
+    forces: list[np.ndarray]
+    source: str = "<memory>"
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    @property
+    def n_atoms(self) -> np.ndarray:
+        """Number of atoms per structure, shape (S,)."""
+        return np.array([len(z) for z in self.numbers], dtype=np.int64)
+
+    @property
+    def elements(self) -> list[int]:
+        """Sorted atomic numbers present in the dataset."""
+        return sorted({int(z) for zs in self.numbers for z in np.unique(zs)})
+
+    def subset(self, indices: np.ndarray) -> "Dataset":
+        """The structures at ``indices``, in that order."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return Dataset(
+            numbers=[self.numbers[k] for k in idx],
+            positions=[self.positions[k] for k in idx],
+            cells=self.cells[idx],
+            pbc=self.pbc[idx],
+            energy=self.energy[idx],
+            forces=[self.forces[k] for k in idx],
+            source=self.source,
+        )
+
+    def to_atoms(self, k: int):
+        """Structure ``k`` as an ``ase.Atoms`` (no labels attached)."""
+        from ase import Atoms
+
+        return Atoms(
+            numbers=self.numbers[k],
+            positions=self.positions[k],
+            cell=self.cells[k],
+            pbc=self.pbc[k],
+        )
+
+
+def validate(
+    data: Dataset,
+    *,
+    nan_labels: str = "error",
+    min_distance: float = 0.1,
+) -> Dataset:
+    """Check a dataset and return it; raise ``DataError`` with a precise message otherwise.
+
+    Args:
+        data: the dataset to check.
+        nan_labels: ``"error"`` rejects NaN/inf labels; ``"mask"`` keeps them (they are
+            masked in the loss and in metrics).
+        min_distance: atoms closer than this (Å) are reported as overlapping.
+    """
+    where = data.source
+    if len(data) == 0:
+        raise DataError(f"{where}: no structures found (empty file?)")
+    if nan_labels not in ("error", "mask"):
+        raise DataError(f"nan_labels must be 'error' or 'mask', got {nan_labels!r}")
+    for k, (z, r, f) in enumerate(zip(data.numbers, data.positions, data.forces)):
+        if z.ndim != 1 or len(z) == 0:
+            raise DataError(f"{where}: structure {k} has no atoms")
+        if r.shape != (len(z), 3):
+            raise DataError(
+                f"{where}: structure {k}: positions have shape {r.shape}, "
+                f"expected ({len(z)}, 3) for {len(z)} atoms"
+            )
+        if f.shape != (len(z), 3):
+            raise DataError(
+                f"{where}: structure {k}: forces have shape {f.shape}, "
+                f"expected ({len(z)}, 3) for {len(z)} atoms"
+            )
+        if np.any(z < 1) or np.any(z > 118):
+            raise DataError(f"{where}: structure {k}: atomic numbers out of range 1..118: {z}")
+        if not np.all(np.isfinite(r)):
+            raise DataError(f"{where}: structure {k}: positions contain NaN or inf")
+        if nan_labels == "error" and not np.all(np.isfinite(f)):
+            raise DataError(
+                f"{where}: structure {k}: forces contain NaN or inf "
+                "(set data.nan_labels=mask to train with missing labels masked)"
+            )
+    if data.cells.shape != (len(data), 3, 3) or data.pbc.shape != (len(data), 3):
+        raise DataError(f"{where}: cells/pbc do not match the number of structures")
+    if data.energy.shape != (len(data),):
+        raise DataError(
+            f"{where}: {data.energy.shape[0] if data.energy.ndim else 0} energies "
+            f"for {len(data)} structures"
+        )
+    bad = ~np.isfinite(data.energy)
+    if nan_labels == "error" and bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"{where}: {int(bad.sum())} energies are NaN or inf (first: structure {k}); "
+            "set data.nan_labels=mask to train with missing labels masked"
+        )
+    if bad.all() and not any(np.isfinite(f).any() for f in data.forces):
+        raise DataError(f"{where}: no finite energy or force label at all")
+    for k in range(len(data)):
+        if data.pbc[k].any():
+            vol = abs(np.linalg.det(data.cells[k]))
+            if vol < 1e-6:
+                raise DataError(f"{where}: structure {k} is periodic but its cell has no volume")
+    _check_overlaps(data, min_distance)
+    return data
+
+
+def _check_overlaps(data: Dataset, min_distance: float) -> None:
+    from so3krates.neighbours import neighbour_list
+
+    for k in range(len(data)):
+        nl = neighbour_list(data.positions[k], data.cells[k], data.pbc[k], cutoff=min_distance)
+        if len(nl.centers):
+            i, j = int(nl.centers[0]), int(nl.neighbors[0])
+            raise DataError(
+                f"{data.source}: structure {k}: atoms {i} and {j} overlap "
+                f"(closer than {min_distance} Å)"
+            )
+

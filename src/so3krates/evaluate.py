@@ -1,0 +1,48 @@
+"""Honest evaluation: energy and force errors per structure, per atom and per component."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from so3krates.batching import GraphDataset
+from so3krates.data import Dataset
+
+
+def predict_dataset(
+    predict_fn: Callable, params, graphs: GraphDataset
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Energies (S,) and per-structure forces of every structure of ``graphs``, in order."""
+    energies, forces = [], []
+    for graph, _ in graphs.batches():
+        pred = predict_fn(params, graph)
+        n_struct = int(graph.structure_mask.sum())
+        e = np.asarray(pred.energy)[:n_struct]
+        f = np.asarray(pred.forces, dtype=np.float64)
+        counts = np.bincount(np.asarray(graph.structure)[graph.atom_mask], minlength=n_struct)
+        energies.append(e)
+        forces.extend(np.split(f[: counts.sum()], np.cumsum(counts)[:-1]))
+    return np.concatenate(energies), forces
+
+
+def error_metrics(
+    data: Dataset, energy: np.ndarray, forces: list[np.ndarray]
+) -> dict[str, float]:
+    """MAE/RMSE of energies (eV, and eV/atom) and force components (eV/Å); NaN labels skipped."""
+    n_atoms = data.n_atoms
+    e_ok = np.isfinite(data.energy)
+    de = (energy - data.energy)[e_ok]
+    df = np.concatenate([(p - r).ravel() for p, r in zip(forces, data.forces)])
+    df = df[np.isfinite(df)]
+    nan = float("nan")
+    return {
+        "n_structures": int(len(data)),
+        "n_atoms_total": int(n_atoms.sum()),
+        "energy_mae": float(np.mean(np.abs(de))) if de.size else nan,
+        "energy_rmse": float(np.sqrt(np.mean(de**2))) if de.size else nan,
+        "energy_mae_per_atom": float(np.mean(np.abs(de) / n_atoms[e_ok])) if de.size else nan,
+        "energy_rmse_per_atom": float(np.sqrt(np.mean((de / n_atoms[e_ok]) ** 2))) if de.size else nan,
+        "forces_mae": float(np.mean(np.abs(df))) if df.size else nan,
+        "forces_rmse": float(np.sqrt(np.mean(df**2))) if df.size else nan,
+    }

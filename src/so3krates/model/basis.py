@@ -1,0 +1,93 @@
+"""Geometry embedding: radial basis, smooth cutoff, real spherical harmonics.
+
+All functions are pure and act on the last axis of per-pair arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import e3x
+import jax.numpy as jnp
+import numpy as np
+from scipy.special import gammaln
+
+
+def bernstein_basis(d: jnp.ndarray, num: int, gamma: float = 0.9448630629184640) -> jnp.ndarray:
+    """Bernstein polynomials of ``exp(-gamma d)``; ``d`` in Å, (P,) -> (P, num).
+
+    Evaluated in log space so that high orders stay finite; ``d`` must be > 0.
+    """
+    k = np.arange(num)
+    log_binom = gammaln(num) - gammaln(k + 1) - gammaln(num - k)
+    log_x = -gamma * d[..., None]
+    log_1mx = jnp.log(-jnp.expm1(log_x))
+    return jnp.exp(log_binom.astype(d.dtype) + k * log_x + (num - 1 - k) * log_1mx)
+
+
+def gaussian_basis(d: jnp.ndarray, num: int, cutoff: float) -> jnp.ndarray:
+    """Gaussians with centres evenly spaced on [0, cutoff]; (P,) -> (P, num)."""
+    centres = jnp.linspace(0.0, cutoff, num, dtype=d.dtype)
+    width = cutoff / num
+    return jnp.exp(-0.5 * ((d[..., None] - centres) / width) ** 2)
+
+
+def bessel_basis(d: jnp.ndarray, num: int, cutoff: float) -> jnp.ndarray:
+    """Spherical Bessel functions sin(n pi d / rc) / d; (P,) -> (P, num)."""
+    n = jnp.arange(1, num + 1, dtype=d.dtype)
+    return jnp.sqrt(2.0 / cutoff) * jnp.sin(n * jnp.pi * d[..., None] / cutoff) / d[..., None]
+
+
+def radial_basis(name: str, d: jnp.ndarray, num: int, cutoff: float) -> jnp.ndarray:
+    """Dispatch on the configured radial basis name."""
+    if name == "bernstein":
+        return bernstein_basis(d, num)
+    if name == "gaussian":
+        return gaussian_basis(d, num, cutoff)
+    if name == "bessel":
+        return bessel_basis(d, num, cutoff)
+    raise ValueError(f"unknown radial basis {name!r}")
+
+
+def cosine_cutoff(d: jnp.ndarray, cutoff: float) -> jnp.ndarray:
+    """0.5 (cos(pi d / rc) + 1) inside the cutoff, 0 outside; value and slope vanish at rc."""
+    return jnp.where(d < cutoff, 0.5 * (jnp.cos(jnp.pi * d / cutoff) + 1.0), 0.0)
+
+
+def polynomial_cutoff(d: jnp.ndarray, cutoff: float) -> jnp.ndarray:
+    """1 - 6u^5 + 15u^4 - 10u^3 with u = d / rc, 0 outside."""
+    u = d / cutoff
+    return jnp.where(d < cutoff, 1.0 - 6.0 * u**5 + 15.0 * u**4 - 10.0 * u**3, 0.0)
+
+
+def cutoff_function(name: str, d: jnp.ndarray, cutoff: float) -> jnp.ndarray:
+    """Dispatch on the configured cutoff function name."""
+    if name == "cosine":
+        return cosine_cutoff(d, cutoff)
+    if name == "polynomial":
+        return polynomial_cutoff(d, cutoff)
+    raise ValueError(f"unknown cutoff function {name!r}")
+
+
+def degree_slices(degrees: Sequence[int]) -> list[slice]:
+    """Slices of each degree's block inside a concatenated EV vector of size sum(2l+1)."""
+    out, start = [], 0
+    for l in degrees:
+        out.append(slice(start, start + 2 * l + 1))
+        start += 2 * l + 1
+    return out
+
+
+def degree_index(degrees: Sequence[int]) -> np.ndarray:
+    """For each component of a concatenated EV vector, the position of its degree in ``degrees``."""
+    return np.concatenate([np.full(2 * l + 1, k) for k, l in enumerate(degrees)])
+
+
+def spherical_harmonics(unit_vectors: jnp.ndarray, degrees: Sequence[int]) -> jnp.ndarray:
+    """Real spherical harmonics (Racah normalised) of the given degrees, concatenated.
+
+    (P, 3) unit vectors -> (P, sum(2l+1)). Each degree block has unit norm for unit input, and
+    rotations act on it by an orthogonal matrix, so squared norms per degree are invariant.
+    """
+    ylm = e3x.so3.spherical_harmonics(unit_vectors, max_degree=max(degrees), r_is_normalized=True)
+    return jnp.concatenate([ylm[..., l * l : (l + 1) * (l + 1)] for l in degrees], axis=-1)

@@ -1,0 +1,50 @@
+"""Neighbour lists with lattice shifts, computed on the host with ``vesin``.
+
+A pair ``(i, j, S)`` means atom ``j`` seen from atom ``i`` through the periodic image
+``S`` (integer multiples of the lattice vectors): ``r_ij = R_j - R_i + S @ cell``.
+Molecules are the special case ``S = 0``; both go through the same code.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import vesin
+
+
+class NeighbourList(NamedTuple):
+    """A full (both directions) neighbour list.
+
+    Attributes:
+        centers: index ``i`` of each pair, shape (P,), int32.
+        neighbors: index ``j`` of each pair, shape (P,), int32.
+        shifts: lattice shift of each pair in units of the cell vectors, shape (P, 3), int32.
+    """
+
+    centers: np.ndarray
+    neighbors: np.ndarray
+    shifts: np.ndarray
+
+
+def neighbour_list(
+    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float
+) -> NeighbourList:
+    """All pairs ``i != j`` (or images of ``i`` itself) with ``|r_ij| < cutoff``.
+
+    Args:
+        positions: Cartesian positions in Å, shape (n, 3).
+        cell: lattice vectors as rows in Å, shape (3, 3); ignored where ``pbc`` is False.
+        pbc: periodic directions, shape (3,).
+        cutoff: cutoff radius in Å.
+    """
+    positions = np.ascontiguousarray(positions, dtype=np.float64)
+    pbc = np.asarray(pbc, dtype=bool).reshape(3)
+    box = np.asarray(cell, dtype=np.float64).reshape(3, 3) if pbc.any() else np.zeros((3, 3))
+    calculator = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
+    i, j, s = calculator.compute(
+        points=positions, box=box, periodic=pbc.tolist() if pbc.any() else False, quantities="ijS"
+    )
+    return NeighbourList(
+        centers=i.astype(np.int32), neighbors=j.astype(np.int32), shifts=s.astype(np.int32)
+    )
