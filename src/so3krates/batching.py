@@ -22,7 +22,8 @@ class Graph(NamedTuple):
         positions: Cartesian positions in Å, (N, 3).
         numbers: atomic numbers, 0 for padding atoms, (N,) int32.
         structure: structure index of each atom, (N,) int32.
-        centers: atom ``i`` of each pair, (P,) int32.
+        centers: atom ``i`` of each pair, (P,) int32, sorted ascending (padding pairs point at
+            the last atom, a padding atom).
         neighbors: atom ``j`` of each pair, (P,) int32.
         shifts: lattice shift of each pair in cell-vector units, (P, 3) float.
         cells: lattice vectors as rows in Å, (S, 3, 3).

@@ -46,3 +46,15 @@ def error_metrics(
         "forces_mae": float(np.mean(np.abs(df))) if df.size else nan,
         "forces_rmse": float(np.sqrt(np.mean(df**2))) if df.size else nan,
     }
+
+
+def evaluate_model(model, data: Dataset, batch_size: int = 16) -> tuple[dict, np.ndarray, list[np.ndarray]]:
+    """Metrics, predicted energies and forces of a loaded model on ``data``.
+
+    Raises ``ValueError`` if ``data`` contains elements the model never saw.
+    """
+    for zs in data.numbers:
+        model.check_elements(zs)
+    graphs = GraphDataset(data, model.cutoff, batch_size, n_buckets=2, dtype=np.dtype(model.dtype))
+    energy, forces = predict_dataset(model.predict_fn, model.params, graphs)
+    return error_metrics(data, energy, forces), energy, forces

@@ -14,7 +14,7 @@ import vesin
 
 
 class NeighbourList(NamedTuple):
-    """A full (both directions) neighbour list.
+    """A full (both directions) neighbour list, sorted by ``centers``.
 
     Attributes:
         centers: index ``i`` of each pair, shape (P,), int32.
@@ -45,6 +45,11 @@ def neighbour_list(
     i, j, s = calculator.compute(
         points=positions, box=box, periodic=pbc.tolist() if pbc.any() else False, quantities="ijS"
     )
+    # Sorted by centre (then neighbour): batches stay sorted, so segment sums over centres can
+    # use the faster sorted-index path.
+    order = np.lexsort((j, i))
     return NeighbourList(
-        centers=i.astype(np.int32), neighbors=j.astype(np.int32), shifts=s.astype(np.int32)
+        centers=i[order].astype(np.int32),
+        neighbors=j[order].astype(np.int32),
+        shifts=s[order].astype(np.int32),
     )

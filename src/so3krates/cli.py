@@ -1,0 +1,155 @@
+"""Command line: ``so3krates train | evaluate | demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def _train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train an SO3krates model on your data")
+    p.add_argument("config", nargs="?", help="YAML config (defaults: published settings)")
+    p.add_argument("--data", help="dataset path (.npz, extxyz, any ASE format)")
+    p.add_argument("--n-train", type=int)
+    p.add_argument("--n-valid", type=int)
+    p.add_argument("--max-time", type=float, metavar="MINUTES", help="wall-clock budget")
+    p.add_argument("--output", default="runs/model", help="model directory (default runs/model)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config entry, e.g. --set model.features=64")
+
+
+def _evaluate_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="errors of a trained model on a dataset")
+    p.add_argument("model_dir")
+    p.add_argument("data", nargs="?", help="dataset (default: the model's training data)")
+    p.add_argument("--split", default="test", choices=["train", "valid", "test", "all"])
+    p.add_argument("--json", help="write the metrics as JSON here")
+    p.add_argument("--dtype", choices=["float32", "float64"])
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="data reading options, e.g. --set data.energy_key=REF_energy")
+
+
+def _demo_parser(sub) -> None:
+    p = sub.add_parser("demo", help="train on the shipped dataset, evaluate, run a short MD")
+    p.add_argument("--output", default="demo_output")
+    p.add_argument("--max-time", type=float, default=6.0, metavar="MINUTES")
+
+
+def cmd_train(args) -> int:
+    from so3krates.config import load_config
+    from so3krates.training.trainer import train
+
+    overrides = list(args.set)
+    if args.data:
+        overrides.append(f"data.path={args.data}")
+    if args.n_train:
+        overrides.append(f"data.n_train={args.n_train}")
+    if args.n_valid:
+        overrides.append(f"data.n_valid={args.n_valid}")
+    if args.max_time:
+        overrides.append(f"training.max_time_minutes={args.max_time}")
+    config = load_config(args.config, overrides)
+    result = train(config, args.output, console=console)
+    console.print(f"model directory: [bold]{result.output}[/bold]")
+    return 0
+
+
+def print_metrics(metrics: dict, title: str) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, unit, scale in (
+        ("energy_mae", "meV", 1e3), ("energy_rmse", "meV", 1e3),
+        ("energy_mae_per_atom", "meV/atom", 1e3), ("forces_mae", "meV/Å", 1e3),
+        ("forces_rmse", "meV/Å", 1e3),
+    ):
+        table.add_row(f"{key} ({unit})", f"{metrics[key] * scale:.3f}")
+    table.add_row("n_structures", str(metrics["n_structures"]))
+    console.print(table)
+
+
+def evaluate_dir(model_dir: str, data_path: str | None, split: str, overrides: list[str],
+                 dtype: str | None = None, batch_size: int = 16, json_out: str | None = None) -> dict:
+    """Evaluate a model directory; returns the metrics (also printed and written)."""
+    import numpy as np
+
+    from so3krates.config import load_config
+    from so3krates.data.split import SPLIT_FILE, load_split
+    from so3krates.evaluate import evaluate_model
+    from so3krates.model_io import load_model
+    from so3krates.training.plots import plot_parity
+    from so3krates.training.trainer import CONFIG_FILE, load_training_data
+
+    model_dir_p = Path(model_dir)
+    model = load_model(model_dir_p, dtype=dtype)
+    cfg_path = model_dir_p / CONFIG_FILE
+    config = load_config(cfg_path if cfg_path.exists() else None, overrides)
+    if data_path:
+        config.data.path = data_path
+    data = load_training_data(config)
+    label = split
+    if split != "all":
+        if (model_dir_p / SPLIT_FILE).exists():
+            try:
+                data = data.subset(load_split(model_dir_p, len(data))[split])
+            except ValueError as err:
+                console.print(f"[yellow]{err}; evaluating all {len(data)} structures[/yellow]")
+                label = "all"
+        else:
+            console.print(f"[yellow]no split in {model_dir}; evaluating all structures[/yellow]")
+            label = "all"
+    metrics, energy, forces = evaluate_model(model, data, batch_size)
+    metrics = {"model": str(model_dir_p), "data": str(config.data.path), "split": label, **metrics}
+    print_metrics(metrics, f"{model_dir} on {config.data.path} ({label})")
+    json_path = Path(json_out) if json_out else model_dir_p / f"evaluation_{label}.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(metrics, indent=2))
+    png = json_path.with_suffix(".png")
+    plot_parity(data.energy, energy, np.concatenate(data.forces), np.concatenate(forces), png,
+                title=f"{label} set")
+    console.print(f"metrics: {json_path}\nparity plot: {png}")
+    return metrics
+
+
+def cmd_evaluate(args) -> int:
+    evaluate_dir(args.model_dir, args.data, args.split, args.set, args.dtype, args.batch_size, args.json)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from so3krates.demo import run_demo
+
+    run_demo(Path(args.output), max_time_minutes=args.max_time, console=console)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="so3krates", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+    _evaluate_parser(sub)
+    _demo_parser(sub)
+    args = parser.parse_args(argv)
+    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo}
+    from pydantic import ValidationError
+
+    from so3krates.data import DataError
+    from so3krates.model_io import ModelFileError
+
+    try:
+        return handlers[args.command](args)
+    except (DataError, ModelFileError, ValidationError, ValueError, FileNotFoundError) as err:
+        console.print(f"[bold red]error:[/bold red] {err}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

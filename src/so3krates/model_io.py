@@ -1,0 +1,166 @@
+"""Model directories: a human-readable ``model.yaml`` plus parameters in msgpack (no pickle).
+
+A model directory holds everything needed to predict: hyperparameters, the elements the
+model was trained on, float64 per-element reference energies, and the (EMA) parameters.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import yaml
+from flax import serialization
+
+from so3krates.config import ModelConfig, dump_yaml
+from so3krates.fileio import atomic_write_bytes
+from so3krates.model import So3krates
+from so3krates.potential import make_predict_fn
+
+MODEL_FILE = "model.yaml"
+PARAMS_FILE = "params.msgpack"
+NUM_ELEMENTS = 119
+
+
+class ModelFileError(ValueError):
+    """A model directory that is missing, incomplete or inconsistent."""
+
+
+def build_module(config: ModelConfig, energy_scale: float = 1.0, dtype: str | None = None) -> So3krates:
+    """The flax module for ``config`` (``dtype`` overrides the configured one)."""
+    return So3krates(
+        features=config.features,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        degrees=tuple(config.degrees),
+        cutoff=config.cutoff,
+        num_radial=config.num_radial,
+        radial_basis=config.radial_basis,
+        cutoff_fn=config.cutoff_fn,
+        layer_norm=config.layer_norm,
+        residual_mlp=config.residual_mlp,
+        energy_scale=energy_scale,
+        num_elements=NUM_ELEMENTS,
+        dtype=jnp.dtype(dtype or config.dtype),
+    )
+
+
+def reference_table(reference_energies: dict[int, float]) -> np.ndarray:
+    """Per-element reference energies as a float64 lookup table indexed by atomic number."""
+    table = np.zeros(NUM_ELEMENTS, dtype=np.float64)
+    for z, e in reference_energies.items():
+        table[int(z)] = float(e)
+    return table
+
+
+def save_model(
+    directory: str | os.PathLike,
+    config: ModelConfig,
+    params: Any,
+    reference_energies: dict[int, float],
+    energy_scale: float,
+    extra: dict | None = None,
+) -> None:
+    """Write ``model.yaml`` and ``params.msgpack`` (atomically) into ``directory``."""
+    directory = Path(directory)
+    meta = {
+        "format": "so3krates-model/1",
+        "model": config.model_dump(),
+        "elements": sorted(int(z) for z in reference_energies),
+        # repr-exact floats: YAML round-trips Python floats without loss.
+        "reference_energies_eV": {int(z): float(e) for z, e in sorted(reference_energies.items())},
+        "energy_scale": float(energy_scale),
+        "units": {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom"},
+    }
+    if extra:
+        meta.update(extra)
+    atomic_write_bytes(directory / PARAMS_FILE, serialization.msgpack_serialize(
+        jax.tree.map(np.asarray, serialization.to_state_dict(params))
+    ))
+    dump_yaml(meta, directory / MODEL_FILE)
+
+
+@dataclass
+class Model:
+    """A trained model: config, parameters and the jitted prediction function.
+
+    Use :meth:`calculator` for an ASE calculator, or ``predict(graph)`` on padded graphs.
+    """
+
+    directory: Path
+    config: ModelConfig
+    params: Any
+    reference_energies: dict[int, float]
+    energy_scale: float
+    dtype: str
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.module = build_module(self.config, self.energy_scale, self.dtype)
+        self.predict_fn = jax.jit(make_predict_fn(self.module, reference_table(self.reference_energies)))
+
+    @property
+    def elements(self) -> list[int]:
+        return sorted(self.reference_energies)
+
+    @property
+    def cutoff(self) -> float:
+        return self.config.cutoff
+
+    def predict(self, graph):
+        """``Prediction`` (energy, forces, atomic energies) for a padded graph."""
+        return self.predict_fn(self.params, graph)
+
+    def check_elements(self, numbers: np.ndarray) -> None:
+        """Raise ``ValueError`` naming any element the model was not trained on."""
+        unknown = sorted(set(np.unique(numbers).tolist()) - set(self.reference_energies))
+        if unknown:
+            raise ValueError(
+                f"elements {unknown} were never seen in training; "
+                f"this model knows {self.elements}"
+            )
+
+    def calculator(self, **kwargs):
+        """An ASE calculator for this model (see :class:`so3krates.calculator.So3kratesCalculator`)."""
+        from so3krates.calculator import So3kratesCalculator
+
+        return So3kratesCalculator(self, **kwargs)
+
+
+def load_model(directory: str | os.PathLike, dtype: str | None = None) -> Model:
+    """Load a model directory written by training.
+
+    Args:
+        directory: the model directory (contains ``model.yaml`` and ``params.msgpack``).
+        dtype: ``"float32"`` or ``"float64"``; default: the dtype the model was trained in.
+    """
+    directory = Path(directory)
+    meta_path = directory / MODEL_FILE
+    params_path = directory / PARAMS_FILE
+    for p in (meta_path, params_path):
+        if not p.exists():
+            raise ModelFileError(f"{directory} is not a model directory: {p.name} is missing")
+    meta = yaml.safe_load(meta_path.read_text())
+    if not isinstance(meta, dict) or meta.get("format") != "so3krates-model/1":
+        raise ModelFileError(f"{meta_path}: not a so3krates model file")
+    config = ModelConfig.model_validate(meta["model"])
+    dtype = dtype or config.dtype
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    state = serialization.msgpack_restore(params_path.read_bytes())
+    params = jax.tree.map(lambda a: jnp.asarray(a, dtype=dtype), state)
+    refs = {int(z): float(e) for z, e in meta["reference_energies_eV"].items()}
+    return Model(
+        directory=directory,
+        config=config,
+        params=params,
+        reference_energies=refs,
+        energy_scale=float(meta["energy_scale"]),
+        dtype=dtype,
+        meta=meta,
+    )

@@ -1,0 +1,1 @@
+"""Training: statistics, loss, optimiser, checkpoints, plots and the training loop."""

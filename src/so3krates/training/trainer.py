@@ -1,0 +1,375 @@
+"""The training loop: seeded split, statistics, padded batches, validation, checkpoints.
+
+``train(config, output)`` is resumable: run it again with the same arguments after a crash
+(or ``kill -9``) and it continues from the latest checkpoint to the same result as an
+uninterrupted run with the same seed. Batch order is a pure function of (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import yaml
+
+from so3krates.batching import GraphDataset
+from so3krates.config import Config, dump_yaml
+from so3krates.data import DataError, Dataset, read_dataset
+from so3krates.data.split import SPLIT_FILE, load_split, make_split, save_split
+from so3krates.evaluate import error_metrics, predict_dataset
+from so3krates.model_io import build_module, reference_table, save_model
+from so3krates.potential import make_predict_fn, pair_vectors
+from so3krates.training.checkpoint import load_checkpoint, save_checkpoint
+from so3krates.training.loss import energy_forces_loss
+from so3krates.training.optimizer import (
+    current_learning_rate,
+    make_optimizer,
+    plateau_factor,
+    set_plateau_factor,
+)
+from so3krates.training.plots import plot_learning_curves, plot_parity
+from so3krates.training.statistics import fit_reference_energies, force_scale
+
+CONFIG_FILE = "train_config.yaml"
+METRICS_FILE = "metrics.csv"
+LATEST = Path("checkpoints") / "latest.msgpack"
+METRIC_COLUMNS = [
+    "step", "epoch", "elapsed_s", "learning_rate", "train_loss", "valid_loss",
+    "valid_energy_mae", "valid_energy_rmse", "valid_forces_mae", "valid_forces_rmse",
+]
+# Fields that may change between a run and its resumption (budgets, not the optimisation).
+RESUMABLE_FIELDS = {"max_epochs", "max_steps", "max_time_minutes", "progress", "early_stopping_patience"}
+
+
+@dataclass
+class TrainResult:
+    """Summary of a training run."""
+
+    output: Path
+    steps: int
+    epochs: float
+    stop_reason: str
+    best_valid: dict
+    steps_per_second: float
+    resumed_from_step: int
+
+
+def load_training_data(config: Config) -> Dataset:
+    """Read the dataset named in ``config.data``."""
+    d = config.data
+    if d.path is None:
+        raise DataError("no data given: pass --data PATH or set data.path in the config")
+    return read_dataset(
+        d.path,
+        energy_key=d.energy_key,
+        forces_key=d.forces_key,
+        energy_unit=d.energy_unit,
+        length_unit=d.length_unit,
+        nan_labels=d.nan_labels,
+        format=d.format,
+    )
+
+
+def _check_resume_config(output: Path, config: Config) -> None:
+    saved = Config.model_validate(yaml.safe_load((output / CONFIG_FILE).read_text()))
+    a, b = saved.model_dump(), config.model_dump()
+    for section in ("model", "data", "training"):
+        for key in set(a[section]) | set(b[section]):
+            if section == "training" and key in RESUMABLE_FIELDS:
+                continue
+            if a[section].get(key) != b[section].get(key):
+                raise ValueError(
+                    f"{output} holds a run with {section}.{key}={a[section].get(key)!r}, "
+                    f"not {b[section].get(key)!r}; use another --output to start a new run"
+                )
+
+
+def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def train(
+    config: Config, output: str | os.PathLike, data: Dataset | None = None, console=None
+) -> TrainResult:
+    """Train (or resume training) an SO3krates model; the model directory is ``output``.
+
+    Writes into ``output``: ``model.yaml`` + ``params.msgpack`` (best EMA weights),
+    ``train_config.yaml``, ``split.npz``, ``metrics.csv``, ``checkpoints/latest.msgpack``
+    and ``plots/*.png``.
+    """
+    from rich.console import Console
+
+    console = console or Console()
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    mcfg, dcfg, tcfg = config.model, config.data, config.training
+    data = data if data is not None else load_training_data(config)
+
+    resume = (output / LATEST).exists()
+    if resume:
+        _check_resume_config(output, config)
+    else:
+        dump_yaml(config.model_dump(), output / CONFIG_FILE)
+    if (output / SPLIT_FILE).exists():
+        split = load_split(output, len(data))
+    else:
+        split = make_split(len(data), dcfg.n_train, dcfg.n_valid, dcfg.n_test,
+                           dcfg.split_seed, dcfg.shuffle_split)
+        save_split(output, split, len(data))
+    train_set, valid_set = data.subset(split["train"]), data.subset(split["valid"])
+
+    refs = fit_reference_energies(train_set)
+    scale = force_scale(train_set)
+    module = build_module(mcfg, scale)
+    np_dtype = np.dtype(mcfg.dtype)
+    train_graphs = GraphDataset(train_set, mcfg.cutoff, tcfg.batch_size, tcfg.buckets, np_dtype)
+    valid_graphs = GraphDataset(valid_set, mcfg.cutoff, tcfg.batch_size, tcfg.buckets, np_dtype)
+    predict = make_predict_fn(module, reference_table(refs))
+    valid_predict = jax.jit(predict)
+
+    g0, _ = train_graphs.batch([0])
+    params = module.init(
+        jax.random.PRNGKey(tcfg.seed), g0.numbers, pair_vectors(g0), g0.centers, g0.neighbors,
+        g0.pair_mask,
+    )["params"]
+    optimizer = make_optimizer(tcfg)
+    state = {
+        "params": params,
+        "opt_state": optimizer.init(params),
+        "ema": params,
+        "host": {
+            "step": np.int64(0),
+            "best_valid_loss": np.float64(np.inf),
+            "bad_validations": np.int64(0),
+            "plateau_bad": np.int64(0),
+            "loss_sum": np.float64(0.0),
+            "loss_count": np.int64(0),
+            "elapsed_s": np.float64(0.0),
+        },
+    }
+    if resume:
+        state = load_checkpoint(output / LATEST, state)
+    start_step = int(state["host"]["step"])
+    _truncate_metrics(output / METRICS_FILE, start_step)
+
+    ema_decay = tcfg.ema_decay or 0.0
+
+    @jax.jit
+    def train_step(params, opt_state, ema, graph, labels):
+        def loss_fn(p):
+            return energy_forces_loss(predict(p, graph), labels, tcfg.energy_weight,
+                                      tcfg.forces_weight)
+
+        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
+        return params, opt_state, ema, loss
+
+    n_batches = train_graphs.num_batches()
+    max_steps = tcfg.max_steps or tcfg.max_epochs * n_batches
+    max_steps = min(max_steps, tcfg.max_epochs * n_batches)
+    checkpoint_every = tcfg.checkpoint_every or tcfg.valid_every
+    budget_s = tcfg.max_time_minutes * 60.0 if tcfg.max_time_minutes else math.inf
+    kill_at = int(os.environ.get("SO3KRATES_KILL_AT_STEP", "0"))  # fault injection for tests
+
+    params, opt_state, ema = state["params"], state["opt_state"], state["ema"]
+    host = {k: v.item() if hasattr(v, "item") else v for k, v in state["host"].items()}
+    step = start_step
+    t_start = time.monotonic()
+    elapsed0 = host["elapsed_s"]
+    loss_acc, acc_steps = jnp.asarray(0.0), 0
+    last_valid: dict = {}
+    stop_reason = ""
+
+    def flush_loss() -> None:
+        # The running training loss lives on the device between validations; fold it into the
+        # host state before anything reads or saves it.
+        nonlocal loss_acc, acc_steps
+        host["loss_sum"] += float(loss_acc)
+        host["loss_count"] += acc_steps
+        loss_acc, acc_steps = jnp.asarray(0.0), 0
+
+    def checkpoint() -> None:
+        flush_loss()
+        host["step"] = step
+        host["elapsed_s"] = elapsed0 + time.monotonic() - t_start
+        save_checkpoint(output / LATEST, {"params": params, "opt_state": opt_state, "ema": ema,
+                                          "host": {k: np.asarray(v) for k, v in host.items()}})
+
+    def validate() -> dict:
+        nonlocal opt_state
+        e, f = predict_dataset(valid_predict, ema, valid_graphs)
+        m = error_metrics(valid_set, e, f)
+        vloss = tcfg.energy_weight * m["energy_rmse"] ** 2 + tcfg.forces_weight * m["forces_rmse"] ** 2
+        train_loss = host["loss_sum"] / max(host["loss_count"], 1)
+        host["loss_sum"], host["loss_count"] = 0.0, 0
+        if vloss < host["best_valid_loss"]:
+            host["best_valid_loss"] = vloss
+            host["bad_validations"] = host["plateau_bad"] = 0
+            save_model(output, mcfg, ema, refs, scale, extra=_model_extra(config, step, m))
+        else:
+            host["bad_validations"] += 1
+            host["plateau_bad"] += 1
+            if tcfg.plateau_patience and host["plateau_bad"] >= tcfg.plateau_patience:
+                opt_state = set_plateau_factor(opt_state, plateau_factor(opt_state) * tcfg.plateau_factor)
+                host["plateau_bad"] = 0
+        row = {
+            "step": step,
+            "epoch": step / n_batches,
+            "elapsed_s": elapsed0 + time.monotonic() - t_start,
+            "learning_rate": current_learning_rate(tcfg, step, opt_state),
+            "train_loss": train_loss,
+            "valid_loss": vloss,
+            "valid_energy_mae": m["energy_mae"],
+            "valid_energy_rmse": m["energy_rmse"],
+            "valid_forces_mae": m["forces_mae"],
+            "valid_forces_rmse": m["forces_rmse"],
+        }
+        _append_metrics(output / METRICS_FILE, row)
+        return row
+
+    progress = _make_progress(console, enabled=tcfg.progress)
+    task = progress.add_task("training", total=max_steps, completed=step, info="")
+    with progress:
+        if start_step:
+            console.print(f"resuming from step {start_step} ({output / LATEST})")
+        while not stop_reason:
+            epoch = step // n_batches
+            if step >= max_steps:
+                stop_reason = "max_steps" if tcfg.max_steps and step >= tcfg.max_steps else "max_epochs"
+                break
+            order = _epoch_order(tcfg.seed, epoch, len(train_set))
+            for graph, labels in train_graphs.batches(order, start=step % n_batches):
+                params, opt_state, ema, loss = train_step(params, opt_state, ema, graph, labels)
+                loss_acc = loss_acc + loss
+                acc_steps += 1
+                step += 1
+                if kill_at and step == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                end = step >= max_steps
+                over_time = time.monotonic() - t_start > budget_s
+                if step % tcfg.valid_every == 0 or end or over_time:
+                    flush_loss()
+                    last_valid = validate()
+                    elapsed = time.monotonic() - t_start
+                    progress.update(task, info=(
+                        f"epoch {step / n_batches:.1f} | {(step - start_step) / max(elapsed, 1e-9):.1f} steps/s | "
+                        f"loss {last_valid['train_loss']:.3g} | valid E {last_valid['valid_energy_mae'] * 1e3:.2f} meV "
+                        f"F {last_valid['valid_forces_mae'] * 1e3:.2f} meV/Å"))
+                    if (tcfg.early_stopping_patience
+                            and host["bad_validations"] >= tcfg.early_stopping_patience):
+                        stop_reason = "early_stopping"
+                if step % checkpoint_every == 0 or end or over_time or stop_reason:
+                    checkpoint()
+                progress.update(task, completed=step)
+                if over_time:
+                    stop_reason = "max_time"
+                if end:
+                    stop_reason = stop_reason or ("max_steps" if tcfg.max_steps and step >= tcfg.max_steps else "max_epochs")
+                if stop_reason:
+                    break
+
+    elapsed = time.monotonic() - t_start
+    _finish_plots(output, valid_set, valid_graphs, valid_predict)
+    best = _best_row(output / METRICS_FILE)
+    console.print(
+        f"[bold]training stopped[/bold] ({stop_reason}) after {step} steps, "
+        f"{step / n_batches:.1f} epochs; best valid: energy MAE {best.get('valid_energy_mae', float('nan')) * 1e3:.2f} meV, "
+        f"forces MAE {best.get('valid_forces_mae', float('nan')) * 1e3:.2f} meV/Å"
+    )
+    return TrainResult(
+        output=output,
+        steps=step,
+        epochs=step / n_batches,
+        stop_reason=stop_reason,
+        best_valid=best,
+        steps_per_second=(step - start_step) / max(elapsed, 1e-9),
+        resumed_from_step=start_step,
+    )
+
+
+def _model_extra(config: Config, step: int, metrics: dict) -> dict:
+    return {
+        "trained": {
+            "data": config.data.path,
+            "step": int(step),
+            "valid_energy_mae_eV": metrics["energy_mae"],
+            "valid_forces_mae_eV_per_A": metrics["forces_mae"],
+        }
+    }
+
+
+def _make_progress(console, enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        disable=not enabled,
+        transient=False,
+    )
+
+
+def _append_metrics(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
+        if new:
+            w.writeheader()
+        w.writerow({k: row[k] for k in METRIC_COLUMNS})
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop rows logged after the checkpoint we resume from (they will be redone)."""
+    if not path.exists():
+        return
+    with open(path) as fh:
+        rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= step]
+    from so3krates.fileio import atomic_write_bytes
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def _best_row(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    with open(path) as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return {}
+    best = min(rows, key=lambda r: float(r["valid_loss"]))
+    return {k: float(v) for k, v in best.items()}
+
+
+def _finish_plots(output: Path, valid_set: Dataset, valid_graphs: GraphDataset, predict) -> None:
+    from so3krates.model_io import load_model
+
+    plots = output / "plots"
+    plots.mkdir(exist_ok=True)
+    if (output / METRICS_FILE).exists():
+        plot_learning_curves(output / METRICS_FILE, plots / "learning_curves.png")
+    model = load_model(output)
+    e, f = predict_dataset(predict, model.params, valid_graphs)
+    plot_parity(valid_set.energy, e, np.concatenate(valid_set.forces), np.concatenate(f),
+                plots / "parity_valid.png", title="validation set (best EMA weights)")
