@@ -1,0 +1,75 @@
+"""Shared fixtures: reference-data paths (skipped when ../shared is absent) and tiny models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import so3krates  # noqa: F401  (enables float64)
+from so3krates.batching import single_graph
+from so3krates.config import ModelConfig
+from so3krates.model_io import build_module
+from so3krates.potential import make_predict_fn, pair_vectors
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """``../shared/data``; tests using it skip with a clear message when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"reference data not found at {SHARED_DATA} (needs ../shared beside the repo)")
+    return SHARED_DATA
+
+
+def small_config(dtype: str = "float64", **kw) -> ModelConfig:
+    base = dict(features=32, num_layers=2, num_heads=4, degrees=[1, 2, 3, 4], cutoff=4.0,
+                num_radial=16, dtype=dtype)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def init_model(config: ModelConfig, graph, seed: int = 0):
+    """A randomly initialised module and its parameters, with non-trivial per-element scales."""
+    module = build_module(config, energy_scale=1.0)
+    params = module.init(jax.random.PRNGKey(seed), graph.numbers, pair_vectors(graph),
+                         graph.centers, graph.neighbors, graph.pair_mask)["params"]
+    # Spread the element scales/shifts so that a bug mixing elements cannot hide.
+    key = jax.random.PRNGKey(seed + 1)
+    params = dict(params)
+    params["element_scale"] = params["element_scale"] + jax.random.normal(key, params["element_scale"].shape, params["element_scale"].dtype)
+    params["element_shift"] = 0.1 * jax.random.normal(key, params["element_shift"].shape, params["element_shift"].dtype)
+    return module, params
+
+
+def ethanol_frames(n: int = 3):
+    from so3krates.data import read_dataset
+    from so3krates.datasets import shipped_dataset_path
+
+    return read_dataset(shipped_dataset_path()).subset(np.arange(n))
+
+
+def predict_single(predict, params, numbers, positions, cell, pbc, cutoff, dtype):
+    graph, _ = single_graph(numbers, positions, cell, pbc, cutoff, dtype=dtype)
+    out = predict(params, graph)
+    n = len(numbers)
+    return float(out.energy[0]), np.asarray(out.forces[:n], dtype=np.float64)
+
+
+@pytest.fixture
+def tiny_predict():
+    """``(predict, params, dtype)`` factory for a tiny random model."""
+
+    def make(dtype: str = "float64", seed: int = 0, **kw):
+        cfg = small_config(dtype, **kw)
+        data = ethanol_frames(1)
+        graph, _ = single_graph(data.numbers[0], data.positions[0], data.cells[0], data.pbc[0],
+                                cfg.cutoff, dtype=np.dtype(dtype))
+        module, params = init_model(cfg, graph, seed)
+        return jax.jit(make_predict_fn(module, np.zeros(119))), params, cfg
+
+    return make

@@ -1,0 +1,126 @@
+"""Exact properties of the SO3krates potential: symmetries, forces, padding, smoothness."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from conftest import ethanol_frames, predict_single
+from so3krates.batching import Capacity, pack
+from so3krates.neighbours import neighbour_list
+
+
+def random_orthogonal(seed: int, reflect: bool) -> np.ndarray:
+    q = Rotation.random(random_state=seed).as_matrix()
+    return q @ np.diag([1.0, 1.0, -1.0]) if reflect else q
+
+
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 1e-5)])
+def test_invariance_and_equivariance(tiny_predict, dtype, tol):
+    predict, params, cfg = tiny_predict(dtype)
+    data = ethanol_frames(1)
+    z, r = data.numbers[0], data.positions[0]
+    args = (np.zeros((3, 3)), np.zeros(3, bool), cfg.cutoff, np.dtype(dtype))
+    e0, f0 = predict_single(predict, params, z, r, *args)
+    assert np.abs(f0).max() > 1e-3, "forces too small for a meaningful test"
+    rng = np.random.default_rng(0)
+    for seed, reflect in [(1, False), (2, True), (3, False)]:
+        q = random_orthogonal(seed, reflect)
+        shift = rng.normal(size=3) * 3.0
+        e1, f1 = predict_single(predict, params, z, r @ q.T + shift, *args)
+        assert abs(e1 - e0) <= tol * abs(e0)
+        assert np.abs(f1 - f0 @ q.T).max() <= tol * np.abs(f0).max()
+    perm = rng.permutation(len(z))
+    e2, f2 = predict_single(predict, params, z[perm], r[perm], *args)
+    assert abs(e2 - e0) <= tol * abs(e0)
+    assert np.abs(f2 - f0[perm]).max() <= tol * np.abs(f0).max()
+
+
+def test_periodic_invariance(tiny_predict):
+    """A periodic cell: rotating positions and cell together, and wrapping atoms, change nothing."""
+    predict, params, cfg = tiny_predict("float64")
+    rng = np.random.default_rng(1)
+    cell = np.array([[6.0, 0.0, 0.0], [1.0, 5.5, 0.0], [0.5, 0.7, 6.2]])
+    frac = rng.uniform(size=(8, 3))
+    z = np.array([1, 6, 8, 1, 6, 1, 8, 6])
+    r = frac @ cell
+    pbc = np.ones(3, bool)
+    e0, f0 = predict_single(predict, params, z, r, cell, pbc, cfg.cutoff, np.float64)
+    q = random_orthogonal(5, False)
+    e1, f1 = predict_single(predict, params, z, r @ q.T, cell @ q.T, pbc, cfg.cutoff, np.float64)
+    assert abs(e1 - e0) <= 1e-10 * abs(e0)
+    assert np.abs(f1 - f0 @ q.T).max() <= 1e-10 * np.abs(f0).max()
+    # Wrapping an atom into a neighbouring image is the same structure.
+    r2 = r.copy()
+    r2[0] += cell[1] - cell[2]
+    e2, f2 = predict_single(predict, params, z, r2, cell, pbc, cfg.cutoff, np.float64)
+    assert abs(e2 - e0) <= 1e-10 * abs(e0)
+    assert np.abs(f2 - f0).max() <= 1e-10 * np.abs(f0).max()
+    assert np.abs(f0.sum(axis=0)).max() < 1e-10  # momentum conservation
+
+
+def test_forces_are_minus_gradient(tiny_predict):
+    predict, params, cfg = tiny_predict("float64")
+    data = ethanol_frames(1)
+    z, r = data.numbers[0], data.positions[0]
+    args = (np.zeros((3, 3)), np.zeros(3, bool), cfg.cutoff, np.float64)
+    _, f = predict_single(predict, params, z, r, *args)
+    h = 1e-5
+    fd = np.zeros_like(r)
+    for a in range(len(z)):
+        for k in range(3):
+            rp, rm = r.copy(), r.copy()
+            rp[a, k] += h
+            rm[a, k] -= h
+            fd[a, k] = -(predict_single(predict, params, z, rp, *args)[0]
+                         - predict_single(predict, params, z, rm, *args)[0]) / (2 * h)
+    assert np.abs(fd - f).max() <= 1e-7 * max(np.abs(f).max(), 1.0)
+
+
+def test_padding_does_not_change_results(tiny_predict):
+    """Three structures of different sizes in one padded batch equal their single results."""
+    predict, params, cfg = tiny_predict("float64")
+    data = ethanol_frames(3)
+    numbers = [data.numbers[0], data.numbers[1][:6], data.numbers[2][:8]]
+    positions = [data.positions[0], data.positions[1][:6], data.positions[2][:8] + 50.0]
+    cells = np.zeros((3, 3, 3))
+    nls = [neighbour_list(r, c, np.zeros(3, bool), cfg.cutoff) for r, c in zip(positions, cells)]
+    cap = Capacity(atoms=40, pairs=512, structures=6)
+    graph = pack(numbers, positions, cells, nls, cap, dtype=np.float64)
+    out = predict(params, graph)
+    offset = 0
+    for k, (z, r) in enumerate(zip(numbers, positions)):
+        e, f = predict_single(predict, params, z, r, np.zeros((3, 3)), np.zeros(3, bool),
+                              cfg.cutoff, np.float64)
+        assert abs(float(out.energy[k]) - e) <= 1e-12 * abs(e)
+        np.testing.assert_allclose(np.asarray(out.forces[offset:offset + len(z)]), f,
+                                   rtol=0, atol=1e-12 * np.abs(f).max())
+        offset += len(z)
+    assert np.all(np.asarray(out.energy[3:]) == 0.0)
+    assert np.all(np.asarray(out.forces[offset:]) == 0.0)
+    assert np.all(np.isfinite(np.asarray(out.forces)))
+
+
+@pytest.mark.parametrize("cutoff_fn", ["cosine", "polynomial"])
+def test_smooth_at_cutoff(tiny_predict, cutoff_fn):
+    """Energy and forces are continuous when a neighbour crosses the cutoff."""
+    predict, params, cfg = tiny_predict("float64", cutoff_fn=cutoff_fn)
+    z = np.array([6, 8, 1])
+    base = np.array([[0.0, 0.0, 0.0], [1.2, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    args = (np.zeros((3, 3)), np.zeros(3, bool), cfg.cutoff, np.float64)
+
+    def at(x):
+        r = base.copy()
+        r[2] = [0.6, x, 0.0]  # distance to atom 1 crosses the cutoff first
+        return predict_single(predict, params, z, r, *args)
+
+    d_cross = np.sqrt(cfg.cutoff**2 - 0.6**2)
+    jumps = []
+    for eps in (1e-3, 1e-5):
+        e_in, f_in = at(d_cross - eps)
+        e_out, f_out = at(d_cross + eps)
+        jumps.append((abs(e_out - e_in), np.abs(f_out - f_in).max()))
+    # Both jumps shrink with eps (no discontinuity), and are tiny in absolute terms.
+    assert jumps[1][0] < 1e-8 and jumps[1][1] < 1e-6
+    assert jumps[1][0] < jumps[0][0] or jumps[0][0] < 1e-12
