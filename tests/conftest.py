@@ -12,7 +12,7 @@ import pytest
 import so3krates  # noqa: F401  (enables float64)
 from so3krates.batching import single_graph
 from so3krates.config import ModelConfig
-from so3krates.model_io import build_module
+from so3krates.model_io import build_module, init_params
 from so3krates.potential import make_predict_fn, pair_vectors
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -36,8 +36,7 @@ def small_config(dtype: str = "float64", **kw) -> ModelConfig:
 def init_model(config: ModelConfig, graph, seed: int = 0):
     """A randomly initialised module and its parameters, with non-trivial per-element scales."""
     module = build_module(config, energy_scale=1.0)
-    params = module.init(jax.random.PRNGKey(seed), graph.numbers, pair_vectors(graph),
-                         graph.centers, graph.neighbors, graph.pair_mask)["params"]
+    params = init_params(module, graph, seed)
     # Spread the element scales/shifts so that a bug mixing elements cannot hide.
     key = jax.random.PRNGKey(seed + 1)
     params = dict(params)
@@ -73,3 +72,24 @@ def tiny_predict():
         return jax.jit(make_predict_fn(module, np.zeros(119))), params, cfg
 
     return make
+
+
+TINY_TRAIN = [
+    "data.n_train=60", "data.n_valid=20", "data.n_test=40",
+    "model.features=16", "model.num_layers=1", "model.num_radial=8", "model.degrees=[1,2]",
+    "training.batch_size=4", "training.max_steps=45", "training.valid_every=15",
+    "training.progress=false",
+]
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(tmp_path_factory) -> Path:
+    """A tiny model trained briefly on the shipped dataset (shared by several tests)."""
+    from so3krates.config import load_config
+    from so3krates.datasets import shipped_dataset_path
+    from so3krates.training.trainer import train
+
+    out = tmp_path_factory.mktemp("model")
+    cfg = load_config(None, [f"data.path={shipped_dataset_path()}", *TINY_TRAIN])
+    train(cfg, out)
+    return out

@@ -50,6 +50,17 @@ def build_module(config: ModelConfig, energy_scale: float = 1.0, dtype: str | No
     )
 
 
+def init_params(module: So3krates, graph, seed: int):
+    """Freshly initialised parameters for ``module`` (jit-compiled: eager init is slow)."""
+    from so3krates.potential import pair_vectors
+
+    @jax.jit
+    def init(key, g):
+        return module.init(key, g.numbers, pair_vectors(g), g.centers, g.neighbors, g.pair_mask)
+
+    return init(jax.random.PRNGKey(seed), graph)["params"]
+
+
 def reference_table(reference_energies: dict[int, float]) -> np.ndarray:
     """Per-element reference energies as a float64 lookup table indexed by atomic number."""
     table = np.zeros(NUM_ELEMENTS, dtype=np.float64)

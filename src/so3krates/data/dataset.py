@@ -144,12 +144,18 @@ def validate(
 def _check_overlaps(data: Dataset, min_distance: float) -> None:
     from so3krates.neighbours import neighbour_list
 
+    # Search at >= 1 Å: a cell list with a tiny cutoff would have millions of cells.
+    search = max(min_distance, 1.0)
     for k in range(len(data)):
-        nl = neighbour_list(data.positions[k], data.cells[k], data.pbc[k], cutoff=min_distance)
-        if len(nl.centers):
-            i, j = int(nl.centers[0]), int(nl.neighbors[0])
+        r = data.positions[k]
+        nl = neighbour_list(r, data.cells[k], data.pbc[k], cutoff=search)
+        if not len(nl.centers):
+            continue
+        vec = r[nl.neighbors] - r[nl.centers] + nl.shifts @ data.cells[k]
+        close = np.flatnonzero(np.einsum("pk,pk->p", vec, vec) < min_distance**2)
+        if close.size:
+            i, j = int(nl.centers[close[0]]), int(nl.neighbors[close[0]])
             raise DataError(
                 f"{data.source}: structure {k}: atoms {i} and {j} overlap "
                 f"(closer than {min_distance} Å)"
             )
-

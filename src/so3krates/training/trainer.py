@@ -26,8 +26,8 @@ from so3krates.config import Config, dump_yaml
 from so3krates.data import DataError, Dataset, read_dataset
 from so3krates.data.split import SPLIT_FILE, load_split, make_split, save_split
 from so3krates.evaluate import error_metrics, predict_dataset
-from so3krates.model_io import build_module, reference_table, save_model
-from so3krates.potential import make_predict_fn, pair_vectors
+from so3krates.model_io import build_module, init_params, reference_table, save_model
+from so3krates.potential import make_predict_fn
 from so3krates.training.checkpoint import load_checkpoint, save_checkpoint
 from so3krates.training.loss import energy_forces_loss
 from so3krates.training.optimizer import (
@@ -137,10 +137,7 @@ def train(
     valid_predict = jax.jit(predict)
 
     g0, _ = train_graphs.batch([0])
-    params = module.init(
-        jax.random.PRNGKey(tcfg.seed), g0.numbers, pair_vectors(g0), g0.centers, g0.neighbors,
-        g0.pair_mask,
-    )["params"]
+    params = init_params(module, g0, tcfg.seed)
     optimizer = make_optimizer(tcfg)
     state = {
         "params": params,

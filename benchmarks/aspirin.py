@@ -1,0 +1,318 @@
+"""Aspirin benchmark: train SO3krates on rMD17 aspirin, test it, and time energy + forces.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/aspirin.py --max-time 30
+
+Progress goes to stderr; one JSON object with the results is printed on stdout at the end.
+See ``benchmarks/README.md`` for what is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+TRAIN_FILE = "rmd17_aspirin_train.xyz"
+TEST_FILE = "rmd17_aspirin_test.xyz"
+
+# The published reference settings, spelled out so the benchmark does not depend on defaults.
+REFERENCE_OVERRIDES = [
+    "model.features=128",
+    "model.num_layers=2",
+    "model.num_heads=4",
+    "model.degrees=[1,2,3,4]",
+    "model.cutoff=5.0",
+    "training.batch_size=5",
+    "training.learning_rate=1e-3",
+]
+# First 950 configurations train, next 50 validate; the test set is the separate test file.
+SPLIT_OVERRIDES = [
+    "data.shuffle_split=false",
+    "data.n_train=950",
+    "data.n_valid=50",
+    "data.n_test=0",
+]
+GRID_SHAPE = (4, 4, 3)  # 48 molecules, 1,008 atoms
+GRID_GAP = 4.0  # Å between the bounding boxes of neighbouring molecules
+JITTER = 1e-4  # Å, random displacement per timed ASE call (defeats ASE's result cache)
+
+
+def log(message: str) -> None:
+    """Progress message on stderr (stdout is reserved for the JSON result)."""
+    print(f"[aspirin-bench] {message}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                   help=f"folder with {TRAIN_FILE} and {TEST_FILE} (default {DEFAULT_DATA_DIR})")
+    p.add_argument("--max-time", type=float, default=30.0, metavar="MINUTES",
+                   help="wall-clock training budget (default 30)")
+    p.add_argument("--output", type=Path, default=Path("runs/bench_aspirin"),
+                   help="model directory (default runs/bench_aspirin; replaced unless --resume)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --output instead of starting afresh")
+    p.add_argument("--n-test", type=int, default=None,
+                   help="evaluate only the first N test configurations (default: all 1800)")
+    p.add_argument("--timing-only", action="store_true",
+                   help="skip training and testing; time a freshly initialised model")
+    p.add_argument("--reps-small", type=int, default=200, help="timed calls for one molecule")
+    p.add_argument("--reps-large", type=int, default=20, help="timed calls for 1,008 atoms")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls before each timing")
+    p.add_argument("--seed", type=int, default=0, help="seed of the timing jitter / fresh params")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra config override, e.g. --set model.features=64 (repeatable)")
+    return p.parse_args(argv)
+
+
+def machine_info() -> dict[str, Any]:
+    """Processor, core count, accelerator kind and library versions."""
+    import jax
+
+    return {
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "device_kind": jax.devices()[0].device_kind,
+        "platform": jax.devices()[0].platform,
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def build_config(args: argparse.Namespace):
+    """Reference hyperparameters + fixed split + budget, then the user's ``--set`` overrides."""
+    from so3krates.config import load_config
+
+    overrides = [
+        *REFERENCE_OVERRIDES,
+        *SPLIT_OVERRIDES,
+        f"data.path={args.data_dir / TRAIN_FILE}",
+        f"training.max_time_minutes={args.max_time}",
+        *args.set,
+    ]
+    return load_config(None, overrides)
+
+
+def prepare_output(output: Path, resume: bool) -> None:
+    """Delete a previous benchmark run in ``output`` unless resuming; refuse foreign folders."""
+    if resume or not output.exists():
+        return
+    markers = ("train_config.yaml", "model.yaml", "split.npz", "checkpoints")
+    if any(output.iterdir()) and not any((output / m).exists() for m in markers):
+        raise SystemExit(f"{output} exists and does not look like a training run; not deleting it")
+    log(f"removing previous run in {output}")
+    shutil.rmtree(output)
+
+
+def run_training(config, output: Path):
+    """Train under the configured budget; rich progress and messages go to stderr."""
+    from rich.console import Console
+
+    from so3krates.training.trainer import train
+
+    log(f"training for at most {config.training.max_time_minutes} min into {output}")
+    return train(config, output, console=Console(stderr=True))
+
+
+def evaluate_test(model, path: Path, n_test: int | None) -> dict[str, float]:
+    """Errors of ``model`` on the first ``n_test`` (default all) configurations of ``path``."""
+    from so3krates.data import read_dataset
+    from so3krates.evaluate import evaluate_model
+
+    data = read_dataset(path)
+    if n_test is not None:
+        data = data.subset(np.arange(min(n_test, len(data))))
+    log(f"evaluating on {len(data)} test configurations from {path}")
+    metrics, _, _ = evaluate_model(model, data)
+    return metrics
+
+
+def fresh_model(model_config, molecule, directory: Path, seed: int):
+    """An untrained :class:`~so3krates.model_io.Model` (H, C, O; zero reference energies)."""
+    from so3krates import model_io
+    from so3krates.batching import single_graph
+    from so3krates.model_io import Model, build_module
+
+    module = build_module(model_config, 1.0)
+    g, _ = single_graph(molecule.numbers, molecule.positions, molecule.cell[:], molecule.pbc,
+                        model_config.cutoff, dtype=np.dtype(model_config.dtype))
+    init = getattr(model_io, "init_params", None) or _eager_init
+    params = init(module, g, seed)
+    return Model(directory=directory, config=model_config, params=params,
+                 reference_energies={1: 0.0, 6: 0.0, 8: 0.0}, energy_scale=1.0,
+                 dtype=model_config.dtype)
+
+
+def _eager_init(module, graph, seed: int):
+    """Parameters from ``module.init`` (fallback where ``model_io.init_params`` is missing)."""
+    import jax
+
+    from so3krates.potential import pair_vectors
+
+    return module.init(jax.random.PRNGKey(seed), graph.numbers, pair_vectors(graph),
+                       graph.centers, graph.neighbors, graph.pair_mask)["params"]
+
+
+def count_params(params) -> int:
+    """Total number of scalars in a parameter pytree."""
+    import jax
+
+    return int(sum(np.size(leaf) for leaf in jax.tree.leaves(params)))
+
+
+def molecule_grid(molecule, shape: tuple[int, int, int] = GRID_SHAPE, gap: float = GRID_GAP):
+    """Copies of ``molecule`` on a grid, ``gap`` Å between neighbouring bounding boxes."""
+    from ase import Atoms
+
+    pos = molecule.positions - molecule.positions.min(axis=0)
+    step = pos.max(axis=0) + gap
+    grid = Atoms()
+    for i in range(shape[0]):
+        for j in range(shape[1]):
+            for k in range(shape[2]):
+                copy = molecule.copy()
+                copy.positions = pos + step * np.array([i, j, k])
+                grid += copy
+    return grid
+
+
+def median_ms(fn: Callable[[], None], reps: int, warmup: int) -> float:
+    """Median wall time of ``fn()`` in ms, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def time_jit(model, atoms, reps: int, warmup: int) -> float:
+    """Median ms of the jitted ``predict_fn`` on a prebuilt, device-resident padded graph."""
+    import jax
+
+    from so3krates.batching import single_graph
+
+    graph, _ = single_graph(atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc,
+                            model.cutoff, dtype=np.dtype(model.dtype))
+    graph = jax.device_put(graph)
+    params = model.params
+
+    def call() -> None:
+        jax.block_until_ready(model.predict_fn(params, graph))
+
+    return median_ms(call, reps, warmup)
+
+
+def time_ase(model, atoms, reps: int, warmup: int, seed: int) -> float:
+    """Median ms of ``atoms.get_forces()`` through the ASE calculator (jittered positions)."""
+    atoms = atoms.copy()
+    atoms.calc = model.calculator()
+    base = atoms.positions.copy()
+    rng = np.random.default_rng(seed)
+
+    def call() -> None:
+        atoms.positions = base + rng.normal(scale=JITTER, size=base.shape)
+        atoms.get_forces()
+
+    return median_ms(call, reps, warmup)
+
+
+def time_model(model, molecule, args: argparse.Namespace) -> dict[str, float]:
+    """The four timings: one aspirin and 48 aspirins, jitted function and ASE calculator."""
+    grid = molecule_grid(molecule)
+    out = {}
+    for name, atoms, reps in (("aspirin", molecule, args.reps_small),
+                              (f"atoms{len(grid)}", grid, args.reps_large)):
+        log(f"timing {name} ({len(atoms)} atoms): jit, {reps} calls")
+        out[f"{name}_jit"] = time_jit(model, atoms, reps, args.warmup)
+        log(f"timing {name} ({len(atoms)} atoms): ASE calculator, {reps} calls")
+        out[f"{name}_ase"] = time_ase(model, atoms, reps, args.warmup, args.seed)
+    return {k: round(v, 4) for k, v in out.items()}
+
+
+def error_fields(metrics: dict | None) -> dict[str, Any]:
+    """Test errors in meV and meV/Å (None when not evaluated)."""
+    keys = {
+        "test_energy_mae_meV": "energy_mae",
+        "test_energy_rmse_meV": "energy_rmse",
+        "test_forces_mae_meV_per_A": "forces_mae",
+        "test_forces_rmse_meV_per_A": "forces_rmse",
+    }
+    out: dict[str, Any] = {k: (None if metrics is None else 1e3 * metrics[v]) for k, v in keys.items()}
+    out["n_test"] = None if metrics is None else metrics["n_structures"]
+    return out
+
+
+def training_fields(result) -> dict[str, Any]:
+    """Epochs, steps, throughput and best validation errors of a training run (or Nones)."""
+    if result is None:
+        return {"epochs": None, "steps": None, "train_steps_per_s": None, "stop_reason": None,
+                "best_valid_energy_mae_meV": None, "best_valid_forces_mae_meV_per_A": None}
+    best = result.best_valid
+    return {
+        "epochs": result.epochs,
+        "steps": result.steps,
+        "train_steps_per_s": result.steps_per_second,
+        "stop_reason": result.stop_reason,
+        "best_valid_energy_mae_meV": 1e3 * best["valid_energy_mae"] if best else None,
+        "best_valid_forces_mae_meV_per_A": 1e3 * best["valid_forces_mae"] if best else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print the JSON result on stdout."""
+    args = parse_args(argv)
+    import ase.io
+
+    import so3krates  # noqa: F401  (enables float64 in JAX)
+    from so3krates.model_io import load_model
+
+    t0 = time.monotonic()
+    config = build_config(args)
+    test_path = args.data_dir / TEST_FILE
+    molecule = ase.io.read(test_path, index=0)
+    result, metrics = None, None
+    if args.timing_only:
+        log("timing-only: freshly initialised model, no training")
+        model = fresh_model(config.model, molecule, args.output, args.seed)
+    else:
+        prepare_output(args.output, args.resume)
+        result = run_training(config, args.output)
+        model = load_model(args.output)
+        metrics = evaluate_test(model, test_path, args.n_test)
+    timings = time_model(model, molecule, args)
+    report = {
+        "machine": machine_info(),
+        "mode": "timing_only" if args.timing_only else "train_and_test",
+        "budget_minutes": None if args.timing_only else args.max_time,
+        **training_fields(result),
+        "n_params": count_params(model.params),
+        **error_fields(metrics),
+        "time_ms": timings,
+        "model_config": model.config.model_dump(),
+        "training_config": None if args.timing_only else config.training.model_dump(),
+        "overrides": args.set,
+        "output": str(args.output),
+        "wall_time_s": round(time.monotonic() - t0, 1),
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

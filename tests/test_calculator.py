@@ -1,0 +1,118 @@
+"""The ASE calculator and model files: save/load, ase.md and ase.optimize, recompilation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from ase.md.verlet import VelocityVerlet
+from ase.optimize import BFGS
+from ase import units
+
+import so3krates
+from so3krates.calculator import So3kratesCalculator
+from so3krates.data import read_dataset
+from so3krates.datasets import shipped_dataset_path
+from so3krates.model_io import ModelFileError, load_model
+
+
+def ethanol_atoms(k: int = 0):
+    return read_dataset(shipped_dataset_path()).to_atoms(k)
+
+
+def test_calculator_results_consistent(trained_model_dir):
+    atoms = ethanol_atoms()
+    atoms.calc = So3kratesCalculator(trained_model_dir)
+    e = atoms.get_potential_energy()
+    assert np.isfinite(e)
+    assert atoms.get_potential_energy(force_consistent=True) == e
+    energies = atoms.get_potential_energies()
+    assert energies.shape == (len(atoms),)
+    assert abs(energies.sum() - e) < 1e-9 * abs(e)
+    assert atoms.get_forces().shape == (len(atoms), 3)
+    assert abs(e - (-309.8)) < 5.0  # the reference energies put it near the data
+
+
+def test_float32_resolves_mev_on_large_totals(trained_model_dir):
+    """Totals of ~-310 eV (and far larger for big molecules) keep meV resolution in float32."""
+    atoms = ethanol_atoms(3)
+    m32, m64 = load_model(trained_model_dir, "float32"), load_model(trained_model_dir, "float64")
+    atoms.calc = m32.calculator()
+    e32, f32 = atoms.get_potential_energy(), atoms.get_forces()
+    atoms.calc = m64.calculator()
+    e64, f64 = atoms.get_potential_energy(), atoms.get_forces()
+    assert abs(e32 - e64) < 1e-4
+    assert np.abs(f32 - f64).max() < 1e-4
+    # A 30-fold larger system (|E| ~ 10^4 eV): molecules far apart add exactly.
+    big = atoms.copy()
+    for k in range(1, 30):
+        shifted = atoms.copy()
+        shifted.positions += [20.0 * k, 0.0, 0.0]
+        big += shifted
+    big.calc = m32.calculator()
+    assert abs(big.get_potential_energy() - 30 * e64) < 1e-3
+
+
+def test_md_and_optimizer_without_recompiling(trained_model_dir):
+    model = load_model(trained_model_dir, "float64")
+    atoms = ethanol_atoms()
+    atoms.calc = model.calculator()
+    atoms.set_momenta(np.random.default_rng(0).normal(size=(len(atoms), 3)) * 0.3)
+    e0 = atoms.get_total_energy()
+    VelocityVerlet(atoms, 0.25 * units.fs).run(60)
+    assert model.predict_fn._cache_size() == 1, "atoms moving must not recompile"
+    assert abs(atoms.get_total_energy() - e0) < 5e-3  # NVE, float64, short run
+    atoms.positions += np.random.default_rng(1).normal(size=(len(atoms), 3)) * 0.05
+    e_start = atoms.get_potential_energy()
+    converged = BFGS(atoms, logfile=None).run(fmax=1e-3, steps=500)
+    assert converged and np.abs(atoms.get_forces()).max() < 1e-3
+    assert atoms.get_potential_energy() < e_start
+    assert model.predict_fn._cache_size() == 1
+
+
+def test_unknown_element_is_a_clear_error(trained_model_dir):
+    atoms = ethanol_atoms()
+    atoms.numbers[0] = 17  # chlorine: not in the shipped data
+    atoms.calc = So3kratesCalculator(trained_model_dir)
+    with pytest.raises(ValueError, match=r"\[17\] were never seen"):
+        atoms.get_potential_energy()
+
+
+def test_missing_model_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelFileError, match="model.yaml is missing"):
+        load_model(tmp_path)
+
+
+def test_model_files_are_safe_and_readable(trained_model_dir):
+    files = sorted(p.name for p in trained_model_dir.iterdir())
+    assert "model.yaml" in files and "params.msgpack" in files
+    text = (trained_model_dir / "model.yaml").read_text()
+    assert "features: 16" in text and "reference_energies_eV" in text
+    assert not any(p.suffix in (".pkl", ".pickle") for p in trained_model_dir.rglob("*"))
+
+
+def test_load_in_new_process_gives_identical_predictions(trained_model_dir, tmp_path):
+    atoms = ethanol_atoms(5)
+    atoms.calc = So3kratesCalculator(trained_model_dir)
+    e, f = atoms.get_potential_energy(), atoms.get_forces()
+    script = (
+        "import json, sys, numpy as np\n"
+        "import so3krates\n"
+        "from so3krates.calculator import So3kratesCalculator\n"
+        "from so3krates.data import read_dataset\n"
+        "from so3krates.datasets import shipped_dataset_path\n"
+        "a = read_dataset(shipped_dataset_path()).to_atoms(5)\n"
+        f"a.calc = So3kratesCalculator({str(trained_model_dir)!r})\n"
+        "print(json.dumps({'e': a.get_potential_energy(), 'f': a.get_forces().tolist()}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["e"] == e
+    assert np.array_equal(np.array(got["f"]), f)
+
+
+def test_public_api():
+    assert hasattr(so3krates, "load_model") and hasattr(so3krates, "So3kratesCalculator")
