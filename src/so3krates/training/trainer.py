@@ -240,6 +240,8 @@ def train(
     with progress:
         if start_step:
             console.print(f"resuming from step {start_step} ({output / LATEST})")
+        else:
+            validate()  # step-0 baseline: the learning curve starts from the untrained model
         while not stop_reason:
             epoch = step // n_batches
             if step >= max_steps:

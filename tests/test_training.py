@@ -1,0 +1,152 @@
+"""Training: loss masking, buckets, learning, exact resume after kill -9, CLI, atomic writes."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import serialization
+
+from conftest import TINY_TRAIN
+from so3krates.batching import GraphDataset, Labels
+from so3krates.data import Dataset
+from so3krates.datasets import shipped_dataset_path
+from so3krates.fileio import atomic_write_bytes
+from so3krates.potential import Prediction
+from so3krates.training.loss import energy_forces_loss
+
+
+def read_metrics(path: Path) -> list[dict]:
+    with open(path) as fh:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def test_loss_masks_nan_and_padding():
+    pred = Prediction(energy=jnp.array([1.0, 2.0, 5.0]), forces=jnp.ones((4, 3)),
+                      atomic_energies=jnp.zeros(4))
+    labels = Labels(
+        energy=jnp.array([0.0, 0.0, 0.0]),
+        forces=jnp.zeros((4, 3)),
+        energy_mask=jnp.array([True, False, False]),
+        forces_mask=jnp.array([[True] * 3, [True] * 3, [False] * 3, [False] * 3]),
+    )
+    loss, parts = energy_forces_loss(pred, labels, 0.5, 2.0)
+    assert float(parts["energy_mse"]) == 1.0  # only structure 0 counts
+    assert float(parts["forces_mse"]) == 1.0
+    assert float(loss) == 0.5 * 1.0 + 2.0 * 1.0
+
+
+def test_variable_sizes_use_few_shapes():
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(3, 40, size=60)
+    pos = [rng.uniform(0, 2.0 * n ** (1 / 3), size=(n, 3)) for n in sizes]
+    data = Dataset(numbers=[np.full(n, 6) for n in sizes], positions=pos,
+                   cells=np.zeros((60, 3, 3)), pbc=np.zeros((60, 3), bool),
+                   energy=np.zeros(60), forces=[np.zeros((n, 3)) for n in sizes])
+    graphs = GraphDataset(data, cutoff=4.0, batch_size=5, n_buckets=3)
+    shapes = set()
+    for epoch in range(5):
+        order = np.random.default_rng(epoch).permutation(60)
+        for graph, labels in graphs.batches(order):
+            shapes.add((graph.positions.shape, graph.centers.shape))
+            assert labels.forces_mask.sum() == 3 * graph.atom_mask.sum()
+    assert len(shapes) <= 3
+
+
+def test_training_lowers_validation_loss(trained_model_dir):
+    rows = read_metrics(trained_model_dir / "metrics.csv")
+    assert rows[0]["step"] == 0 and rows[-1]["step"] == 600
+    assert rows[-1]["valid_loss"] < 0.5 * rows[0]["valid_loss"]
+    for name in ("learning_curves.png", "parity_valid.png"):
+        assert (trained_model_dir / "plots" / name).stat().st_size > 1000
+
+
+def run_cli(*args, env_extra=None, check=True):
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "so3krates.cli", *args], capture_output=True,
+                          text=True, env=env, check=check)
+
+
+def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
+    args = ["train", "--data", str(shipped_dataset_path()),
+            *[a for s in TINY_TRAIN for a in ("--set", s)],
+            "--set", "training.max_steps=40", "--set", "training.valid_every=10"]
+    full, broken = tmp_path / "full", tmp_path / "broken"
+    run_cli(*args, "--output", str(full))
+    killed = run_cli(*args, "--output", str(broken), env_extra={"SO3KRATES_KILL_AT_STEP": "25"},
+                     check=False)
+    assert killed.returncode == -9, killed.stderr  # really killed mid-epoch (15 batches/epoch)
+    assert max(r["step"] for r in read_metrics(broken / "metrics.csv")) == 20
+    resumed = run_cli(*args, "--output", str(broken))
+    assert "resuming from step 20" in resumed.stdout
+
+    a = serialization.msgpack_restore((full / "params.msgpack").read_bytes())
+    b = serialization.msgpack_restore((broken / "params.msgpack").read_bytes())
+    for x, y in zip(jax_leaves(a), jax_leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+    ma, mb = read_metrics(full / "metrics.csv"), read_metrics(broken / "metrics.csv")
+    assert [r["step"] for r in ma] == [r["step"] for r in mb]
+    for ra, rb in zip(ma, mb):
+        for key in ("train_loss", "valid_loss", "valid_forces_mae"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-5)
+
+    # The CLI evaluates the model on its held-out test split.
+    out = run_cli("evaluate", str(full), "--json", str(tmp_path / "eval.json"))
+    metrics = json.loads((tmp_path / "eval.json").read_text())
+    for key in ("energy_mae", "energy_rmse", "energy_mae_per_atom", "forces_mae", "forces_rmse"):
+        assert np.isfinite(metrics[key]) and metrics[key] > 0
+    assert metrics["n_structures"] == 40 and metrics["split"] == "test"
+    assert (tmp_path / "eval.png").exists() and "forces_mae" in out.stdout
+
+    # Resuming into a directory with a different configuration is refused.
+    bad = run_cli(*args, "--output", str(full), "--set", "model.features=8", check=False)
+    assert bad.returncode == 2 and "model.features" in bad.stdout
+
+
+def jax_leaves(tree):
+    import jax
+
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_cli_bad_input_is_a_clear_error(tmp_path):
+    missing = run_cli("train", "--data", str(tmp_path / "nope.xyz"), "--output", str(tmp_path / "m"),
+                      check=False)
+    assert missing.returncode == 2 and "no such file" in missing.stdout
+    assert "Traceback" not in missing.stdout + missing.stderr
+    empty = tmp_path / "empty.xyz"
+    empty.write_text("")
+    res = run_cli("train", "--data", str(empty), "--output", str(tmp_path / "m2"), check=False)
+    assert res.returncode == 2 and "empty" in res.stdout
+
+
+def test_atomic_write_keeps_old_file_on_full_disk(tmp_path, monkeypatch):
+    target = tmp_path / "ckpt.msgpack"
+    atomic_write_bytes(target, b"old content")
+
+    class FullDisk:
+        def __init__(self, fd, mode):
+            self.fh = os.fdopen(fd, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("so3krates.fileio.os.fdopen", FullDisk)
+    with pytest.raises(OSError, match="could not write .*ckpt.msgpack"):
+        atomic_write_bytes(target, b"new content that does not fit")
+    assert target.read_bytes() == b"old content"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.msgpack"]
