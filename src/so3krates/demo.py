@@ -14,12 +14,15 @@ def run_md(model, atoms, steps: int, temperature_K: float, timestep_fs: float, t
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 
+    from ase.constraints import FixCom
+
     atoms = atoms.copy()
     atoms.calc = model.calculator()
+    atoms.set_constraint(FixCom())
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=np.random.default_rng(0))
     Stationary(atoms)
     dyn = Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K, friction=0.01 / units.fs,
-                   rng=np.random.default_rng(1))
+                   fixcm=False, rng=np.random.default_rng(1))
     temps, etot = [], []
     with Trajectory(str(trajectory), "w", atoms) as traj:
         def log():

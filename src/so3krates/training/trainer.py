@@ -208,7 +208,7 @@ def train(
         e, f = predict_dataset(valid_predict, ema, valid_graphs)
         m = error_metrics(valid_set, e, f)
         vloss = tcfg.energy_weight * m["energy_rmse"] ** 2 + tcfg.forces_weight * m["forces_rmse"] ** 2
-        train_loss = host["loss_sum"] / max(host["loss_count"], 1)
+        train_loss = host["loss_sum"] / host["loss_count"] if host["loss_count"] else float("nan")
         host["loss_sum"], host["loss_count"] = 0.0, 0
         if vloss < host["best_valid_loss"]:
             host["best_valid_loss"] = vloss
