@@ -4,6 +4,17 @@ Per-atom invariant features ``x`` (N, F) and Euclidean variables ``chi`` (N, D),
 over the degrees in L, interact through cutoff-weighted attention (no softmax). The module maps
 a padded graph to per-atom energy contributions; ``so3krates.potential`` turns those into total
 energies (float64) and forces.
+
+Performance notes (XLA:CPU, where small systems are bound by the number and the per-element
+cost of (P, F) kernels, and large ones by memory traffic):
+
+- the pair geometry (radial basis, cutoff, spherical harmonics) is computed once for all blocks;
+- the radial filters MLP_r(phi(d_ij)) of all blocks are evaluated for one pair of each couple
+  (i, j) / (j, i) only (their distances are bitwise equal), see ``reverse_pair_order``;
+- queries, keys and values of both attention branches come from one matmul; per-pair arrays
+  are never sliced along their feature axis (whose gradients cost zero-padding kernels);
+- with many pairs, each block's pair work runs in rematerialised chunks, so that no (P, F)
+  intermediate outlives its chunk (fresh large buffers cost page faults on every call).
 """
 
 from __future__ import annotations
@@ -22,6 +33,10 @@ from so3krates.model.basis import (
     spherical_harmonics,
 )
 
+# Up to this many pairs, a block's pair work runs in one piece (with the radial filters of
+# all blocks precomputed); above it, in chunks of this many pairs.
+PAIR_CHUNK = 1024
+
 
 def degree_contraction_matrix(degrees: Sequence[int]) -> np.ndarray:
     """(D, |L|) matrix M with ``(chi**2) @ M = C(chi)``, C_l = sum_m chi_lm^2 / sqrt(2l+1)."""
@@ -31,45 +46,68 @@ def degree_contraction_matrix(degrees: Sequence[int]) -> np.ndarray:
     return m
 
 
-class BranchMLP(nn.Module):
-    """``n`` independent two-layer MLPs (Dense-SiLU-Dense) on the same input, evaluated at once.
+def materialize(a: jnp.ndarray) -> jnp.ndarray:
+    """Identity on (P, ...) arrays that XLA cannot fuse into its consumers.
 
-    (P, in) -> (P, n, out). Fusing the branches into one matmul per layer keeps them
-    independent (block-diagonal second layer) while halving the number of kernel launches.
+    XLA:CPU otherwise re-evaluates cheap-looking producers (e.g. the cosine of the cutoff)
+    inside every (P, F) kernel they are broadcast into, forward and backward. An identity
+    scatter is opaque to fusion (``optimization_barrier`` is stripped before fusion on CPU).
     """
-
-    n: int
-    hidden: int
-    out: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, h: jnp.ndarray) -> jnp.ndarray:
-        h = nn.Dense(self.n * self.hidden, dtype=self.dtype, param_dtype=self.dtype)(h)
-        h = nn.silu(h).reshape(h.shape[:-1] + (self.n, self.hidden))
-        w = self.param(
-            "kernel_2",
-            nn.initializers.lecun_normal(batch_axis=(0,)),
-            (self.n, self.hidden, self.out),
-            self.dtype,
-        )
-        b = self.param("bias_2", nn.initializers.zeros, (self.n, self.out), self.dtype)
-        return jnp.einsum("...nh,nho->...no", h, w) + b
+    idx = jnp.arange(a.shape[0])
+    return jnp.zeros_like(a).at[idx].set(a, indices_are_sorted=True, unique_indices=True)
 
 
-class HeadLinear(nn.Module):
-    """Per-head (block-diagonal) linear map: (N, H*d) -> (N, H, d), no bias."""
+def reverse_pair_order(centers, neighbors, vectors, pair_mask, n_atoms: int):
+    """A pair order whose second half holds the exact reverses of its first half.
 
-    heads: int
-    dtype: Any = jnp.float32
+    In a full neighbour list each pair (i, j, r) has a reverse (j, i, -r), with bitwise the
+    same distance, which moreover is the same function of the positions: functions of d_ij
+    need only be evaluated on the first half, gradients stay exact. Reverses are looked up
+    assuming pairs sorted by (center, neighbour) and then checked exactly, so nothing is
+    assumed about the input. Padding pairs are split between both halves.
 
-    @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        d = x.shape[-1] // self.heads
-        w = self.param(
-            "kernel", nn.initializers.lecun_normal(batch_axis=(0,)), (self.heads, d, d), self.dtype
-        )
-        return jnp.einsum("nhf,hfg->nhg", x.reshape(x.shape[0], self.heads, d), w)
+    Returns ``order`` (P,), indices into the pairs, and ``valid`` (scalar bool), False unless
+    every real pair has exactly one exact reverse (not so for half lists, or for several
+    periodic images of one (i, j)); ``order`` is then the identity.
+    """
+    n_pairs = centers.shape[0]
+    half = n_pairs // 2
+    idx = jnp.arange(n_pairs)
+    key = centers * n_atoms + neighbors
+    reverse_key = neighbors * n_atoms + centers
+    partner = jnp.searchsorted(key, reverse_key, method="compare_all")
+    partner = jnp.minimum(partner, n_pairs - 1)
+    found = (key[partner] == reverse_key) & (partner[partner] == idx) & pair_mask[partner]
+    found &= jnp.all(vectors[partner] == -vectors, axis=1)
+    first = pair_mask & (idx < partner)
+    n_first = jnp.sum(first)
+    rank = jnp.cumsum(first) - 1
+    pad_rank = jnp.cumsum(~pair_mask) - 1
+    n_pad = n_pairs - jnp.sum(pair_mask)
+    pad_pos = n_first + jnp.where(pad_rank < n_pad // 2, pad_rank, half + pad_rank - n_pad // 2)
+    pos = jnp.where(pair_mask, jnp.where(first, rank, half + rank[partner]), pad_pos)
+    valid = jnp.all(found | ~pair_mask) & (2 * n_first + n_pad == n_pairs) & (n_pad % 2 == 0)
+    order = jnp.zeros_like(idx).at[jnp.where(valid, pos, idx)].set(idx, unique_indices=True)
+    return order, valid
+
+
+def radial_filters(rbf, w1, b1, w2, b2):
+    """Dense-SiLU-Dense radial MLPs of all blocks and branches: lists [block][branch] of (P, F).
+
+    rbf (P, K); weights with leading axes (block, branch): w1 (T, 2, K, F), b1 (T, 2, F),
+    w2 (T, 2, F, F), b2 (T, 2, F).
+    """
+    return [
+        [nn.silu(rbf @ w1[t, b] + b1[t, b]) @ w2[t, b] + b2[t, b] for b in range(2)]
+        for t in range(w1.shape[0])
+    ]
+
+
+def block_diagonal(w: jnp.ndarray) -> jnp.ndarray:
+    """Per-head weight blocks (H, d, d) -> the (H d, H d) block-diagonal matrix."""
+    h, d, _ = w.shape
+    eye = jnp.eye(h, dtype=w.dtype)
+    return (w[:, :, None, :] * eye[:, None, :, None]).reshape(h * d, h * d)
 
 
 class ResidualMLP(nn.Module):
@@ -88,9 +126,18 @@ class ResidualMLP(nn.Module):
 class EuclideanAttention(nn.Module):
     """One SO3krates transformer block: filters, two attention branches, updates.
 
-    Args of ``__call__`` (P pairs, N atoms, K radial functions, D EV components):
-        x (N, F), chi (N, D), rbf (P, K), ylm (P, D), cut (P,) cutoff weights (0 for padding),
-        centers (P,) atom i, neighbors (P,) atom j.
+    Args of ``__call__`` (P pairs, N atoms, D EV components; branch 0 is the invariant one,
+    branch 1 the EV one):
+        x (N, F); chi (N, D), or None for the all-zero EVs of the first block;
+        radial: this block's radial filter parts MLP_r(phi(d)), two (P, F) arrays; or, to have
+            them evaluated chunk by chunk, a tuple (rbf (P, K), this block's weights of
+            ``radial_filters`` with a leading block axis of size 1);
+        ylm (P, D); cut (P,) cutoff weights (0 for padding); centers (P,) atom i;
+        neighbors (P,) atom j.
+
+    Parameters: per-head query/key(/value) blocks (heads, F/heads, F/heads) of the invariant
+    branch (``inv_*``, H heads) and of the EV branch (``ev_*``, one head per degree); for both
+    branches the MLP |L| -> F/4 -> F of C(chi_j - chi_i) (``ev_filter_*``).
     """
 
     num_heads: int
@@ -100,44 +147,89 @@ class EuclideanAttention(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, chi, rbf, ylm, cut, centers, neighbors):
+    def __call__(self, x, chi, radial, ylm, cut, centers, neighbors):
         n_atoms, f = x.shape
-        n_deg = len(self.degrees)
-        contract = jnp.asarray(degree_contraction_matrix(self.degrees), self.dtype)
+        heads = (self.num_heads, len(self.degrees))
+        dt = self.dtype
+        fs = max(f // 4, 1)
+        lecun = nn.initializers.lecun_normal(batch_axis=(0,))  # fan-in per leading block
+        zeros = nn.initializers.zeros
+
+        # q, k (SiLU) and v of both branches from one matmul with a block-diagonal kernel.
+        def blocks(name, h):
+            return block_diagonal(self.param(name, lecun, (h, f // h, f // h), dt))
+
+        names = ("inv_query", "ev_query", "inv_key", "ev_key", "inv_value")
+        qkv = x @ jnp.concatenate([blocks(n, heads[k % 2]) for k, n in enumerate(names)], 1)
+        q_atoms = [nn.silu(qkv[:, b * f : (b + 1) * f]) for b in range(2)]
+        k_atoms = [nn.silu(qkv[:, (2 + b) * f : (3 + b) * f]) for b in range(2)]
+        v_atoms = qkv[:, 4 * f :]
+
+        # Filters: radial part (given) + MLP of C(chi_j - chi_i), per branch.
+        w1_s = self.param("ev_filter_kernel_1", lecun, (2, len(self.degrees), fs), dt)
+        b1_s = self.param("ev_filter_bias_1", zeros, (2, fs), dt)
+        w2_s = self.param("ev_filter_kernel_2", lecun, (2, fs, f), dt)
+        bias = self.param("ev_filter_bias_2", zeros, (2, f), dt)
+        if chi is None:  # C(0) = 0: the EV-difference MLP is a constant
+            bias = bias + jnp.einsum("bh,bhf->bf", nn.silu(b1_s), w2_s)
+        contract = jnp.asarray(degree_contraction_matrix(self.degrees), dt)
         deg_idx = degree_index(self.degrees)
+        scale = [np.asarray(1.0 / np.sqrt(f // h), dt) for h in heads]
 
-        # Two filters (branch 0: invariant attention, branch 1: EV attention), each the sum of
-        # a radial MLP and an MLP of the per-degree invariants of chi_j - chi_i.
-        dchi = chi[neighbors] - chi[centers]
-        w = BranchMLP(2, f, f, dtype=self.dtype, name="radial_filter")(rbf)
-        w = w + BranchMLP(2, max(f // 4, 1), f, dtype=self.dtype, name="ev_filter")(
-            (dchi * dchi) @ contract
-        )
+        def messages(radial, ylm, cut, centers, neighbors):
+            """Sums over a set of pairs per center: (N, F + D)."""
 
-        def attention(heads: int, w_branch: jnp.ndarray, name: str) -> jnp.ndarray:
-            q = nn.silu(HeadLinear(heads, self.dtype, name=f"{name}_query")(x))
-            k = nn.silu(HeadLinear(heads, self.dtype, name=f"{name}_key")(x))
-            d = f // heads
-            w_branch = w_branch.reshape(-1, heads, d)
-            alpha = jnp.sum(q[centers] * w_branch * k[neighbors], axis=-1)
-            return alpha * (cut[:, None] / np.sqrt(d)).astype(self.dtype)  # (P, heads)
+            def at(a, idx):
+                return a.at[idx].get(mode="promise_in_bounds")
 
-        # Invariant branch: H heads of width F/H.
-        alpha_x = attention(self.num_heads, w[:, 0], "inv")
-        v = HeadLinear(self.num_heads, self.dtype, name="inv_value")(x)
-        msg = (alpha_x[..., None] * v[neighbors]).reshape(-1, f)
-        dx = jax.ops.segment_sum(msg, centers, num_segments=n_atoms)
+            w = [radial[b] + bias[b] for b in range(2)]
+            if chi is not None:
+                dchi = at(chi, neighbors) - at(chi, centers)
+                c = (dchi * dchi) @ contract
+                w = [w[b] + nn.silu(c @ w1_s[b] + b1_s[b]) @ w2_s[b] for b in range(2)]
+            n = cut.shape[0]
+            alpha = [
+                (at(q_atoms[b], centers) * w[b] * at(k_atoms[b], neighbors))
+                .reshape(n, heads[b], -1)
+                .sum(-1)
+                * (cut * scale[b])[:, None]
+                for b in range(2)
+            ]
+            v = at(v_atoms, neighbors).reshape(n, heads[0], -1)
+            msg_x = (alpha[0][:, :, None] * v).reshape(n, f)
+            msg = jnp.concatenate([msg_x, alpha[1][:, deg_idx] * ylm], axis=1)
+            out = jnp.zeros((n_atoms, msg.shape[1]), dt)
+            return out.at[centers].add(msg, mode="promise_in_bounds")
 
-        # EV branch: one head per degree, width F/|L|; messages are alpha * Y^l(r_ij).
-        alpha_chi = attention(n_deg, w[:, 1], "ev")
-        dchi = jax.ops.segment_sum(alpha_chi[:, deg_idx] * ylm, centers, num_segments=n_atoms)
+        if not isinstance(radial, tuple):
+            upd = messages(radial, ylm, cut, centers, neighbors)
+        else:
+            # Pad to whole chunks with null pairs (cut = 0) on the last atom, then scan;
+            # checkpointing recomputes each chunk's intermediates in the backward pass instead
+            # of keeping them all.
+            rbf, weights = radial
+            pair_args = (rbf, ylm, cut, centers, neighbors)
+            n_chunks = -(-cut.shape[0] // PAIR_CHUNK)
+            pad = n_chunks * PAIR_CHUNK - cut.shape[0]
+            chunks = []
+            for a in pair_args:
+                fill = n_atoms - 1 if a.dtype.kind == "i" else 0
+                a = jnp.concatenate([a, jnp.full((pad,) + a.shape[1:], fill, a.dtype)])
+                chunks.append(a.reshape((n_chunks, PAIR_CHUNK) + a.shape[1:]))
 
-        x = x + dx
-        chi = chi + dchi
+            @jax.checkpoint
+            def body(acc, chunk):
+                rbf, *rest = chunk
+                return acc + messages(radial_filters(rbf, *weights)[0], *rest), None
+
+            upd = jax.lax.scan(body, jnp.zeros((n_atoms, f + ylm.shape[1]), dt), chunks)[0]
+
+        x = x + upd[:, :f]
+        chi = upd[:, f:] if chi is None else chi + upd[:, f:]
         if self.layer_norm:
-            x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.dtype)(x)
+            x = nn.LayerNorm(dtype=dt, param_dtype=dt)(x)
         if self.residual_mlp:
-            x = ResidualMLP(dtype=self.dtype)(x)
+            x = ResidualMLP(dtype=dt)(x)
         return x, chi
 
 
@@ -171,6 +263,9 @@ class So3krates(nn.Module):
     ``E_i = s_Z * MLP_out(x_i) + b_Z``; the float64 per-element reference energies e_Z are
     added outside the network (``so3krates.potential``), so that float32 models still resolve
     meV on totals of 10^4 eV.
+
+    The radial filter MLPs K -> F -> F of all blocks and both branches are parameters of this
+    module (``radial_*``, leading axes (block, branch)), as they are evaluated together.
     """
 
     features: int = 128
@@ -189,37 +284,72 @@ class So3krates(nn.Module):
 
     @nn.compact
     def __call__(self, numbers, vectors, centers, neighbors, pair_mask):
-        """numbers (N,), vectors r_ij (P, 3) in Å, centers/neighbors (P,), pair_mask (P,)."""
+        """numbers (N,), vectors r_ij (P, 3) in Å, centers/neighbors (P,), pair_mask (P,).
+
+        Padding pairs are masked by ``pair_mask``. Pairs sorted by (center, neighbour) are
+        fastest (see ``reverse_pair_order``), but any order gives the same result.
+        """
         if self.features % self.num_heads or self.features % len(self.degrees):
             raise ValueError("features must be divisible by num_heads and by len(degrees)")
-        vectors = vectors.astype(self.dtype)
+        dt, f, t_max = self.dtype, self.features, self.num_layers
+        n_atoms, n_pairs = numbers.shape[0], pair_mask.shape[0]
+        centers, neighbors, pair_mask = map(jnp.asarray, (centers, neighbors, pair_mask))
+        vectors = jnp.asarray(vectors, dt)
+        halve = n_pairs <= PAIR_CHUNK and n_pairs % 2 == 0 and n_atoms * n_atoms < 2**31
+        if halve:  # reorder the pairs: the second half reverses the first
+            order, valid = reverse_pair_order(centers, neighbors, vectors, pair_mask, n_atoms)
+            centers, neighbors, vectors, pair_mask = (
+                a.at[order].get(mode="promise_in_bounds", unique_indices=True)
+                for a in (centers, neighbors, vectors, pair_mask)
+            )
+
         # Padding pairs get a harmless unit-length vector so that no NaN reaches a gradient.
         safe = jnp.where(pair_mask[:, None], vectors, jnp.ones_like(vectors))
         d = jnp.sqrt(jnp.sum(safe * safe, axis=-1))
-        cut = cutoff_function(self.cutoff_fn, d, self.cutoff) * pair_mask
-        rbf = radial_basis(self.radial_basis, d, self.num_radial, self.cutoff).astype(self.dtype)
-        ylm = spherical_harmonics(safe / d[:, None], self.degrees).astype(self.dtype)
+        cut = materialize(cutoff_function(self.cutoff_fn, d, self.cutoff) * pair_mask)
+        rbf = radial_basis(self.radial_basis, d, self.num_radial, self.cutoff).astype(dt)
+        ylm = spherical_harmonics(safe / d[:, None], self.degrees).astype(dt)
 
-        x = nn.Embed(self.num_elements, self.features, dtype=self.dtype, param_dtype=self.dtype)(
-            numbers
+        lecun = nn.initializers.lecun_normal(batch_axis=(0, 1))
+        zeros = nn.initializers.zeros
+        weights = (
+            self.param("radial_kernel_1", lecun, (t_max, 2, self.num_radial, f), dt),
+            self.param("radial_bias_1", zeros, (t_max, 2, f), dt),
+            self.param("radial_kernel_2", lecun, (t_max, 2, f, f), dt),
+            self.param("radial_bias_2", zeros, (t_max, 2, f), dt),
         )
-        chi = jnp.zeros((numbers.shape[0], ylm.shape[-1]), self.dtype)
-        for t in range(self.num_layers):
+        if n_pairs > PAIR_CHUNK:
+            radial = [(rbf, tuple(w[t : t + 1] for w in weights)) for t in range(t_max)]
+        elif halve:
+            # Filters of the second half are those of the first; without exact reverses they
+            # are evaluated (rematerialised, so that this costs nothing when not taken).
+            first = radial_filters(rbf[: n_pairs // 2], *weights)
+            second = jax.lax.cond(
+                valid,
+                lambda: first,
+                lambda: jax.checkpoint(radial_filters)(rbf[n_pairs // 2 :], *weights),
+            )
+            radial = [
+                [jnp.concatenate([a, b]) for a, b in zip(fa, fb)] for fa, fb in zip(first, second)
+            ]
+        else:
+            radial = radial_filters(rbf, *weights)
+
+        x = nn.Embed(self.num_elements, f, dtype=dt, param_dtype=dt)(numbers)
+        chi = None  # chi^0 = 0
+        for t in range(t_max):
             x, chi = EuclideanAttention(
-                self.num_heads, self.degrees, self.layer_norm, self.residual_mlp, self.dtype,
+                self.num_heads, self.degrees, self.layer_norm, self.residual_mlp, dt,
                 name=f"attention_{t}",
-            )(x, chi, rbf, ylm, cut, centers, neighbors)
+            )(x, chi, radial[t], ylm, cut, centers, neighbors)
             x, chi = Exchange(
-                self.degrees, self.layer_norm, self.residual_mlp, self.dtype, name=f"exchange_{t}"
+                self.degrees, self.layer_norm, self.residual_mlp, dt, name=f"exchange_{t}"
             )(x, chi)
 
-        h = nn.silu(nn.Dense(self.features, dtype=self.dtype, param_dtype=self.dtype)(x))
-        out = nn.Dense(1, dtype=self.dtype, param_dtype=self.dtype)(h)[:, 0]
+        h = nn.silu(nn.Dense(f, dtype=dt, param_dtype=dt)(x))
+        out = nn.Dense(1, dtype=dt, param_dtype=dt)(h)[:, 0]
         scale = self.param(
-            "element_scale",
-            nn.initializers.constant(self.energy_scale),
-            (self.num_elements,),
-            self.dtype,
+            "element_scale", nn.initializers.constant(self.energy_scale), (self.num_elements,), dt
         )
-        shift = self.param("element_shift", nn.initializers.zeros, (self.num_elements,), self.dtype)
+        shift = self.param("element_shift", nn.initializers.zeros, (self.num_elements,), dt)
         return scale[numbers] * out + shift[numbers]
