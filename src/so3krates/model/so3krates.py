@@ -30,6 +30,7 @@ from so3krates.model.basis import (
     cutoff_function,
     degree_index,
     radial_basis,
+    rowwise_forward_jacobian,
     spherical_harmonics,
 )
 
@@ -303,12 +304,18 @@ class So3krates(nn.Module):
                 for a in (centers, neighbors, vectors, pair_mask)
             )
 
+        def geometry(r):  # (P, 3) -> cutoff (P, 1), radial basis (P, K), harmonics (P, D)
+            d = jnp.sqrt(jnp.sum(r * r, axis=-1))
+            return (
+                cutoff_function(self.cutoff_fn, d, self.cutoff)[:, None],
+                radial_basis(self.radial_basis, d, self.num_radial, self.cutoff),
+                spherical_harmonics(r / d[:, None], self.degrees),
+            )
+
         # Padding pairs get a harmless unit-length vector so that no NaN reaches a gradient.
         safe = jnp.where(pair_mask[:, None], vectors, jnp.ones_like(vectors))
-        d = jnp.sqrt(jnp.sum(safe * safe, axis=-1))
-        cut = materialize(cutoff_function(self.cutoff_fn, d, self.cutoff) * pair_mask)
-        rbf = radial_basis(self.radial_basis, d, self.num_radial, self.cutoff).astype(dt)
-        ylm = spherical_harmonics(safe / d[:, None], self.degrees).astype(dt)
+        cut, rbf, ylm = rowwise_forward_jacobian(geometry)(safe)
+        cut = materialize(cut[:, 0] * pair_mask)
 
         lecun = nn.initializers.lecun_normal(batch_axis=(0, 1))
         zeros = nn.initializers.zeros
@@ -335,7 +342,10 @@ class So3krates(nn.Module):
         else:
             radial = radial_filters(rbf, *weights)
 
-        x = nn.Embed(self.num_elements, f, dtype=dt, param_dtype=dt)(numbers)
+        # Unit-variance embeddings: flax's default (std 1/sqrt(F)) leaves the attention, and so
+        # the forces, nearly blind to geometry at initialisation and training stalls at first.
+        embed_init = nn.initializers.normal(stddev=1.0)
+        x = nn.Embed(self.num_elements, f, dtype=dt, param_dtype=dt, embedding_init=embed_init)(numbers)
         chi = None  # chi^0 = 0
         for t in range(t_max):
             x, chi = EuclideanAttention(
