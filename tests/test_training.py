@@ -132,9 +132,11 @@ def test_atomic_write_keeps_old_file_on_full_disk(tmp_path, monkeypatch):
     target = tmp_path / "ckpt.msgpack"
     atomic_write_bytes(target, b"old content")
 
+    real_fdopen = os.fdopen
+
     class FullDisk:
         def __init__(self, fd, mode):
-            self.fh = os.fdopen(fd, mode)
+            self.fh = real_fdopen(fd, mode)
 
         def __enter__(self):
             return self
