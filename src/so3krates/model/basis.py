@@ -9,7 +9,6 @@ import math
 from typing import Sequence
 
 import e3x
-import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy.special import gammaln
@@ -135,36 +134,10 @@ def spherical_harmonics(unit_vectors: jnp.ndarray, degrees: Sequence[int]) -> jn
     Degrees up to 4 use closed-form polynomials; higher degrees fall back to e3x.
     """
     if max(degrees) > 4:
-        ylm = e3x.so3.spherical_harmonics(unit_vectors, max_degree=max(degrees), r_is_normalized=True)
+        ylm = e3x.so3.spherical_harmonics(
+            unit_vectors, max_degree=max(degrees), r_is_normalized=True
+        )
         return jnp.concatenate([ylm[..., l * l : (l + 1) * (l + 1)] for l in degrees], axis=-1)
     x, y, z = unit_vectors[..., 0], unit_vectors[..., 1], unit_vectors[..., 2]
     return jnp.stack([c for l in degrees for c in _racah_harmonics(x, y, z, l)], axis=-1)
 
-
-def rowwise_forward_jacobian(fn):
-    """Wrap ``fn``, mapping each row of a (P, n) array independently to rows of (P, m_k)
-    outputs (a tuple), so that its derivative comes from per-row Jacobians (P, m_k, n)
-    evaluated in the forward pass by n forward-mode sweeps.
-
-    Same values and derivatives (of any order), but the reverse pass is one contraction per
-    output instead of the transpose of a long chain of elementwise operations, each of which
-    costs a kernel launch on XLA:CPU. Meant for small n (here the 3 components of r_ij).
-    """
-
-    @jax.custom_jvp
-    def wrapped(a):
-        return fn(a)
-
-    @wrapped.defjvp
-    def jvp(primals, tangents):
-        (a,), (da,) = primals, tangents
-        eye = jnp.eye(a.shape[-1], dtype=a.dtype)
-
-        def directional(e):
-            return jax.jvp(fn, (a,), (jnp.broadcast_to(e, a.shape),))[1]
-
-        jacobians = jax.vmap(directional, out_axes=-1)(eye)  # tuple of (P, m_k, n)
-        out = fn(a)
-        return out, tuple(jnp.einsum("pmn,pn->pm", j, da) for j in jacobians)
-
-    return wrapped

@@ -8,9 +8,10 @@ energies (float64) and forces.
 Performance notes (XLA:CPU, where small systems are bound by the number and the per-element
 cost of (P, F) kernels, and large ones by memory traffic):
 
-- the pair geometry (radial basis, cutoff, spherical harmonics) is computed once for all blocks;
-- the radial filters MLP_r(phi(d_ij)) of all blocks are evaluated for one pair of each couple
-  (i, j) / (j, i) only (their distances are bitwise equal), see ``reverse_pair_order``;
+- the pair geometry (radial basis, cutoff, spherical harmonics) is computed once for all blocks
+  (for large systems, once per chunk of pairs);
+- the filters of each block are functions of d_ij and C(chi_j - chi_i), equal for a pair and
+  its reverse, and are evaluated for one pair of each couple only, see ``reverse_pair_order``;
 - queries, keys and values of both attention branches come from one matmul; per-pair arrays
   are never sliced along their feature axis (whose gradients cost zero-padding kernels);
 - with many pairs, each block's pair work runs in rematerialised chunks, so that no (P, F)
@@ -30,12 +31,11 @@ from so3krates.model.basis import (
     cutoff_function,
     degree_index,
     radial_basis,
-    rowwise_forward_jacobian,
     spherical_harmonics,
 )
 
-# Up to this many pairs, a block's pair work runs in one piece (with the radial filters of
-# all blocks precomputed); above it, in chunks of this many pairs.
+# Up to this many pairs, a block's pair work runs in one piece; above it, in chunks of at most
+# this many pairs.
 PAIR_CHUNK = 1024
 
 
@@ -73,18 +73,18 @@ def reverse_pair_order(centers, neighbors, vectors, pair_mask, n_atoms: int):
     """
     n_pairs = centers.shape[0]
     half = n_pairs // 2
-    idx = jnp.arange(n_pairs)
+    idx = jnp.arange(n_pairs, dtype=centers.dtype)
     key = centers * n_atoms + neighbors
     reverse_key = neighbors * n_atoms + centers
-    partner = jnp.searchsorted(key, reverse_key, method="compare_all")
+    method = "compare_all" if n_pairs <= PAIR_CHUNK else "scan"  # O(P^2) / O(P log P) work
+    partner = jnp.searchsorted(key, reverse_key, method=method)
     partner = jnp.minimum(partner, n_pairs - 1)
     found = (key[partner] == reverse_key) & (partner[partner] == idx) & pair_mask[partner]
     found &= jnp.all(vectors[partner] == -vectors, axis=1)
     first = pair_mask & (idx < partner)
-    n_first = jnp.sum(first)
-    rank = jnp.cumsum(first) - 1
-    pad_rank = jnp.cumsum(~pair_mask) - 1
-    n_pad = n_pairs - jnp.sum(pair_mask)
+    # Ranks among the first members and among the padding pairs (one cumsum for both).
+    rank, pad_rank = jnp.cumsum(jnp.stack([first, ~pair_mask]), axis=1, dtype=idx.dtype) - 1
+    n_first, n_pad = rank[-1] + 1, pad_rank[-1] + 1
     pad_pos = n_first + jnp.where(pad_rank < n_pad // 2, pad_rank, half + pad_rank - n_pad // 2)
     pos = jnp.where(pair_mask, jnp.where(first, rank, half + rank[partner]), pad_pos)
     valid = jnp.all(found | ~pair_mask) & (2 * n_first + n_pad == n_pairs) & (n_pad % 2 == 0)
@@ -92,23 +92,12 @@ def reverse_pair_order(centers, neighbors, vectors, pair_mask, n_atoms: int):
     return order, valid
 
 
-def radial_filters(rbf, w1, b1, w2, b2):
-    """Dense-SiLU-Dense radial MLPs of all blocks and branches: lists [block][branch] of (P, F).
-
-    rbf (P, K); weights with leading axes (block, branch): w1 (T, 2, K, F), b1 (T, 2, F),
-    w2 (T, 2, F, F), b2 (T, 2, F).
-    """
-    return [
-        [nn.silu(rbf @ w1[t, b] + b1[t, b]) @ w2[t, b] + b2[t, b] for b in range(2)]
-        for t in range(w1.shape[0])
-    ]
-
-
 def block_diagonal(w: jnp.ndarray) -> jnp.ndarray:
-    """Per-head weight blocks (H, d, d) -> the (H d, H d) block-diagonal matrix."""
-    h, d, _ = w.shape
+    """Per-head blocks (M, H, d, d) of M linear maps -> (H d, M H d): their block-diagonal
+    matrices side by side (so that all M maps are one matmul)."""
+    m, h, d, _ = w.shape
     eye = jnp.eye(h, dtype=w.dtype)
-    return (w[:, :, None, :] * eye[:, None, :, None]).reshape(h * d, h * d)
+    return jnp.einsum("mhab,hk->hamkb", w, eye).reshape(h * d, m * h * d)
 
 
 class ResidualMLP(nn.Module):
@@ -127,28 +116,32 @@ class ResidualMLP(nn.Module):
 class EuclideanAttention(nn.Module):
     """One SO3krates transformer block: filters, two attention branches, updates.
 
-    Args of ``__call__`` (P pairs, N atoms, D EV components; branch 0 is the invariant one,
-    branch 1 the EV one):
+    Args of ``__call__`` (P pairs, N atoms, K radial functions, D EV components; branch 0 is
+    the invariant one, branch 1 the EV one):
         x (N, F); chi (N, D), or None for the all-zero EVs of the first block;
-        radial: this block's radial filter parts MLP_r(phi(d)), two (P, F) arrays; or, to have
-            them evaluated chunk by chunk, a tuple (rbf (P, K), this block's weights of
-            ``radial_filters`` with a leading block axis of size 1);
-        ylm (P, D); cut (P,) cutoff weights (0 for padding); centers (P,) atom i;
-        neighbors (P,) atom j.
+        pair_inputs: a tuple of (P, ...) arrays, and pair_fn, mapping them (or a chunk of
+            them) to ``(cut, rbf, ylm, centers, neighbors)``: cutoff weights (P,) (0 for
+            padding pairs), radial basis (P, K), harmonics (P, D), atoms i and j (P,);
+        valid: scalar bool, True if pairs [P/2, P) are the exact reverses of pairs [0, P/2)
+            (see ``reverse_pair_order``), so that the filters need only be evaluated once.
+        With more than ``PAIR_CHUNK`` pairs, pair_fn is applied chunk by chunk, each chunk
+        taking the same rows of both halves.
 
-    Parameters: per-head query/key(/value) blocks (heads, F/heads, F/heads) of the invariant
-    branch (``inv_*``, H heads) and of the EV branch (``ev_*``, one head per degree); for both
-    branches the MLP |L| -> F/4 -> F of C(chi_j - chi_i) (``ev_filter_*``).
+    Parameters: per-head query/key/value blocks (3, H, F/H, F/H) of the invariant branch
+    (``inv_qkv``, H heads), query/key blocks (2, |L|, F/|L|, F/|L|) of the EV branch (``ev_qk``,
+    one head per degree); for both branches the radial MLP K -> F -> F (``radial_*``) and the
+    MLP |L| -> F/4 -> F of C(chi_j - chi_i) (``ev_filter_*``), stacked on a leading axis.
     """
 
     num_heads: int
     degrees: Sequence[int]
+    num_radial: int
     layer_norm: bool = False
     residual_mlp: bool = True
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, chi, radial, ylm, cut, centers, neighbors):
+    def __call__(self, x, chi, pair_inputs, pair_fn, valid):
         n_atoms, f = x.shape
         heads = (self.num_heads, len(self.degrees))
         dt = self.dtype
@@ -156,39 +149,57 @@ class EuclideanAttention(nn.Module):
         lecun = nn.initializers.lecun_normal(batch_axis=(0,))  # fan-in per leading block
         zeros = nn.initializers.zeros
 
-        # q, k (SiLU) and v of both branches from one matmul with a block-diagonal kernel.
-        def blocks(name, h):
-            return block_diagonal(self.param(name, lecun, (h, f // h, f // h), dt))
+        # q, k (SiLU) and v of both branches from one matmul with a block-diagonal kernel,
+        # columns [q, k, v of the invariant branch | q, k of the EV branch].
+        def blocks(name, maps, h):
+            lecun_blocks = nn.initializers.lecun_normal(batch_axis=(0, 1))
+            return block_diagonal(self.param(name, lecun_blocks, (maps, h, f // h, f // h), dt))
 
-        names = ("inv_query", "ev_query", "inv_key", "ev_key", "inv_value")
-        qkv = x @ jnp.concatenate([blocks(n, heads[k % 2]) for k, n in enumerate(names)], 1)
-        q_atoms = [nn.silu(qkv[:, b * f : (b + 1) * f]) for b in range(2)]
-        k_atoms = [nn.silu(qkv[:, (2 + b) * f : (3 + b) * f]) for b in range(2)]
-        v_atoms = qkv[:, 4 * f :]
+        qkv = x @ jnp.concatenate([blocks("inv_qkv", 3, heads[0]), blocks("ev_qk", 2, heads[1])], 1)
+        q_atoms = [nn.silu(qkv[:, :f]), nn.silu(qkv[:, 3 * f : 4 * f])]
+        k_atoms = [nn.silu(qkv[:, f : 2 * f]), nn.silu(qkv[:, 4 * f :])]
+        v_atoms = qkv[:, 2 * f : 3 * f]
 
-        # Filters: radial part (given) + MLP of C(chi_j - chi_i), per branch.
+        # Filters of both branches: radial MLP (Dense-SiLU-Dense) + MLP of C(chi_j - chi_i).
+        w1_r = self.param("radial_kernel_1", lecun, (2, self.num_radial, f), dt)
+        b1_r = self.param("radial_bias_1", zeros, (2, f), dt)
+        w2_r = self.param("radial_kernel_2", lecun, (2, f, f), dt)
+        b2_r = self.param("radial_bias_2", zeros, (2, f), dt)
         w1_s = self.param("ev_filter_kernel_1", lecun, (2, len(self.degrees), fs), dt)
         b1_s = self.param("ev_filter_bias_1", zeros, (2, fs), dt)
         w2_s = self.param("ev_filter_kernel_2", lecun, (2, fs, f), dt)
-        bias = self.param("ev_filter_bias_2", zeros, (2, f), dt)
+        bias = b2_r + self.param("ev_filter_bias_2", zeros, (2, f), dt)
         if chi is None:  # C(0) = 0: the EV-difference MLP is a constant
             bias = bias + jnp.einsum("bh,bhf->bf", nn.silu(b1_s), w2_s)
         contract = jnp.asarray(degree_contraction_matrix(self.degrees), dt)
         deg_idx = degree_index(self.degrees)
         scale = [np.asarray(1.0 / np.sqrt(f // h), dt) for h in heads]
 
-        def messages(radial, ylm, cut, centers, neighbors):
-            """Sums over a set of pairs per center: (N, F + D)."""
+        def at(a, idx):
+            return a.at[idx].get(mode="promise_in_bounds")
 
-            def at(a, idx):
-                return a.at[idx].get(mode="promise_in_bounds")
-
-            w = [radial[b] + bias[b] for b in range(2)]
+        def filters(rbf, centers, neighbors):
+            """Both branches' filters of a set of pairs: two (P, F) arrays."""
+            w = [nn.silu(rbf @ w1_r[b] + b1_r[b]) @ w2_r[b] + bias[b] for b in range(2)]
             if chi is not None:
                 dchi = at(chi, neighbors) - at(chi, centers)
                 c = (dchi * dchi) @ contract
                 w = [w[b] + nn.silu(c @ w1_s[b] + b1_s[b]) @ w2_s[b] for b in range(2)]
+            return w
+
+        def messages(cut, rbf, ylm, centers, neighbors):
+            """Sums over pairs [first half | reverses] per center: (N, F + D)."""
             n = cut.shape[0]
+            h = n // 2
+            first = filters(rbf[:h], centers[:h], neighbors[:h])
+            # Without exact reverses, the second half's filters are evaluated (rematerialised,
+            # so that this costs nothing when the branch is not taken).
+            second = jax.lax.cond(
+                valid,
+                lambda: [jnp.zeros_like(a) for a in first],
+                lambda: jax.checkpoint(filters)(rbf[h:], centers[h:], neighbors[h:]),
+            )
+            w = [jnp.concatenate([a, jnp.where(valid, a, b)]) for a, b in zip(first, second)]
             alpha = [
                 (at(q_atoms[b], centers) * w[b] * at(k_atoms[b], neighbors))
                 .reshape(n, heads[b], -1)
@@ -202,28 +213,29 @@ class EuclideanAttention(nn.Module):
             out = jnp.zeros((n_atoms, msg.shape[1]), dt)
             return out.at[centers].add(msg, mode="promise_in_bounds")
 
-        if not isinstance(radial, tuple):
-            upd = messages(radial, ylm, cut, centers, neighbors)
+        n_half = jax.tree.leaves(pair_inputs)[0].shape[0] // 2
+        if 2 * n_half <= PAIR_CHUNK:
+            upd = messages(*pair_fn(*pair_inputs))
         else:
-            # Pad to whole chunks with null pairs (cut = 0) on the last atom, then scan;
-            # checkpointing recomputes each chunk's intermediates in the backward pass instead
-            # of keeping them all.
-            rbf, weights = radial
-            pair_args = (rbf, ylm, cut, centers, neighbors)
-            n_chunks = -(-cut.shape[0] // PAIR_CHUNK)
-            pad = n_chunks * PAIR_CHUNK - cut.shape[0]
+            # Chunk k holds rows [k C, (k + 1) C) of both halves (padded with null pairs on
+            # the last atom); the scan's checkpoint recomputes each chunk's intermediates in
+            # the backward pass instead of keeping them all.
+            n_chunks = -(-2 * n_half // PAIR_CHUNK)
+            size = -(-n_half // n_chunks)
+            pad = n_chunks * size - n_half
             chunks = []
-            for a in pair_args:
+            for a in pair_inputs:
                 fill = n_atoms - 1 if a.dtype.kind == "i" else 0
-                a = jnp.concatenate([a, jnp.full((pad,) + a.shape[1:], fill, a.dtype)])
-                chunks.append(a.reshape((n_chunks, PAIR_CHUNK) + a.shape[1:]))
+                fill = jnp.full((pad,) + a.shape[1:], fill, a.dtype)
+                a = jnp.concatenate([a[:n_half], fill, a[n_half:], fill])
+                a = a.reshape((2, n_chunks, size) + a.shape[1:]).swapaxes(0, 1)
+                chunks.append(a.reshape((n_chunks, 2 * size) + a.shape[3:]))
 
             @jax.checkpoint
             def body(acc, chunk):
-                rbf, *rest = chunk
-                return acc + messages(radial_filters(rbf, *weights)[0], *rest), None
+                return acc + messages(*pair_fn(*chunk)), None
 
-            upd = jax.lax.scan(body, jnp.zeros((n_atoms, f + ylm.shape[1]), dt), chunks)[0]
+            upd = jax.lax.scan(body, jnp.zeros((n_atoms, f + len(deg_idx)), dt), chunks)[0]
 
         x = x + upd[:, :f]
         chi = upd[:, f:] if chi is None else chi + upd[:, f:]
@@ -264,9 +276,6 @@ class So3krates(nn.Module):
     ``E_i = s_Z * MLP_out(x_i) + b_Z``; the float64 per-element reference energies e_Z are
     added outside the network (``so3krates.potential``), so that float32 models still resolve
     meV on totals of 10^4 eV.
-
-    The radial filter MLPs K -> F -> F of all blocks and both branches are parameters of this
-    module (``radial_*``, leading axes (block, branch)), as they are evaluated together.
     """
 
     features: int = 128
@@ -287,71 +296,56 @@ class So3krates(nn.Module):
     def __call__(self, numbers, vectors, centers, neighbors, pair_mask):
         """numbers (N,), vectors r_ij (P, 3) in Å, centers/neighbors (P,), pair_mask (P,).
 
-        Padding pairs are masked by ``pair_mask``. Pairs sorted by (center, neighbour) are
-        fastest (see ``reverse_pair_order``), but any order gives the same result.
+        Padding pairs are masked by ``pair_mask``. Full neighbour lists sorted by (center,
+        neighbour) are fastest (see ``reverse_pair_order``), but any pairs give the same result.
         """
         if self.features % self.num_heads or self.features % len(self.degrees):
             raise ValueError("features must be divisible by num_heads and by len(degrees)")
-        dt, f, t_max = self.dtype, self.features, self.num_layers
-        n_atoms, n_pairs = numbers.shape[0], pair_mask.shape[0]
-        centers, neighbors, pair_mask = map(jnp.asarray, (centers, neighbors, pair_mask))
+        dt, f = self.dtype, self.features
+        n_atoms = numbers.shape[0]
+        centers, neighbors = jnp.asarray(centers, jnp.int32), jnp.asarray(neighbors, jnp.int32)
+        pair_mask = jnp.asarray(pair_mask)
         vectors = jnp.asarray(vectors, dt)
-        halve = n_pairs <= PAIR_CHUNK and n_pairs % 2 == 0 and n_atoms * n_atoms < 2**31
-        if halve:  # reorder the pairs: the second half reverses the first
+        if pair_mask.shape[0] % 2:  # one null pair more, so that the pairs split into halves
+            centers, neighbors = (jnp.append(a, n_atoms - 1) for a in (centers, neighbors))
+            vectors = jnp.concatenate([vectors, jnp.zeros((1, 3), dt)])
+            pair_mask = jnp.append(pair_mask, False)
+        if n_atoms * n_atoms < 2**31:  # reorder: the second half reverses the first
             order, valid = reverse_pair_order(centers, neighbors, vectors, pair_mask, n_atoms)
             centers, neighbors, vectors, pair_mask = (
                 a.at[order].get(mode="promise_in_bounds", unique_indices=True)
                 for a in (centers, neighbors, vectors, pair_mask)
             )
-
-        def geometry(r):  # (P, 3) -> cutoff (P, 1), radial basis (P, K), harmonics (P, D)
-            d = jnp.sqrt(jnp.sum(r * r, axis=-1))
-            return (
-                cutoff_function(self.cutoff_fn, d, self.cutoff)[:, None],
-                radial_basis(self.radial_basis, d, self.num_radial, self.cutoff),
-                spherical_harmonics(r / d[:, None], self.degrees),
-            )
-
-        # Padding pairs get a harmless unit-length vector so that no NaN reaches a gradient.
-        safe = jnp.where(pair_mask[:, None], vectors, jnp.ones_like(vectors))
-        cut, rbf, ylm = rowwise_forward_jacobian(geometry)(safe)
-        cut = materialize(cut[:, 0] * pair_mask)
-
-        lecun = nn.initializers.lecun_normal(batch_axis=(0, 1))
-        zeros = nn.initializers.zeros
-        weights = (
-            self.param("radial_kernel_1", lecun, (t_max, 2, self.num_radial, f), dt),
-            self.param("radial_bias_1", zeros, (t_max, 2, f), dt),
-            self.param("radial_kernel_2", lecun, (t_max, 2, f, f), dt),
-            self.param("radial_bias_2", zeros, (t_max, 2, f), dt),
-        )
-        if n_pairs > PAIR_CHUNK:
-            radial = [(rbf, tuple(w[t : t + 1] for w in weights)) for t in range(t_max)]
-        elif halve:
-            # Filters of the second half are those of the first; without exact reverses they
-            # are evaluated (rematerialised, so that this costs nothing when not taken).
-            first = radial_filters(rbf[: n_pairs // 2], *weights)
-            second = jax.lax.cond(
-                valid,
-                lambda: first,
-                lambda: jax.checkpoint(radial_filters)(rbf[n_pairs // 2 :], *weights),
-            )
-            radial = [
-                [jnp.concatenate([a, b]) for a, b in zip(fa, fb)] for fa, fb in zip(first, second)
-            ]
         else:
-            radial = radial_filters(rbf, *weights)
+            valid = jnp.asarray(False)
+
+        def geometry(vectors, pair_mask, centers, neighbors):
+            """(cut, rbf, ylm, centers, neighbors) of (a chunk of) pairs, see EuclideanAttention."""
+            # Padding pairs get a harmless unit-length vector so that no NaN reaches a gradient.
+            safe = jnp.where(pair_mask[:, None], vectors, jnp.ones_like(vectors))
+            d = jnp.sqrt(jnp.sum(safe * safe, axis=-1))
+            cut = materialize(cutoff_function(self.cutoff_fn, d, self.cutoff) * pair_mask)
+            rbf = radial_basis(self.radial_basis, d, self.num_radial, self.cutoff).astype(dt)
+            ylm = spherical_harmonics(safe / d[:, None], self.degrees).astype(dt)
+            return cut, rbf, ylm, centers, neighbors
+
+        pair_inputs = (vectors, pair_mask, centers, neighbors)
+        if pair_mask.shape[0] <= PAIR_CHUNK:  # geometry once for all blocks
+            pair_inputs, pair_fn = geometry(*pair_inputs), lambda *a: a
+        else:  # each block evaluates it chunk by chunk (cheaper than keeping it in memory)
+            pair_fn = geometry
 
         # Unit-variance embeddings: flax's default (std 1/sqrt(F)) leaves the attention, and so
         # the forces, nearly blind to geometry at initialisation and training stalls at first.
         embed_init = nn.initializers.normal(stddev=1.0)
-        x = nn.Embed(self.num_elements, f, dtype=dt, param_dtype=dt, embedding_init=embed_init)(numbers)
+        embed = nn.Embed(self.num_elements, f, dtype=dt, param_dtype=dt, embedding_init=embed_init)
+        x = embed(numbers)
         chi = None  # chi^0 = 0
-        for t in range(t_max):
+        for t in range(self.num_layers):
             x, chi = EuclideanAttention(
-                self.num_heads, self.degrees, self.layer_norm, self.residual_mlp, dt,
-                name=f"attention_{t}",
-            )(x, chi, radial[t], ylm, cut, centers, neighbors)
+                self.num_heads, self.degrees, self.num_radial, self.layer_norm,
+                self.residual_mlp, dt, name=f"attention_{t}",
+            )(x, chi, pair_inputs, pair_fn, valid)
             x, chi = Exchange(
                 self.degrees, self.layer_norm, self.residual_mlp, dt, name=f"exchange_{t}"
             )(x, chi)
