@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+import jax
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
@@ -49,12 +50,13 @@ class So3kratesCalculator(Calculator):
             self._capacity,
             dtype=self._np_dtype,
         )
-        pred = self.model.predict(graph)
+        # One device-to-host transfer for all outputs, then slice off the padding on the host.
+        pred = jax.device_get(self.model.predict(graph))
         n = len(atoms)
         energy = float(pred.energy[0])
         self.results = {
             "energy": energy,
             "free_energy": energy,
-            "forces": np.asarray(pred.forces[:n], dtype=np.float64),
-            "energies": np.asarray(pred.atomic_energies[:n], dtype=np.float64),
+            "forces": pred.forces[:n].astype(np.float64),
+            "energies": pred.atomic_energies[:n].astype(np.float64),
         }

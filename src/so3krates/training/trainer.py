@@ -8,6 +8,7 @@ uninterrupted run with the same seed. Batch order is a pure function of (seed, e
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import signal
@@ -26,6 +27,7 @@ from so3krates.config import Config, dump_yaml
 from so3krates.data import DataError, Dataset, read_dataset
 from so3krates.data.split import SPLIT_FILE, load_split, make_split, save_split
 from so3krates.evaluate import error_metrics, predict_dataset
+from so3krates.fileio import atomic_write_bytes
 from so3krates.model_io import build_module, init_params, reference_table, save_model
 from so3krates.potential import make_predict_fn
 from so3krates.training.checkpoint import load_checkpoint, save_checkpoint
@@ -173,8 +175,9 @@ def train(
         return params, opt_state, ema, loss
 
     n_batches = train_graphs.num_batches()
-    max_steps = tcfg.max_steps or tcfg.max_epochs * n_batches
-    max_steps = min(max_steps, tcfg.max_epochs * n_batches)
+    epoch_steps = tcfg.max_epochs * n_batches
+    max_steps = min(tcfg.max_steps or epoch_steps, epoch_steps)
+    limit_reason = "max_steps" if tcfg.max_steps and tcfg.max_steps <= epoch_steps else "max_epochs"
     checkpoint_every = tcfg.checkpoint_every or tcfg.valid_every
     budget_s = tcfg.max_time_minutes * 60.0 if tcfg.max_time_minutes else math.inf
     kill_at = int(os.environ.get("SO3KRATES_KILL_AT_STEP", "0"))  # fault injection for tests
@@ -245,7 +248,7 @@ def train(
         while not stop_reason:
             epoch = step // n_batches
             if step >= max_steps:
-                stop_reason = "max_steps" if tcfg.max_steps and step >= tcfg.max_steps else "max_epochs"
+                stop_reason = limit_reason
                 break
             order = _epoch_order(tcfg.seed, epoch, len(train_set))
             for graph, labels in train_graphs.batches(order, start=step % n_batches):
@@ -274,7 +277,7 @@ def train(
                 if over_time:
                     stop_reason = "max_time"
                 if end:
-                    stop_reason = stop_reason or ("max_steps" if tcfg.max_steps and step >= tcfg.max_steps else "max_epochs")
+                    stop_reason = stop_reason or limit_reason
                 if stop_reason:
                     break
 
@@ -340,9 +343,6 @@ def _truncate_metrics(path: Path, step: int) -> None:
         return
     with open(path) as fh:
         rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= step]
-    from so3krates.fileio import atomic_write_bytes
-    import io
-
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS)
     w.writeheader()
