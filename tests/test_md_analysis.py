@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import ase.io
 import numpy as np
@@ -245,6 +248,29 @@ def test_truncate_then_continue(tmp_path, suffix):
     np.testing.assert_allclose(traj.time, [0, 0.5, 1.0, 1.5, 2.0])
     with pytest.raises(ValueError, match="fewer"):
         truncate_trajectory(path, 6)
+
+
+def test_killed_run_keeps_written_chunks(tmp_path):
+    """A process killed without closing its writers leaves every written chunk readable."""
+    paths = [tmp_path / f"md{suffix}" for suffix in FORMATS]
+    src = Path(__file__).resolve().parents[1] / "src"
+    script = f"""
+import os, sys, numpy as np
+sys.path.insert(0, {str(src)!r})
+from so3krates.md.trajectory import TrajectoryWriter
+writers = [TrajectoryWriter(p, np.array([1, 8]), np.eye(3) * 5, True)
+           for p in {[str(p) for p in paths]!r}]
+for k in range(2):
+    for w in writers:
+        w.write(np.full((3, 2, 3), float(k)), velocities=np.zeros((3, 2, 3)),
+                potential_energy=np.zeros(3), kinetic_energy=np.zeros(3),
+                temperature=np.zeros(3), time=np.arange(3) + 3.0 * k)
+os._exit(0)  # no close(), no atexit handlers: as if killed
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    for path in paths:
+        traj = read_trajectory(path)
+        np.testing.assert_allclose(traj.time, np.arange(6.0), err_msg=path.name)
 
 
 def test_truncate_drops_partial_xyz_frame(tmp_path):

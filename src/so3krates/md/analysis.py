@@ -64,7 +64,7 @@ def velocity_autocorrelation(
     n_fft = 1 << int(np.ceil(np.log2(2 * n_frames - 1)))  # ≥ 2F − 1: no circular overlap
     acf = np.zeros(max_lag)
     # Columns in blocks so that long trajectories of many atoms stay within memory.
-    block = max(1, (1 << 24) // n_fft)
+    block = max(1, (1 << 22) // n_fft)  # ~32 MiB of spectra per block
     for start in range(0, cols.shape[1], block):
         spec = np.fft.rfft(cols[:, start:start + block], n=n_fft, axis=0)
         power = (spec.real**2 + spec.imag**2) @ col_weights[start:start + block]
@@ -245,8 +245,9 @@ def energy_drift(time_fs: np.ndarray, total_energy: np.ndarray, n_atoms: int) ->
     Returns
     -------
     dict
-        ``slope_mev_per_atom_per_ps``: slope of a least-squares line; ``max_deviation_mev_per_atom``:
-        max |E(t) − E(0)|; ``std_mev_per_atom``: standard deviation of E(t); all in meV/atom.
+        ``slope_mev_per_atom_per_ps``: slope of a least-squares line;
+        ``max_deviation_mev_per_atom``: max |E(t) − E(0)|; ``std_mev_per_atom``: standard
+        deviation of E(t); all in meV/atom.
     """
     t = np.asarray(time_fs, dtype=np.float64).reshape(-1)
     e = np.asarray(total_energy, dtype=np.float64).reshape(-1) * 1000.0 / n_atoms

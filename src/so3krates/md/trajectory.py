@@ -147,7 +147,8 @@ class TrajectoryWriter:
         self.masses = (atomic_masses[self.numbers] if masses is None
                        else np.asarray(masses, dtype=np.float64).reshape(-1))
         if self.masses.shape != self.numbers.shape:
-            raise ValueError(f"masses {self.masses.shape} do not match numbers {self.numbers.shape}")
+            raise ValueError(
+                f"masses {self.masses.shape} do not match numbers {self.numbers.shape}")
         self.n_atoms = int(self.numbers.size)
         self._handle = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -327,7 +328,8 @@ def _frames(x, n_atoms: int, name: str, n_frames: int | None = None) -> np.ndarr
     x = np.asarray(x, dtype=np.float64)
     if x.ndim == 2:
         x = x[None]
-    if x.ndim != 3 or x.shape[1:] != (n_atoms, 3) or (n_frames is not None and x.shape[0] != n_frames):
+    wrong_frames = n_frames is not None and x.ndim == 3 and x.shape[0] != n_frames
+    if x.ndim != 3 or x.shape[1:] != (n_atoms, 3) or wrong_frames:
         want = f"({'F' if n_frames is None else n_frames}, {n_atoms}, 3)"
         raise ValueError(f"{name} has shape {x.shape}, expected {want}")
     return x
