@@ -1,0 +1,267 @@
+"""The MD engine: chunks of steps in one compiled ``lax.scan``, driven from the host.
+
+A chunk runs ``frames × stride`` steps on the device and returns one frame every ``stride``
+steps. Between chunks the host (1) checks the neighbour-list overflow flag: on overflow it
+grows the capacities, recompiles and redoes the chunk from its starting state, so pairs are
+never dropped; (2) hands the frames to a writer; (3) stops cleanly at the first unstable
+frame (stability monitor), keeping every frame before it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase import units
+
+from so3krates.md import neighbours as nl
+from so3krates.md.integrators import (
+    Ensemble,
+    MDState,
+    conserved_energy,
+    init_state,
+    kinetic_energy,
+    make_step_fn,
+)
+from so3krates.md.stability import Bonds, StabilityCriteria, check_stability, find_bonds
+from so3krates.md.system import ForceFn, System
+
+
+class Frames(NamedTuple):
+    """Frames of one chunk (host arrays; F frames, N atoms).
+
+    Attributes:
+        step: step index of each frame, (F,).
+        positions: (F, N, 3) Å.
+        velocities: (F, N, 3) Å/fs.
+        forces: (F, N, 3) eV/Å.
+        potential_energy, kinetic_energy, conserved_energy: (F,) eV.
+        temperature: (F,) K.
+        stable: (F,) bool, False from the first unstable step on.
+    """
+
+    step: np.ndarray
+    positions: np.ndarray
+    velocities: np.ndarray
+    forces: np.ndarray
+    potential_energy: np.ndarray
+    kinetic_energy: np.ndarray
+    conserved_energy: np.ndarray
+    temperature: np.ndarray
+    stable: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.step)
+
+    def head(self, n: int) -> "Frames":
+        return Frames(*(a[:n] for a in self))
+
+
+def make_chunk_fn(
+    step_fn: Callable[[MDState], MDState],
+    ensemble: Ensemble,
+    system: System,
+    bonds: Bonds | None,
+    criteria: StabilityCriteria,
+    n_frames: int,
+    stride: int,
+):
+    """``chunk(state, unstable_at) -> (state, unstable_at, frames)``, jitted.
+
+    ``unstable_at`` is the (chunk-relative) step of the first instability, -1 while stable;
+    once unstable, the remaining steps of the chunk are skipped.
+    """
+    masses = jnp.asarray(system.masses)
+    cell = jnp.asarray(system.cell)
+    dof = system.degrees_of_freedom
+
+    def stable(state: MDState) -> jnp.ndarray:
+        ok = jnp.all(jnp.isfinite(state.forces)) & jnp.isfinite(state.energy)
+        if bonds is not None:
+            ok &= check_stability(state.positions, state.forces, cell, bonds, criteria)
+        return ok
+
+    def one_step(carry, i):
+        state, unstable_at = carry
+        state = jax.lax.cond(unstable_at < 0, step_fn, lambda s: s, state)
+        unstable_at = jnp.where((unstable_at < 0) & ~stable(state), i, unstable_at)
+        return (state, unstable_at), None
+
+    def one_frame(carry, f):
+        steps = f * stride + jnp.arange(stride)
+        carry, _ = jax.lax.scan(one_step, carry, steps)
+        state, unstable_at = carry
+        ke = kinetic_energy(state.velocities, masses)
+        frame = dict(
+            positions=state.positions,
+            velocities=state.velocities * units.fs,
+            forces=state.forces,
+            potential_energy=state.energy,
+            kinetic_energy=ke,
+            conserved_energy=conserved_energy(state, ensemble, system),
+            temperature=2.0 * ke / (dof * units.kB),
+            stable=unstable_at < 0,
+        )
+        return carry, frame
+
+    @jax.jit
+    def chunk(state: MDState, unstable_at: jnp.ndarray):
+        (state, unstable_at), frames = jax.lax.scan(
+            one_frame, (state, unstable_at), jnp.arange(n_frames)
+        )
+        return state, unstable_at, frames
+
+    return chunk
+
+
+@dataclass
+class RunSummary:
+    """What happened in :meth:`Simulation.run`."""
+
+    steps: int = 0
+    frames: int = 0
+    stable: bool = True
+    time_to_instability_fs: float | None = None
+    reallocations: int = 0
+    wall_seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ms_per_step(self) -> float:
+        return 1e3 * self.wall_seconds / max(self.steps, 1)
+
+
+class Simulation:
+    """Runs MD for one structure with any ``force_fn(positions, neighbours) -> (E, F)``.
+
+    Args:
+        force_fn: energy (eV) and forces (eV/Å), e.g. :func:`so3krates.md.system.model_force_fn`.
+        system: numbers, masses, cell, pbc.
+        positions: start positions (N, 3) Å.
+        ensemble: integrator settings.
+        cutoff: the potential's cutoff in Å.
+        skin: Verlet skin in Å.
+        stride: steps between frames.
+        chunk_frames: frames per compiled chunk (one host round trip per chunk).
+        monitor: stability criteria, or None to switch the bond monitor off (NaN forces
+            still stop the run).
+        velocities: start velocities in Å/fs (default: Maxwell–Boltzmann at the temperature).
+        seed: PRNG seed (initial velocities, Langevin noise).
+    """
+
+    def __init__(
+        self,
+        force_fn: ForceFn,
+        system: System,
+        positions: np.ndarray,
+        ensemble: Ensemble,
+        cutoff: float,
+        skin: float = 1.0,
+        stride: int = 10,
+        chunk_frames: int = 50,
+        monitor: StabilityCriteria | None = StabilityCriteria(),
+        velocities: np.ndarray | None = None,
+        seed: int = 0,
+        spec: nl.NeighbourSpec | None = None,
+    ):
+        self.force_fn, self.system, self.ensemble = force_fn, system, ensemble
+        self.stride, self.chunk_frames = stride, chunk_frames
+        self.criteria = monitor or StabilityCriteria()
+        self.bonds = (
+            find_bonds(system.numbers, positions, system.cell, system.pbc) if monitor else None
+        )
+        self.spec = spec or nl.allocate(positions, system.cell, system.pbc, cutoff, skin)
+        self.state = init_state(positions, system, force_fn, self.spec, ensemble, seed, velocities)
+        self.step = 0
+        self._chunks: dict[int, Callable] = {}
+
+    def set_state(self, positions, velocities_fs, chain, key, step: int) -> None:
+        """Continue from saved arrays (restart); forces and neighbours are recomputed."""
+        x = jnp.asarray(positions, jnp.float64)
+        nbrs = nl.build(x, jnp.asarray(self.system.cell), self.spec)
+        energy, forces = self.force_fn(x, nbrs)
+        v = jnp.asarray(velocities_fs, jnp.float64) / units.fs
+        self.state = MDState(x, v, forces, energy, jnp.asarray(chain), jnp.asarray(key), nbrs)
+        self.step = int(step)
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Host arrays that :meth:`set_state` takes back (for restart files)."""
+        s = jax.device_get(self.state)
+        return dict(
+            positions=np.asarray(s.positions),
+            velocities=np.asarray(s.velocities) * units.fs,
+            chain=np.asarray(s.chain),
+            key=np.asarray(s.key),
+            step=np.asarray(self.step),
+        )
+
+    def _compiled_chunk(self, n_frames: int):
+        if n_frames not in self._chunks:
+            step_fn = make_step_fn(self.ensemble, self.system, self.force_fn, self.spec)
+            self._chunks[n_frames] = make_chunk_fn(
+                step_fn, self.ensemble, self.system, self.bonds, self.criteria, n_frames, self.stride
+            )
+        return self._chunks[n_frames]
+
+    def run_chunk(self, n_frames: int | None = None) -> tuple[Frames, int | None, int]:
+        """One chunk of ``n_frames`` frames (default ``chunk_frames``).
+
+        Returns ``(frames, unstable_step or None, reallocations)`` and advances the state.
+        """
+        n_frames = n_frames or self.chunk_frames
+        reallocations = 0
+        while True:
+            start = self.state
+            state, unstable_at, frames = self._compiled_chunk(n_frames)(start, jnp.asarray(-1))
+            if not bool(state.neighbours.overflow):
+                break
+            # Grow, rebuild at the last build's positions (same rebuild schedule), redo.
+            self.spec = nl.grow(self.spec, state.neighbours)
+            ref = start.neighbours.reference
+            self.state = start._replace(neighbours=nl.build(ref, jnp.asarray(self.system.cell), self.spec))
+            self._chunks.clear()
+            reallocations += 1
+        frames = jax.device_get(frames)
+        n_steps = n_frames * self.stride
+        steps = self.step + self.stride * (1 + np.arange(n_frames))
+        frames = Frames(step=steps, **{k: np.asarray(v) for k, v in frames.items()})
+        self.state = state
+        unstable = int(unstable_at)
+        if unstable >= 0:
+            unstable += self.step + 1
+            frames = frames.head(int(np.sum(frames.stable)))
+            self.step = unstable
+        else:
+            self.step += n_steps
+            unstable = None
+        return frames, unstable, reallocations
+
+    def run(
+        self,
+        n_steps: int,
+        on_frames: Callable[[Frames], None] | None = None,
+    ) -> RunSummary:
+        """Run ``n_steps`` steps (a multiple of ``stride``), passing frames to ``on_frames``."""
+        if n_steps % self.stride:
+            raise ValueError(f"steps ({n_steps}) must be a multiple of the frame stride ({self.stride})")
+        summary = RunSummary()
+        first, target = self.step, self.step + n_steps
+        t0 = time.perf_counter()
+        while self.step < target:
+            n_frames = min(self.chunk_frames, (target - self.step) // self.stride)
+            frames, unstable, realloc = self.run_chunk(n_frames)
+            summary.reallocations += realloc
+            summary.frames += len(frames)
+            if on_frames is not None and len(frames):
+                on_frames(frames)
+            if unstable is not None:
+                summary.stable = False
+                summary.time_to_instability_fs = unstable * self.ensemble.timestep
+                break
+        summary.steps = self.step - first
+        summary.wall_seconds = time.perf_counter() - t0
+        return summary

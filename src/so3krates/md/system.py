@@ -1,0 +1,115 @@
+"""One structure for MD: static data, and the model's energy and forces on in-loop neighbours.
+
+``force_fn(positions, neighbours) -> (energy, forces)`` is what every integrator, relaxer and
+explorer calls; :func:`model_force_fn` makes it from a trained model, and any other pure
+function with the same signature (an analytic test potential, say) works just as well.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+from ase.data import atomic_masses
+
+from so3krates.batching import Graph
+from so3krates.md.neighbours import Neighbours, complete_cell
+from so3krates.model_io import reference_table
+from so3krates.potential import make_predict_fn
+
+ForceFn = Callable[[jnp.ndarray, Neighbours], tuple[jnp.ndarray, jnp.ndarray]]
+
+
+class System(NamedTuple):
+    """What stays fixed during a run.
+
+    Attributes:
+        numbers: atomic numbers, (N,) int.
+        masses: atomic masses in amu, (N,) float64.
+        cell: lattice vectors as rows in Å, (3, 3) float64 (zeros for molecules; zero vectors
+            of open directions of slabs are completed, see ``complete_cell``).
+        pbc: periodic directions, (3,) bool.
+    """
+
+    numbers: np.ndarray
+    masses: np.ndarray
+    cell: np.ndarray
+    pbc: np.ndarray
+
+    @classmethod
+    def from_atoms(cls, atoms) -> "System":
+        """From an ``ase.Atoms`` (its masses, cell and pbc)."""
+        pbc = np.asarray(atoms.pbc, dtype=bool)
+        return cls(
+            numbers=np.asarray(atoms.numbers, dtype=np.int32),
+            masses=np.asarray(atoms.get_masses(), dtype=np.float64),
+            cell=complete_cell(atoms.cell[:], pbc),
+            pbc=pbc,
+        )
+
+    @classmethod
+    def from_numbers(cls, numbers, cell=None, pbc=False) -> "System":
+        """Standard isotope masses; a molecule unless ``cell`` and ``pbc`` are given."""
+        numbers = np.asarray(numbers, dtype=np.int32)
+        pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
+        cell = complete_cell(np.zeros((3, 3)) if cell is None else cell, pbc)
+        return cls(numbers, atomic_masses[numbers].astype(np.float64), cell, pbc)
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.numbers)
+
+    @property
+    def degrees_of_freedom(self) -> int:
+        """3N - 3: the centre-of-mass momentum is removed and kept at zero."""
+        return max(3 * self.n_atoms - 3, 1)
+
+
+def graph(positions: jnp.ndarray, system: System, nbrs: Neighbours, cutoff: float) -> Graph:
+    """A one-structure :class:`Graph` (plus one padding atom) from in-loop neighbours.
+
+    Pairs listed within the skin but beyond ``cutoff`` are masked, so the model sees exactly
+    the pairs a fresh neighbour list would give.
+    """
+    n = system.n_atoms
+    dtype = positions.dtype
+    cell = jnp.asarray(system.cell, dtype)
+    pad = jnp.array([[1000.0, 0.0, 0.0]], dtype)
+    pos = jnp.concatenate([positions, pad])
+    vectors = pos[nbrs.neighbors] - pos[nbrs.centers] + nbrs.shifts.astype(dtype) @ cell
+    pair_mask = (nbrs.centers < n) & (jnp.sum(vectors * vectors, axis=-1) < cutoff * cutoff)
+    return Graph(
+        positions=pos,
+        numbers=jnp.asarray(np.append(system.numbers, 0), jnp.int32),
+        structure=jnp.asarray(np.append(np.zeros(n, np.int32), 1)),
+        centers=nbrs.centers,
+        neighbors=nbrs.neighbors,
+        shifts=nbrs.shifts.astype(dtype),
+        cells=jnp.stack([cell, jnp.zeros_like(cell)]),
+        atom_mask=jnp.asarray(np.arange(n + 1) < n),
+        pair_mask=pair_mask,
+        structure_mask=jnp.array([True, False]),
+    )
+
+
+def model_force_fn(model, system: System) -> ForceFn:
+    """``force_fn(positions (N,3), nbrs) -> (energy eV float64 scalar, forces (N,3) eV/Å)``.
+
+    The integrators keep positions and velocities in float64 (cheap next to the model); the
+    network sees them in the model's dtype and its forces come back as float64.
+
+    Args:
+        model: a loaded :class:`so3krates.model_io.Model` (its dtype sets the precision).
+        system: the structure being simulated.
+    """
+    model.check_elements(system.numbers)
+    predict = make_predict_fn(model.module, reference_table(model.reference_energies))
+    params, cutoff, n = model.params, model.cutoff, system.n_atoms
+    dtype = jnp.dtype(model.dtype)
+
+    def force_fn(positions, nbrs):
+        pred = predict(params, graph(positions.astype(dtype), system, nbrs, cutoff))
+        return pred.energy[0], pred.forces[:n].astype(positions.dtype)
+
+    return force_fn
