@@ -69,7 +69,7 @@ def fire_init(
     return FireState(
         positions=positions,
         velocities=jnp.zeros_like(positions),
-        energy=jnp.asarray(energy, positions.dtype),
+        energy=jnp.asarray(energy),  # kept in its own dtype (float64 for so3krates)
         forces=forces.astype(positions.dtype),
         dt=jnp.asarray(dt_start, positions.dtype),
         alpha=jnp.asarray(alpha_start, positions.dtype),
@@ -131,7 +131,7 @@ def fire_step(
     new = FireState(
         positions=positions,
         velocities=jnp.where(atom_mask[:, None], v, 0.0),
-        energy=jnp.asarray(energy, positions.dtype),
+        energy=jnp.asarray(energy),  # kept in its own dtype (float64 for so3krates)
         forces=forces,
         dt=dt,
         alpha=alpha,
@@ -195,8 +195,8 @@ def fire_relax(
         force_fn: ``positions (N, 3) -> (energy (), forces (N, 3))``, eV and eV/Å, for ONE
             structure; a pure JAX function (it is vmapped over the batch and traced).
         positions: start positions in Å, shape (N, 3) or (B, N, 3).
-        masses: atomic masses in amu, shape (N,) or (B, N); None: unit masses (as ASE's FIRE,
-            so that ``dt`` is in Å / (eV/Å) units, independent of the elements).
+        masses: atomic masses in amu, shape (N,) or (B, N); None: unit masses, as in ASE's
+            FIRE (the path then does not depend on the elements).
         fmax: convergence threshold on the largest atomic force norm in eV/Å.
         max_steps: maximum number of FIRE steps (force evaluations after the first).
         atom_mask: shape (N,) or (B, N), bool; False marks padding atoms: they never move and
