@@ -14,6 +14,7 @@ import numpy as np
 from ase.data import atomic_masses
 
 from so3krates.batching import Graph
+from so3krates.md import neighbours as nl
 from so3krates.md.neighbours import Neighbours, complete_cell
 from so3krates.model_io import reference_table
 from so3krates.potential import make_predict_fn
@@ -113,3 +114,25 @@ def model_force_fn(model, system: System) -> ForceFn:
         return pred.energy[0], pred.forces[:n].astype(positions.dtype)
 
     return force_fn
+
+
+def positions_force_fn(force_fn: ForceFn, system: System, cutoff: float, positions: np.ndarray | None = None):
+    """``fn(positions (N,3)) -> (energy, forces)`` that builds its own neighbour list each call.
+
+    For relaxation and quenches, where atoms may move far between calls. Molecules list every
+    pair (all N(N-1) fit, so the list can never overflow); periodic systems get a list sized
+    from ``positions`` with generous headroom (dense packing changes little in a relaxation).
+    """
+    n = system.n_atoms
+    if system.pbc.any():
+        if positions is None:
+            raise ValueError("periodic systems need start positions to size the neighbour list")
+        spec = nl.allocate(positions, system.cell, system.pbc, cutoff, 0.0, headroom=1.5)
+    else:
+        spec = nl.NeighbourSpec(cutoff, 0.0, max(n * (n - 1), 2), max(n - 1, 1))
+    cell = jnp.asarray(system.cell)
+
+    def fn(positions):
+        return force_fn(positions, nl.build(positions, cell, spec))
+
+    return fn
