@@ -1,4 +1,4 @@
-"""Command line: ``so3krates train | evaluate | demo``."""
+"""Command line: ``so3krates train | evaluate | demo | md | relax | explore | analyze``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from so3krates.md import cli as md_cli
 
 console = Console()
 
@@ -137,8 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     _train_parser(sub)
     _evaluate_parser(sub)
     _demo_parser(sub)
+    md_cli.add_parsers(sub)
     args = parser.parse_args(argv)
     handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo}
+    handlers.update({k: (lambda a, f=f: f(a, console)) for k, f in md_cli.HANDLERS.items()})
     from pydantic import ValidationError
 
     from so3krates.data import DataError

@@ -1,0 +1,187 @@
+"""Command line for using a model: ``so3krates md | relax | explore | analyze``.
+
+Parsers and handlers only; the work happens in :mod:`so3krates.md.run`,
+:mod:`so3krates.md.relax`, :mod:`so3krates.md.explore` and :mod:`so3krates.md.analysis`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+
+def read_structures(path: str, index: str = ":") -> list:
+    """Structures from any ASE-readable file, with a clear error for missing or empty files."""
+    import ase.io
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"structure file {path} does not exist")
+    try:
+        frames = ase.io.read(p, index=index)
+    except StopIteration:
+        frames = []
+    except Exception as err:  # ase raises many kinds; report the file, not a traceback
+        raise ValueError(f"cannot read structures from {path}: {err}") from err
+    frames = frames if isinstance(frames, list) else [frames]
+    if not frames:
+        raise ValueError(f"{path} holds no structures (index {index!r})")
+    return frames
+
+
+def add_parsers(sub) -> None:
+    """Add the ``md``, ``relax``, ``explore`` and ``analyze`` sub-commands."""
+    p = sub.add_parser("md", help="molecular dynamics with a trained model (compiled JAX engine)")
+    p.add_argument("model_dir")
+    p.add_argument("structure", help="start structure (any ASE format; --index picks a frame)")
+    p.add_argument("--index", default="0", help="frame of the structure file (default 0)")
+    p.add_argument("--ensemble", default="nvt",
+                   choices=["nve", "nvt", "langevin", "nose-hoover", "nhc"],
+                   help="nvt = Langevin (BAOAB); nose-hoover = Nosé–Hoover chain")
+    p.add_argument("--temperature", type=float, default=300.0, help="K (default 300)")
+    p.add_argument("--timestep", type=float, default=0.5, help="fs (default 0.5)")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs")
+    p.add_argument("--tau", type=float, default=100.0, help="Nosé–Hoover coupling time, fs")
+    p.add_argument("--stride", type=int, default=10, help="steps between saved frames")
+    p.add_argument("--chunk", type=int, default=100, help="frames per compiled chunk")
+    p.add_argument("--skin", type=float, default=1.0, help="neighbour-list skin, Å")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=["float32", "float64"])
+    p.add_argument("--output", default="md.xyz", help=".xyz/.extxyz, .traj or .h5")
+    p.add_argument("--restart", action="store_true", help="continue from OUTPUT.restart.npz")
+    p.add_argument("--no-monitor", action="store_true", help="switch the bond-stability monitor off")
+    p.add_argument("--max-bond-deviation", type=float, default=0.5, help="Å (instability criterion)")
+    p.add_argument("--max-force", type=float, default=50.0, help="eV/Å (instability criterion)")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("relax", help="geometry optimisation to a force threshold")
+    p.add_argument("model_dir")
+    p.add_argument("structures", help="structure file (all frames are relaxed)")
+    p.add_argument("--index", default=":")
+    p.add_argument("--optimizer", default="fire-jax", choices=["fire-jax", "BFGS", "FIRE", "LBFGS"],
+                   help="fire-jax: batched FIRE in JAX (molecules of one size); else ase.optimize")
+    p.add_argument("--fmax", type=float, default=0.01, help="eV/Å")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--dtype", choices=["float32", "float64"])
+    p.add_argument("--output", default="relaxed.xyz")
+
+    p = sub.add_parser("explore", help="minima search: hot MD with periodic quenches")
+    p.add_argument("model_dir")
+    p.add_argument("structure")
+    p.add_argument("--index", default="0")
+    p.add_argument("--temperature", type=float, default=500.0, help="MD temperature, K")
+    p.add_argument("--timestep", type=float, default=0.5, help="fs")
+    p.add_argument("--quench-every", type=float, default=500.0, help="fs of MD between quenches")
+    p.add_argument("--quenches", type=int, default=100)
+    p.add_argument("--fmax", type=float, default=0.01, help="eV/Å")
+    p.add_argument("--energy-tol", type=float, default=1e-3, help="eV")
+    p.add_argument("--rmsd-tol", type=float, default=0.1, help="Å")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=["float32", "float64"])
+    p.add_argument("--output", default="explore", help="directory for minima.xyz, minima.json, plot")
+
+    p = sub.add_parser("analyze", help="VACF, vibrational spectrum, g(r), energy drift of a trajectory")
+    p.add_argument("trajectory")
+    p.add_argument("--output", help="directory for the plots and analysis.json (default: next to it)")
+    p.add_argument("--r-max", type=float, default=6.0, help="g(r) range, Å")
+    p.add_argument("--max-lag", type=float, help="VACF length, fs")
+
+
+def cmd_md(args, console: Console) -> int:
+    from so3krates.md.run import MDSettings, run_md
+
+    settings = MDSettings(
+        ensemble=args.ensemble, temperature=args.temperature, timestep=args.timestep,
+        steps=args.steps, friction=args.friction, tau=args.tau, stride=args.stride,
+        chunk_frames=args.chunk, skin=args.skin, seed=args.seed, dtype=args.dtype,
+        monitor=not args.no_monitor, max_bond_deviation=args.max_bond_deviation,
+        max_force=args.max_force,
+    )
+    atoms = read_structures(args.structure, args.index)[0]
+    result = run_md(args.model_dir, atoms, args.output, settings, restart=args.restart,
+                    console=console, progress=not args.no_progress)
+    return 0 if result["stable"] else 3
+
+
+def cmd_relax(args, console: Console) -> int:
+    import ase.io
+
+    from so3krates.md.relax import fire_relax, relax_ase
+    from so3krates.md.system import System, model_force_fn, positions_force_fn
+    from so3krates.model_io import load_model
+
+    model = load_model(args.model_dir, dtype=args.dtype)
+    frames = read_structures(args.structures, args.index)
+    for atoms in frames:
+        model.check_elements(atoms.numbers)
+    rows = []
+    same = all(len(a) == len(frames[0]) and (a.numbers == frames[0].numbers).all() for a in frames)
+    if args.optimizer == "fire-jax" and same and not any(a.pbc.any() for a in frames):
+        system = System.from_atoms(frames[0])
+        fn = positions_force_fn(model_force_fn(model, system), system, model.cutoff)
+        res = fire_relax(fn, np.stack([a.positions for a in frames]), fmax=args.fmax,
+                         max_steps=args.steps)
+        res = [np.asarray(x) for x in res]
+        for k, atoms in enumerate(frames):
+            atoms.positions = res[0][k]
+            rows.append((float(res[1][k]), float(res[2][k]), bool(res[3][k]), int(res[4][k])))
+    else:
+        if args.optimizer == "fire-jax":
+            console.print("[yellow]fire-jax batches molecules of one composition; using ASE FIRE[/yellow]")
+        optimizer = "FIRE" if args.optimizer == "fire-jax" else args.optimizer
+        calc = model.calculator()
+        for k, atoms in enumerate(frames):
+            r = relax_ase(atoms, calc, optimizer, fmax=args.fmax, steps=args.steps)
+            frames[k] = r.atoms
+            rows.append((r.energy, r.fmax, r.converged, r.steps))
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    table = Table(title=f"relaxation ({args.optimizer}, fmax {args.fmax} eV/Å)")
+    for col in ("#", "energy (eV)", "fmax (eV/Å)", "converged", "steps"):
+        table.add_column(col, justify="right")
+    for k, (atoms, (e, f, ok, n)) in enumerate(zip(frames, rows)):
+        atoms.calc = SinglePointCalculator(atoms, energy=e)
+        atoms.info.update(fmax=f, converged=ok, steps=n)
+        table.add_row(str(k), f"{e:.6f}", f"{f:.4f}", "yes" if ok else "[red]no[/red]", str(n))
+    console.print(table)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    ase.io.write(args.output, frames)
+    console.print(f"relaxed structures: {args.output}")
+    return 0 if all(r[2] for r in rows) else 3
+
+
+def cmd_explore(args, console: Console) -> int:
+    from so3krates.md.explore import explore, write_exploration
+    from so3krates.md.system import System, model_force_fn
+    from so3krates.model_io import load_model
+
+    model = load_model(args.model_dir, dtype=args.dtype)
+    atoms = read_structures(args.structure, args.index)[0]
+    system = System.from_atoms(atoms)
+    result = explore(
+        model_force_fn(model, system), system, atoms.positions, model.cutoff,
+        temperature=args.temperature, timestep=args.timestep, quench_every_fs=args.quench_every,
+        n_quenches=args.quenches, fmax=args.fmax, energy_tol=args.energy_tol,
+        rmsd_tol=args.rmsd_tol, seed=args.seed,
+    )
+    paths = write_exploration(result, args.output, system.numbers)
+    console.print(f"{len(result.minima)} distinct minima; files: {paths}")
+    return 0
+
+
+def cmd_analyze(args, console: Console) -> int:
+    from so3krates.md.analysis import analyze
+
+    out = args.output or str(Path(args.trajectory).with_suffix("")) + "_analysis"
+    result = analyze(args.trajectory, out, r_max=args.r_max, max_lag_fs=args.max_lag)
+    console.print_json(json.dumps(result, default=str))
+    console.print(f"plots and analysis.json: {out}")
+    return 0
+
+
+HANDLERS = {"md": cmd_md, "relax": cmd_relax, "explore": cmd_explore, "analyze": cmd_analyze}
