@@ -124,8 +124,8 @@ def explore(
     temperature: float = 500.0,
     timestep: float = 0.5,
     friction: float = 0.01,
-    quench_every_fs: float = 100.0,
-    n_quenches: int = 1000,
+    quench_every_fs: float = 500.0,
+    n_quenches: int = 100,
     equilibration_fs: float = 0.0,
     fmax: float = 0.01,
     max_relax_steps: int = 2000,
@@ -284,6 +284,7 @@ def plot_exploration(result: ExploreResult, path_png: str | Path) -> Path:
         ax.step(np.concatenate([[0.0], t]), np.concatenate([[0], result.n_distinct]), where="post")
     ax.set_xlabel("simulated time / ps")
     ax.set_ylabel("distinct minima")
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_title(f"{len(result.minima)} minima from {result.n_quenches} quenches"
                  f" ({result.n_unconverged} unconverged)", fontsize=9)
     ax = axes[1]
