@@ -175,7 +175,8 @@ class Simulation:
             find_bonds(system.numbers, positions, system.cell, system.pbc) if monitor else None
         )
         self.spec = spec or nl.allocate(positions, system.cell, system.pbc, cutoff, skin)
-        self.state = init_state(positions, system, force_fn, self.spec, ensemble, seed, velocities)
+        self._force_fn = jax.jit(force_fn)  # for the few evaluations outside the compiled chunks
+        self.state = init_state(positions, system, self._force_fn, self.spec, ensemble, seed, velocities)
         self.step = 0
         self._chunks: dict[int, Callable] = {}
 
@@ -183,10 +184,17 @@ class Simulation:
         """Continue from saved arrays (restart); forces and neighbours are recomputed."""
         x = jnp.asarray(positions, jnp.float64)
         nbrs = nl.build(x, jnp.asarray(self.system.cell), self.spec)
-        energy, forces = self.force_fn(x, nbrs)
+        energy, forces = self._force_fn(x, nbrs)
         v = jnp.asarray(velocities_fs, jnp.float64) / units.fs
         self.state = MDState(x, v, forces, energy, jnp.asarray(chain), jnp.asarray(key), nbrs)
         self.step = int(step)
+
+    def _rebuilt(self, state: MDState, reference) -> MDState:
+        """``state`` with its list rebuilt at ``reference`` under the current spec, and the
+        energy and forces recomputed (those of an overflowing list are wrong)."""
+        nbrs = nl.build(jnp.asarray(reference), jnp.asarray(self.system.cell), self.spec)
+        energy, forces = self._force_fn(state.positions, nbrs)
+        return state._replace(neighbours=nbrs, energy=energy, forces=forces)
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Host arrays that :meth:`set_state` takes back (for restart files)."""
@@ -221,8 +229,7 @@ class Simulation:
                 break
             # Grow, rebuild at the last build's positions (same rebuild schedule), redo.
             self.spec = nl.grow(self.spec, state.neighbours)
-            ref = start.neighbours.reference
-            self.state = start._replace(neighbours=nl.build(ref, jnp.asarray(self.system.cell), self.spec))
+            self.state = self._rebuilt(start, start.neighbours.reference)
             self._chunks.clear()
             reallocations += 1
         frames = jax.device_get(frames)

@@ -1,0 +1,264 @@
+"""The compiled MD engine: neighbour lists, integrators, overflow, stability, CLI and restart."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ase import units
+from ase.build import bulk, molecule
+
+import so3krates  # noqa: F401  (float64)
+from so3krates.md import neighbours as nl
+from so3krates.md.engine import Simulation
+from so3krates.md.integrators import Ensemble
+from so3krates.md.system import System, model_force_fn
+from so3krates.model_io import load_model
+from so3krates.neighbours import neighbour_list
+
+
+def pair_set(nbrs, n):
+    c, j, s = (np.asarray(a) for a in (nbrs.centers, nbrs.neighbors, nbrs.shifts))
+    m = c < n
+    return set(zip(c[m], j[m], map(tuple, np.rint(s[m]).astype(int))))
+
+
+def structures():
+    eth = molecule("CH3CH2OH")
+    cu = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(4)  # minimum image
+    cu.rattle(0.1, seed=1)
+    cu.positions += 7.3  # outside the cell: wrapping must be undone in the shifts
+    si = bulk("Si", "diamond", a=5.43)  # small triclinic cell: many images
+    si.rattle(0.05, seed=2)
+    slab = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((3, 3, 1))
+    slab.pbc = [True, True, False]
+    slab.cell[2] = 0.0
+    slab.rattle(0.1, seed=3)
+    return {"molecule": eth, "cubic": cu, "triclinic": si, "slab": slab}
+
+
+@pytest.mark.parametrize("name", ["molecule", "cubic", "triclinic", "slab"])
+def test_neighbour_list_matches_vesin(name):
+    atoms = structures()[name]
+    system = System.from_atoms(atoms)
+    spec = nl.allocate(atoms.positions, system.cell, system.pbc, 3.0, 0.5)
+    nbrs = jax.jit(nl.build, static_argnums=2)(jnp.asarray(atoms.positions), jnp.asarray(system.cell), spec)
+    ref = neighbour_list(atoms.positions, system.cell, system.pbc, 3.5)
+    assert not bool(nbrs.overflow)
+    assert pair_set(nbrs, len(atoms)) == set(zip(ref.centers, ref.neighbors, map(tuple, ref.shifts)))
+    c = np.asarray(nbrs.centers)
+    key = c[c < len(atoms)] * len(atoms) + np.asarray(nbrs.neighbors)[c < len(atoms)]
+    assert np.all(np.diff(key) >= 0), "pairs must be sorted by (centre, neighbour)"
+    # The vectors implied by the shifts are the true separations.
+    pos, cell = atoms.positions, system.cell
+    m = c < len(atoms)
+    vec = pos[np.asarray(nbrs.neighbors)[m]] - pos[c[m]] + np.asarray(nbrs.shifts)[m] @ cell
+    assert np.all(np.linalg.norm(vec, axis=1) < 3.5)
+
+
+def test_neighbour_list_overflow_is_flagged_not_silent():
+    atoms = structures()["cubic"]
+    system = System.from_atoms(atoms)
+    spec = nl.allocate(atoms.positions, system.cell, system.pbc, 3.0, 0.5)
+    small = spec._replace(capacity=spec.capacity // 2)
+    nbrs = nl.build(jnp.asarray(atoms.positions), jnp.asarray(system.cell), small)
+    assert bool(nbrs.overflow)
+    grown = nl.grow(small, nbrs)
+    assert grown.capacity >= int(nbrs.n_pairs)
+    assert not bool(nl.build(jnp.asarray(atoms.positions), jnp.asarray(system.cell), grown).overflow)
+    few = spec._replace(max_neighbours=4)
+    assert bool(nl.build(jnp.asarray(atoms.positions), jnp.asarray(system.cell), few).overflow)
+
+
+@pytest.fixture(scope="module")
+def model64(trained_model_dir):
+    return load_model(trained_model_dir, dtype="float64")
+
+
+@pytest.fixture(scope="module")
+def ethanol():
+    from so3krates.data import read_dataset
+    from so3krates.datasets import shipped_dataset_path
+
+    data = read_dataset(shipped_dataset_path()).subset(np.arange(1))
+    return System.from_numbers(data.numbers[0]), np.asarray(data.positions[0])
+
+
+def make_sim(model, ethanol, kind="nve", timestep=0.5, seed=0, velocities=None, **kw):
+    """A run of the tiny test model; its surface is crude (bonds may break at 300 K), which
+    does not matter to integrator properties, so the bond monitor is off unless asked for."""
+    kw.setdefault("monitor", None)
+    system, pos = ethanol
+    ff = model_force_fn(model, system)
+    return Simulation(ff, system, pos, Ensemble(kind, timestep, 300.0, **kw.pop("ens", {})),
+                      model.cutoff, seed=seed, velocities=velocities, **kw)
+
+
+def collect(sim, n_steps):
+    frames = []
+    summary = sim.run(n_steps, frames.append)
+    return summary, {k: np.concatenate([getattr(f, k) for f in frames]) for k in frames[0]._fields}
+
+
+def test_nve_conserves_energy_second_order(model64, ethanol):
+    """Energy fluctuations of velocity Verlet shrink ~4x when the timestep halves; no drift."""
+    fluct = {}
+    for dt in (0.5, 0.25):
+        sim = make_sim(model64, ethanol, "nve", dt, stride=int(2 / dt), chunk_frames=250)
+        summary, f = collect(sim, int(2000 * 0.5 / dt) * 2)  # 1 ps
+        assert summary.stable
+        e = f["conserved_energy"]
+        fluct[dt] = np.std(e)
+        drift = abs(np.polyfit(f["step"] * dt, e, 1)[0]) * 1e3  # eV/fs -> eV/ps
+        assert drift < 2e-3 * len(ethanol[1]), f"drift {drift} eV/ps"
+        assert np.ptp(f["temperature"]) > 50  # the molecule does move
+    ratio = fluct[0.5] / fluct[0.25]
+    assert 3.0 < ratio < 5.0, f"fluctuation ratio {ratio} (second order: 4)"
+    assert fluct[0.5] < 2e-3  # eV, for 9 atoms at 300 K
+
+
+def test_engine_matches_ase_velocity_verlet(model64, ethanol):
+    from ase import Atoms
+    from ase.md.verlet import VelocityVerlet
+
+    system, pos = ethanol
+    rng = np.random.default_rng(0)
+    v0 = rng.normal(size=pos.shape) * 0.01  # Å/fs
+    v0 -= np.average(v0, axis=0, weights=system.masses)
+    sim = make_sim(model64, ethanol, "nve", 0.5, velocities=v0, stride=1, chunk_frames=40)
+    _, f = collect(sim, 40)
+    atoms = Atoms(numbers=system.numbers, positions=pos, masses=system.masses)
+    atoms.set_velocities(v0 / units.fs)
+    atoms.calc = model64.calculator()
+    ase_pos = []
+    dyn = VelocityVerlet(atoms, timestep=0.5 * units.fs)
+    for _ in range(40):
+        dyn.run(1)
+        ase_pos.append(atoms.positions.copy())
+    np.testing.assert_allclose(f["positions"], np.array(ase_pos), atol=1e-9, rtol=0)
+    np.testing.assert_allclose(f["velocities"][-1], atoms.get_velocities() * units.fs, atol=1e-9)
+
+
+def test_langevin_reaches_target_temperature(model64, ethanol):
+    sim = make_sim(model64, ethanol, "langevin", 0.5, seed=3, stride=5, chunk_frames=400,
+                   ens={"friction": 0.05})
+    _, f = collect(sim, 24000)
+    t = f["temperature"][400:]  # after 1 ps of equilibration
+    blocks = t[: len(t) // 20 * 20].reshape(20, -1).mean(axis=1)  # 20 blocks of 0.55 ps
+    err = blocks.std(ddof=1) / np.sqrt(len(blocks))
+    assert abs(t.mean() - 300.0) < 4 * err + 3.0, (t.mean(), err)
+    # The kinetic temperature of dof = 3N - 3 fluctuates as sqrt(2 / dof) in the canonical ensemble.
+    dof = 3 * len(ethanol[1]) - 3
+    assert abs(t.std() / t.mean() - np.sqrt(2 / dof)) < 0.05
+
+
+def test_nose_hoover_chain_conserves_its_extended_energy(model64, ethanol):
+    sim = make_sim(model64, ethanol, "nose-hoover", 0.5, stride=10, chunk_frames=200,
+                   ens={"tau": 20.0})
+    summary, f = collect(sim, 4000)
+    assert summary.stable
+    e = f["conserved_energy"]
+    assert np.std(e) < 2e-3
+    assert np.ptp(f["potential_energy"] + f["kinetic_energy"]) > 5 * np.std(e)  # heat flows
+
+
+def test_overflow_reallocates_and_equals_ample_capacity(model64, ethanol):
+    system, pos = ethanol
+    ample = nl.allocate(pos, system.cell, system.pbc, model64.cutoff, 1.0)
+    # A tiny cutoff at allocation leaves room for only a few pairs: the engine must grow.
+    tight = nl.allocate(pos, system.cell, system.pbc, 1.2, 0.0)._replace(
+        cutoff=model64.cutoff, skin=1.0)
+    runs = {}
+    for name, spec in (("ample", ample), ("tight", tight)):
+        sim = make_sim(model64, ethanol, "langevin", 0.5, seed=1, stride=10, chunk_frames=20, spec=spec)
+        if name == "tight":
+            assert bool(sim.state.neighbours.overflow)
+        summary, f = collect(sim, 400)
+        runs[name] = (summary, f)
+    assert runs["ample"][0].reallocations == 0
+    assert runs["tight"][0].reallocations >= 1
+    np.testing.assert_allclose(runs["tight"][1]["positions"], runs["ample"][1]["positions"], atol=1e-10)
+
+
+def test_stability_monitor_stops_a_broken_model(model64, ethanol):
+    system, pos = ethanol
+    good = model_force_fn(model64, system)
+
+    def broken(positions, nbrs):  # the energy surface upside down: bonds fly apart
+        e, f = good(positions, nbrs)
+        return -e, -f
+
+    sim = Simulation(broken, system, pos, Ensemble("nve", 0.5, 300.0), model64.cutoff,
+                     stride=10, chunk_frames=50)
+    frames = []
+    summary = sim.run(10000, frames.append)
+    assert not summary.stable
+    assert 0 < summary.time_to_instability_fs < 5000
+    assert summary.steps < 10000
+    from so3krates.md.stability import find_bonds, max_bond_deviation
+
+    bonds = find_bonds(system.numbers, pos)
+    kept = np.concatenate([f.positions for f in frames]) if frames else np.zeros((0, len(pos), 3))
+    for x in kept:
+        assert float(max_bond_deviation(jnp.asarray(x), jnp.zeros((3, 3)), bonds)) <= 0.5
+    assert all(f.stable.all() for f in frames)
+
+
+def test_md_cli_restart_equals_uninterrupted_run(trained_model_dir, tmp_path):
+    from so3krates.cli import main
+    from so3krates.datasets import shipped_dataset_path
+    from so3krates.md.trajectory import read_trajectory
+
+    common = [str(trained_model_dir), str(shipped_dataset_path()), "--dtype", "float64",
+              "--ensemble", "nvt", "--stride", "10", "--chunk", "20", "--no-progress",
+              "--no-monitor"]  # the tiny test model is too crude for 300 K bonds
+    one = tmp_path / "one.h5"
+    assert main(["md", *common, "--steps", "800", "--output", str(one)]) == 0
+    two = tmp_path / "two.h5"
+    assert main(["md", *common, "--steps", "400", "--output", str(two)]) == 0
+    assert main(["md", *common, "--steps", "400", "--output", str(two)]) == 2  # exists: refuses
+    assert main(["md", *common, "--steps", "800", "--output", str(two), "--restart"]) == 0
+    a, b = read_trajectory(one), read_trajectory(two)
+    assert a.n_frames == b.n_frames == 80
+    np.testing.assert_allclose(b.positions, a.positions, atol=1e-9)
+    np.testing.assert_allclose(b.time, a.time)
+    assert (tmp_path / "two.png").exists() and (tmp_path / "two.h5.summary.json").exists()
+    # analyze runs on what md wrote.
+    assert main(["analyze", str(one), "--output", str(tmp_path / "ana")]) == 0
+    assert (tmp_path / "ana" / "analysis.json").exists()
+
+
+def test_relax_cli_reaches_force_threshold(trained_model_dir, tmp_path):
+    import ase.io
+
+    from so3krates.cli import main
+    from so3krates.datasets import shipped_dataset_path
+
+    frames = ase.io.read(shipped_dataset_path(), index=":3")
+    src = tmp_path / "start.xyz"
+    ase.io.write(src, frames)
+    model = load_model(trained_model_dir, dtype="float64")
+    for opt in ("fire-jax", "BFGS"):
+        out = tmp_path / f"relaxed_{opt}.xyz"
+        assert main(["relax", str(trained_model_dir), str(src), "--optimizer", opt, "--fmax", "0.01",
+                     "--dtype", "float64", "--output", str(out)]) == 0
+        relaxed = ase.io.read(out, index=":")
+        assert len(relaxed) == 3
+        for atoms in relaxed:
+            atoms.calc = model.calculator()
+            assert np.linalg.norm(atoms.get_forces(), axis=1).max() <= 0.01 + 1e-9
+
+
+def test_md_cli_bad_input(trained_model_dir, tmp_path):
+    from so3krates.cli import main
+
+    empty = tmp_path / "empty.xyz"
+    empty.write_text("")
+    assert main(["md", str(trained_model_dir), str(empty), "--output", str(tmp_path / "x.xyz")]) == 2
+    assert main(["md", str(trained_model_dir), str(tmp_path / "missing.xyz")]) == 2
+    water = tmp_path / "water.xyz"
+    import ase.io
+
+    ase.io.write(water, molecule("NaCl"))
+    assert main(["md", str(trained_model_dir), str(water), "--output", str(tmp_path / "y.xyz")]) == 2
