@@ -44,17 +44,19 @@ def test_neighbour_list_matches_vesin(name):
     system = System.from_atoms(atoms)
     spec = nl.allocate(atoms.positions, system.cell, system.pbc, 3.0, 0.5)
     nbrs = jax.jit(nl.build, static_argnums=2)(jnp.asarray(atoms.positions), jnp.asarray(system.cell), spec)
-    ref = neighbour_list(atoms.positions, system.cell, system.pbc, 3.5)
     assert not bool(nbrs.overflow)
-    assert pair_set(nbrs, len(atoms)) == set(zip(ref.centers, ref.neighbors, map(tuple, ref.shifts)))
-    c = np.asarray(nbrs.centers)
-    key = c[c < len(atoms)] * len(atoms) + np.asarray(nbrs.neighbors)[c < len(atoms)]
-    assert np.all(np.diff(key) >= 0), "pairs must be sorted by (centre, neighbour)"
-    # The vectors implied by the shifts are the true separations.
-    pos, cell = atoms.positions, system.cell
-    m = c < len(atoms)
-    vec = pos[np.asarray(nbrs.neighbors)[m]] - pos[c[m]] + np.asarray(nbrs.shifts)[m] @ cell
-    assert np.all(np.linalg.norm(vec, axis=1) < 3.5)
+    # The Verlet list holds the pairs within cutoff + skin, the selection those within cutoff.
+    for lst, radius in ((nbrs.verlet, 3.5), (nbrs, 3.0)):
+        ref = neighbour_list(atoms.positions, system.cell, system.pbc, radius)
+        assert pair_set(lst, len(atoms)) == set(zip(ref.centers, ref.neighbors, map(tuple, ref.shifts)))
+        c = np.asarray(lst.centers)
+        m = c < len(atoms)
+        key = c[m] * len(atoms) + np.asarray(lst.neighbors)[m]
+        assert np.all(np.diff(key) >= 0), "pairs must be sorted by (centre, neighbour)"
+        # The vectors implied by the shifts are the true separations.
+        pos, cell = atoms.positions, system.cell
+        vec = pos[np.asarray(lst.neighbors)[m]] - pos[c[m]] + np.asarray(lst.shifts)[m] @ cell
+        assert np.all(np.linalg.norm(vec, axis=1) < radius)
 
 
 def test_neighbour_list_overflow_is_flagged_not_silent():
@@ -67,6 +69,8 @@ def test_neighbour_list_overflow_is_flagged_not_silent():
     grown = nl.grow(small, nbrs)
     assert grown.capacity >= int(nbrs.n_pairs)
     assert not bool(nl.build(jnp.asarray(atoms.positions), jnp.asarray(system.cell), grown).overflow)
+    few_verlet = spec._replace(verlet_capacity=spec.verlet_capacity // 2)
+    assert bool(nl.build(jnp.asarray(atoms.positions), jnp.asarray(system.cell), few_verlet).overflow)
     few = spec._replace(max_neighbours=4)
     assert bool(nl.build(jnp.asarray(atoms.positions), jnp.asarray(system.cell), few).overflow)
 

@@ -192,7 +192,7 @@ class Simulation:
     def _rebuilt(self, state: MDState, reference) -> MDState:
         """``state`` with its list rebuilt at ``reference`` under the current spec, and the
         energy and forces recomputed (those of an overflowing list are wrong)."""
-        nbrs = nl.build(jnp.asarray(reference), jnp.asarray(self.system.cell), self.spec)
+        nbrs = nl.build(state.positions, jnp.asarray(self.system.cell), self.spec, jnp.asarray(reference))
         energy, forces = self._force_fn(state.positions, nbrs)
         return state._replace(neighbours=nbrs, energy=energy, forces=forces)
 
@@ -229,7 +229,7 @@ class Simulation:
                 break
             # Grow, rebuild at the last build's positions (same rebuild schedule), redo.
             self.spec = nl.grow(self.spec, state.neighbours)
-            self.state = self._rebuilt(start, start.neighbours.reference)
+            self.state = self._rebuilt(start, start.neighbours.verlet.reference)
             self._chunks.clear()
             reallocations += 1
         frames = jax.device_get(frames)

@@ -6,6 +6,10 @@ are fixed by a :class:`NeighbourSpec` (capacities are static). A build that does
 ``overflow`` instead of dropping pairs silently; the MD engine then re-allocates on the host
 (:func:`grow`) and redoes the chunk of steps.
 
+Every step, the pairs actually within ``cutoff`` are selected from that Verlet list into a
+second, smaller fixed-size list, which is what the model sees: the skin shell holds ~70 % more
+pairs than the cutoff sphere (6 Å vs 5 Å) and every listed pair costs a full model evaluation.
+
 Pairs are found by blocked all-pairs search over a fixed set of lattice images: O(N^2 K) work
 per build but no per-cell capacity, exact for any cell (triclinic, small cells that need
 several images, slabs) and cheap next to a model evaluation at the sizes we run (a 10,000-atom
@@ -38,9 +42,10 @@ class NeighbourSpec(NamedTuple):
 
     Attributes:
         cutoff: model cutoff in Å.
-        skin: Verlet skin in Å; pairs within ``cutoff + skin`` are listed.
-        capacity: maximum number of pairs (even).
-        max_neighbours: maximum neighbours of one atom.
+        skin: Verlet skin in Å; pairs within ``cutoff + skin`` are kept in the Verlet list.
+        capacity: maximum number of pairs within ``cutoff`` (what the model sees; even).
+        verlet_capacity: maximum number of pairs within ``cutoff + skin``.
+        max_neighbours: maximum neighbours of one atom within ``cutoff + skin``.
         images: lattice images searched, tuple of integer 3-tuples; ``((0, 0, 0),)`` for
             molecules.
         minimum_image: True to use the minimum-image convention instead of ``images``.
@@ -49,22 +54,23 @@ class NeighbourSpec(NamedTuple):
     cutoff: float
     skin: float
     capacity: int
+    verlet_capacity: int
     max_neighbours: int
     images: tuple = ((0, 0, 0),)
     minimum_image: bool = False
 
 
-class Neighbours(NamedTuple):
-    """A neighbour list (a pytree that lives in the MD state).
+class VerletList(NamedTuple):
+    """All pairs within ``cutoff + skin`` at the last build.
 
     Attributes:
-        centers: (P,) int32, sorted; padding pairs hold ``N``.
-        neighbors: (P,) int32.
-        shifts: (P, 3) lattice shifts of the pairs, float (same dtype as positions).
+        centers: (P_v,) int32, sorted; padding pairs hold ``N``.
+        neighbors: (P_v,) int32.
+        shifts: (P_v, 3) lattice shifts of the pairs, float (same dtype as positions).
         reference: positions at the build, (N, 3) Å (for the displacement test).
-        n_pairs: number of real pairs (may exceed P when ``overflow``), int32 scalar.
-        max_count: largest per-atom neighbour count at the build, int32 scalar.
-        overflow: True if the pairs did not fit the capacities: the list is then incomplete.
+        n_pairs: number of real pairs (may exceed P_v on overflow), int32 scalar.
+        max_count: largest per-atom neighbour count, int32 scalar.
+        overflow: True if the pairs did not fit: the list is then incomplete.
     """
 
     centers: jnp.ndarray
@@ -74,6 +80,27 @@ class Neighbours(NamedTuple):
     n_pairs: jnp.ndarray
     max_count: jnp.ndarray
     overflow: jnp.ndarray
+
+
+class Neighbours(NamedTuple):
+    """The pairs within ``cutoff`` at the current positions, and the Verlet list they come
+    from (a pytree that lives in the MD state).
+
+    Attributes:
+        centers: (P,) int32, sorted by (centre, neighbour); padding pairs hold ``N``.
+        neighbors: (P,) int32.
+        shifts: (P, 3) lattice shifts, float.
+        n_pairs: the largest number of pairs within the cutoff seen (for re-allocation).
+        overflow: True once any list did not fit: results since then are invalid.
+        verlet: the :class:`VerletList`.
+    """
+
+    centers: jnp.ndarray
+    neighbors: jnp.ndarray
+    shifts: jnp.ndarray
+    n_pairs: jnp.ndarray
+    overflow: jnp.ndarray
+    verlet: VerletList
 
 
 def complete_cell(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
@@ -131,6 +158,8 @@ def allocate(
     radius = cutoff + skin
     nl = neighbour_list(positions, cell, pbc, radius)
     counts = np.bincount(nl.centers, minlength=len(positions))
+    r = positions[nl.neighbors] - positions[nl.centers] + nl.shifts @ cell
+    n_within = int(np.sum(np.sum(r * r, axis=1) < cutoff**2))
     minimum = bool(pbc.all() and np.all(plane_spacings(cell) > 2 * radius) and _is_orthorhombic(cell))
     images = ((0, 0, 0),) if minimum else lattice_images(cell, pbc, radius)
     n = len(positions)
@@ -138,7 +167,8 @@ def allocate(
     return NeighbourSpec(
         cutoff=float(cutoff),
         skin=float(skin),
-        capacity=min(_pair_capacity(len(nl.centers), headroom), _round_even(n * most)),
+        capacity=min(_pair_capacity(n_within, headroom), _round_even(n * most)),
+        verlet_capacity=min(_pair_capacity(len(nl.centers), headroom), _round_even(n * most)),
         max_neighbours=min(int(counts.max(initial=0) * headroom) + 8, most),
         images=images,
         minimum_image=minimum,
@@ -147,10 +177,11 @@ def allocate(
 
 def grow(spec: NeighbourSpec, nbrs: Neighbours, headroom: float = 1.3) -> NeighbourSpec:
     """A larger spec after an overflow, sized from the counts the failed build saw."""
-    n_pairs, max_count = int(nbrs.n_pairs), int(nbrs.max_count)
+    v = nbrs.verlet
     return spec._replace(
-        capacity=max(spec.capacity, _pair_capacity(n_pairs, headroom)),
-        max_neighbours=max(spec.max_neighbours, int(max_count * headroom) + 8),
+        capacity=max(spec.capacity, _pair_capacity(int(nbrs.n_pairs), headroom)),
+        verlet_capacity=max(spec.verlet_capacity, _pair_capacity(int(v.n_pairs), headroom)),
+        max_neighbours=max(spec.max_neighbours, int(int(v.max_count) * headroom) + 8),
     )
 
 
@@ -167,7 +198,7 @@ def _is_orthorhombic(cell: np.ndarray) -> bool:
     return bool(np.allclose(cell, np.diag(np.diag(cell)), atol=1e-12))
 
 
-def build(positions: jnp.ndarray, cell: jnp.ndarray, spec: NeighbourSpec) -> Neighbours:
+def build_verlet(positions: jnp.ndarray, cell: jnp.ndarray, spec: NeighbourSpec) -> VerletList:
     """All pairs within ``cutoff + skin`` (jittable; ``spec`` is static).
 
     Args:
@@ -230,37 +261,70 @@ def build(positions: jnp.ndarray, cell: jnp.ndarray, spec: NeighbourSpec) -> Nei
     kept = jnp.minimum(counts, m)
     start = jnp.cumsum(kept) - kept
     slot = jnp.arange(m)[None, :]
-    dest = jnp.where(slot < kept[:, None], start[:, None] + slot, spec.capacity).reshape(-1)
-    centers = jnp.full(spec.capacity, n, jnp.int32).at[dest].set(
+    dest = jnp.where(slot < kept[:, None], start[:, None] + slot, spec.verlet_capacity).reshape(-1)
+    centers = jnp.full(spec.verlet_capacity, n, jnp.int32).at[dest].set(
         jnp.repeat(jnp.arange(n, dtype=jnp.int32), m), mode="drop"
     )
-    neighbors = jnp.full(spec.capacity, n, jnp.int32).at[dest].set(nb_j.reshape(-1), mode="drop")
-    shifts = jnp.zeros((spec.capacity, 3), dtype).at[dest].set(nb_s.reshape(-1, 3), mode="drop")
+    neighbors = jnp.full(spec.verlet_capacity, n, jnp.int32).at[dest].set(nb_j.reshape(-1), mode="drop")
+    shifts = jnp.zeros((spec.verlet_capacity, 3), dtype).at[dest].set(nb_s.reshape(-1, 3), mode="drop")
     # Undo the wrapping: r_ij = w_j - w_i + S cell = R_j - R_i + (S + n_i - n_j) cell.
     real = centers < n
     ci, cj = jnp.minimum(centers, n - 1), jnp.minimum(neighbors, n - 1)
     shifts = jnp.where(real[:, None], shifts + wrap[ci] - wrap[cj], 0.0)
     n_pairs = jnp.sum(counts).astype(jnp.int32)
     max_count = jnp.max(counts).astype(jnp.int32)
-    overflow = (n_pairs > spec.capacity) | (max_count > m)
-    return Neighbours(centers, neighbors, shifts, positions, n_pairs, max_count, overflow)
+    overflow = (n_pairs > spec.verlet_capacity) | (max_count > m)
+    return VerletList(centers, neighbors, shifts, positions, n_pairs, max_count, overflow)
+
+
+def select(positions: jnp.ndarray, cell: jnp.ndarray, verlet: VerletList, spec: NeighbourSpec):
+    """The pairs of ``verlet`` within ``cutoff`` now: ``(centers, neighbors, shifts, count)``
+    of fixed size ``spec.capacity``, in the same (sorted) order."""
+    n = positions.shape[0]
+    pos = jnp.concatenate([positions, jnp.zeros((1, 3), positions.dtype)])
+    vec = pos[verlet.neighbors] - pos[verlet.centers] + verlet.shifts @ cell
+    keep = (verlet.centers < n) & (jnp.sum(vec * vec, axis=-1) < spec.cutoff**2)
+    dest = jnp.where(keep, jnp.cumsum(keep) - 1, spec.capacity)
+    centers = jnp.full(spec.capacity, n, jnp.int32).at[dest].set(verlet.centers, mode="drop")
+    neighbors = jnp.full(spec.capacity, n, jnp.int32).at[dest].set(verlet.neighbors, mode="drop")
+    shifts = jnp.zeros((spec.capacity, 3), verlet.shifts.dtype).at[dest].set(verlet.shifts, mode="drop")
+    return centers, neighbors, shifts, jnp.sum(keep).astype(jnp.int32)
+
+
+def build(positions: jnp.ndarray, cell: jnp.ndarray, spec: NeighbourSpec, reference=None) -> Neighbours:
+    """A fresh Verlet list and the pairs within the cutoff at ``positions`` (jittable;
+    ``spec`` is static). ``reference``: build the Verlet list there instead (positions of an
+    earlier build, to keep its rebuild schedule)."""
+    verlet = build_verlet(positions if reference is None else reference, cell, spec)
+    return _with_selection(positions, cell, verlet, spec)
+
+
+def _with_selection(positions, cell, verlet: VerletList, spec: NeighbourSpec) -> Neighbours:
+    centers, neighbors, shifts, count = select(positions, cell, verlet, spec)
+    overflow = verlet.overflow | (count > spec.capacity)
+    return Neighbours(centers, neighbors, shifts, count, overflow, verlet)
 
 
 def needs_update(positions: jnp.ndarray, nbrs: Neighbours, skin: float) -> jnp.ndarray:
-    """True when some atom moved more than ``skin / 2`` since the build (scalar bool)."""
-    d = positions - nbrs.reference
+    """True when some atom moved more than ``skin / 2`` since the Verlet build (scalar bool)."""
+    d = positions - nbrs.verlet.reference
     return jnp.max(jnp.sum(d * d, axis=-1)) > (0.5 * skin) ** 2
 
 
 def update(positions: jnp.ndarray, cell: jnp.ndarray, nbrs: Neighbours, spec: NeighbourSpec) -> Neighbours:
-    """Rebuild the list if needed, otherwise keep it; overflow flags accumulate."""
-    new = jax.lax.cond(
+    """The pairs within the cutoff at ``positions``, rebuilding the Verlet list if needed.
+
+    Overflow flags and peak counts accumulate, so one check at the end of a chunk suffices.
+    """
+    verlet = jax.lax.cond(
         needs_update(positions, nbrs, spec.skin),
-        lambda: build(positions, cell, spec),
-        lambda: nbrs,
+        lambda: build_verlet(positions, cell, spec),
+        lambda: nbrs.verlet,
     )
-    return new._replace(
-        overflow=new.overflow | nbrs.overflow,
-        n_pairs=jnp.maximum(new.n_pairs, nbrs.n_pairs),
-        max_count=jnp.maximum(new.max_count, nbrs.max_count),
+    verlet = verlet._replace(
+        overflow=verlet.overflow | nbrs.verlet.overflow,
+        n_pairs=jnp.maximum(verlet.n_pairs, nbrs.verlet.n_pairs),
+        max_count=jnp.maximum(verlet.max_count, nbrs.verlet.max_count),
     )
+    new = _with_selection(positions, cell, verlet, spec)
+    return new._replace(overflow=new.overflow | nbrs.overflow, n_pairs=jnp.maximum(new.n_pairs, nbrs.n_pairs))

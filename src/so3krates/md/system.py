@@ -129,7 +129,8 @@ def positions_force_fn(force_fn: ForceFn, system: System, cutoff: float, positio
             raise ValueError("periodic systems need start positions to size the neighbour list")
         spec = nl.allocate(positions, system.cell, system.pbc, cutoff, 0.0, headroom=1.5)
     else:
-        spec = nl.NeighbourSpec(cutoff, 0.0, max(n * (n - 1), 2), max(n - 1, 1))
+        every = max(n * (n - 1), 2)
+        spec = nl.NeighbourSpec(cutoff, 0.0, every, every, max(n - 1, 1))
     cell = jnp.asarray(system.cell)
 
     def fn(positions):
