@@ -79,6 +79,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--quench-every", type=float, default=500.0, help="fs of MD between quenches")
     p.add_argument("--quenches", type=int, default=100)
     p.add_argument("--fmax", type=float, default=0.01, help="eV/Å")
+    p.add_argument("--batch", type=int, default=32, help="snapshots relaxed together (batched FIRE)")
+    p.add_argument("--equilibration", type=float, default=0.0, help="fs of MD before the first quench")
     p.add_argument("--energy-tol", type=float, default=1e-3, help="eV")
     p.add_argument("--rmsd-tol", type=float, default=0.1, help="Å")
     p.add_argument("--seed", type=int, default=0)
@@ -167,11 +169,19 @@ def cmd_explore(args, console: Console) -> int:
         model_force_fn(model, system), system, atoms.positions, model.cutoff,
         temperature=args.temperature, timestep=args.timestep, quench_every_fs=args.quench_every,
         n_quenches=args.quenches, fmax=args.fmax, energy_tol=args.energy_tol,
-        rmsd_tol=args.rmsd_tol, seed=args.seed,
+        rmsd_tol=args.rmsd_tol, seed=args.seed, batch=args.batch,
+        equilibration_fs=args.equilibration,
     )
-    paths = write_exploration(result, args.output, system.numbers)
-    console.print(f"{len(result.minima)} distinct minima; files: {paths}")
-    return 0
+    out = write_exploration(result, args.output, system.numbers)
+    console.print(
+        f"{len(result.minima)} distinct minima from {result.n_quenches} quenches "
+        f"({result.n_unconverged} unconverged) over {result.simulated_fs / 1e3:.2f} ps of MD"
+    )
+    if result.md_unstable:
+        console.print(f"[bold red]MD became unstable[/bold red] at "
+                      f"{result.md_unstable_time_fs / 1e3:.3f} ps; exploration stopped there")
+    console.print(f"minima.xyz, minima.json, exploration.png: {out}")
+    return 3 if result.md_unstable else 0
 
 
 def cmd_analyze(args, console: Console) -> int:
