@@ -266,3 +266,24 @@ def test_md_cli_bad_input(trained_model_dir, tmp_path):
 
     ase.io.write(water, molecule("NaCl"))
     assert main(["md", str(trained_model_dir), str(water), "--output", str(tmp_path / "y.xyz")]) == 2
+
+
+def test_explore_cli_writes_distinct_minima(trained_model_dir, tmp_path):
+    import json
+
+    import ase.io
+
+    from so3krates.cli import main
+    from so3krates.datasets import shipped_dataset_path
+
+    out = tmp_path / "explore"
+    code = main(["explore", str(trained_model_dir), str(shipped_dataset_path()), "--temperature", "150",
+                 "--quench-every", "25", "--quenches", "4", "--batch", "4", "--dtype", "float64",
+                 "--no-monitor", "--output", str(out)])  # the tiny test model breaks bonds
+    assert code == 0
+    minima = ase.io.read(out / "minima.xyz", index=":")
+    summary = json.loads((out / "minima.json").read_text())
+    assert 1 <= len(minima) <= 4
+    energies = [a.get_potential_energy() for a in minima]
+    assert energies == sorted(energies)
+    assert (out / "exploration.png").exists() and summary

@@ -85,6 +85,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--rmsd-tol", type=float, default=0.1, help="Å")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=["float32", "float64"])
+    p.add_argument("--no-monitor", action="store_true", help="switch the bond-stability monitor off")
     p.add_argument("--output", default="explore", help="directory for minima.xyz, minima.json, plot")
 
     p = sub.add_parser("analyze", help="VACF, vibrational spectrum, g(r), energy drift of a trajectory")
@@ -159,6 +160,7 @@ def cmd_relax(args, console: Console) -> int:
 
 def cmd_explore(args, console: Console) -> int:
     from so3krates.md.explore import explore, write_exploration
+    from so3krates.md.stability import StabilityCriteria
     from so3krates.md.system import System, model_force_fn
     from so3krates.model_io import load_model
 
@@ -171,6 +173,7 @@ def cmd_explore(args, console: Console) -> int:
         n_quenches=args.quenches, fmax=args.fmax, energy_tol=args.energy_tol,
         rmsd_tol=args.rmsd_tol, seed=args.seed, batch=args.batch,
         equilibration_fs=args.equilibration,
+        monitor=None if args.no_monitor else StabilityCriteria(),
     )
     out = write_exploration(result, args.output, system.numbers)
     console.print(
