@@ -23,13 +23,8 @@ from so3krates.md.analysis import (
     velocity_autocorrelation,
     vibrational_spectrum,
 )
-from so3krates.md.trajectory import (
-    TrajectoryWriter,
-    load_state,
-    read_trajectory,
-    save_state,
-    truncate_trajectory,
-)
+from so3krates.md.restart import load_state, save_state
+from so3krates.md.trajectory import TrajectoryWriter, read_trajectory, truncate_trajectory
 
 FORMATS = (".xyz", ".traj", ".h5")
 

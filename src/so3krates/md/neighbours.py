@@ -222,7 +222,6 @@ def build_verlet(positions: jnp.ndarray, cell: jnp.ndarray, spec: NeighbourSpec)
         wrapped = positions
     images = jnp.asarray(spec.images, dtype=dtype)  # (K, 3)
     offsets = images @ cell if periodic else jnp.zeros_like(images)  # (K, 3)
-    k_images = images.shape[0]
     m = spec.max_neighbours
 
     def row_block(rows):

@@ -21,13 +21,8 @@ from so3krates.md.engine import Frames, RunSummary, Simulation
 from so3krates.md.integrators import Ensemble
 from so3krates.md.stability import StabilityCriteria
 from so3krates.md.system import System, model_force_fn
-from so3krates.md.trajectory import (
-    TrajectoryWriter,
-    load_state,
-    read_trajectory,
-    save_state,
-    truncate_trajectory,
-)
+from so3krates.md.restart import load_state, save_state
+from so3krates.md.trajectory import TrajectoryWriter, read_trajectory, truncate_trajectory
 
 ENSEMBLE_ALIASES = {"nve": "nve", "nvt": "langevin", "langevin": "langevin",
                     "nose-hoover": "nose-hoover", "nhc": "nose-hoover"}
