@@ -7,7 +7,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from conftest import ethanol_frames, predict_single
-from so3krates.batching import Capacity, pack
+from so3krates.batching import Capacity, pack, round_up
 from so3krates.neighbours import neighbour_list
 
 
@@ -100,6 +100,30 @@ def test_padding_does_not_change_results(tiny_predict):
     assert np.all(np.asarray(out.energy[3:]) == 0.0)
     assert np.all(np.asarray(out.forces[offset:]) == 0.0)
     assert np.all(np.isfinite(np.asarray(out.forces)))
+
+
+def test_mixed_periodic_and_molecule_batch(tiny_predict):
+    """A periodic crystal and a molecule in one padded batch equal their single results."""
+    predict, params, cfg = tiny_predict("float64")
+    data = ethanol_frames(1)
+    rng = np.random.default_rng(2)
+    cell = np.array([[6.0, 0.0, 0.0], [1.0, 5.5, 0.0], [0.5, 0.7, 6.2]])
+    crystal_z = np.array([1, 6, 8, 1, 6, 1, 8, 6])
+    crystal_r = rng.uniform(size=(8, 3)) @ cell
+    numbers = [crystal_z, data.numbers[0]]
+    positions = [crystal_r, data.positions[0]]
+    cells = np.stack([cell, np.zeros((3, 3))])
+    pbcs = [np.ones(3, bool), np.zeros(3, bool)]
+    nls = [neighbour_list(r, c, p, cfg.cutoff) for r, c, p in zip(positions, cells, pbcs)]
+    cap = Capacity(atoms=24, pairs=round_up(sum(len(n.centers) for n in nls) + 10, 64), structures=3)
+    out = predict(params, pack(numbers, positions, cells, nls, cap, dtype=np.float64))
+    offset = 0
+    for k, (z, r, c, p) in enumerate(zip(numbers, positions, cells, pbcs)):
+        e, f = predict_single(predict, params, z, r, c, p, cfg.cutoff, np.float64)
+        assert abs(float(out.energy[k]) - e) <= 1e-12 * abs(e)
+        np.testing.assert_allclose(np.asarray(out.forces[offset:offset + len(z)]), f,
+                                   rtol=0, atol=1e-12 * np.abs(f).max())
+        offset += len(z)
 
 
 @pytest.mark.parametrize("cutoff_fn", ["cosine", "polynomial"])

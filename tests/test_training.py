@@ -152,3 +152,24 @@ def test_atomic_write_keeps_old_file_on_full_disk(tmp_path, monkeypatch):
         atomic_write_bytes(target, b"new content that does not fit")
     assert target.read_bytes() == b"old content"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.msgpack"]
+
+
+def test_plateau_halves_learning_rate_and_early_stopping_stops(tmp_path):
+    """A learning rate far too large never beats the step-0 baseline: every validation is
+    'bad', so each one halves the rate (patience 1) and the third stops training."""
+    from so3krates.config import load_config
+    from so3krates.training.trainer import train
+
+    cfg = load_config(None, [
+        f"data.path={shipped_dataset_path()}", *TINY_TRAIN,
+        "training.learning_rate=50.0", "training.grad_clip=null", "training.valid_every=5",
+        "training.plateau_patience=1", "training.plateau_factor=0.5",
+        "training.early_stopping_patience=3", "training.max_steps=100",
+    ])
+    result = train(cfg, tmp_path / "run")
+    assert result.stop_reason == "early_stopping"
+    assert result.steps == 15
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == [0, 5, 10, 15]
+    lr = np.array([r["learning_rate"] for r in rows])
+    np.testing.assert_allclose(lr[1:] / lr[:-1], 0.5, rtol=1e-3)
