@@ -1,0 +1,17 @@
+"""Using a model: compiled MD engine, relaxation, minima search, trajectories, analysis.
+
+Data flows one way: ``system`` (static structure data, the model's ``force_fn``) →
+``neighbours`` (in-loop Verlet lists) → ``integrators`` → ``engine`` (chunked ``lax.scan``
+runs with the ``stability`` monitor) → ``run`` (the ``so3krates md`` command), and ``relax``,
+``minima`` → ``explore``; ``trajectory``, ``restart`` and ``analysis`` handle the files.
+"""
+
+from so3krates.md.engine import Frames, RunSummary, Simulation
+from so3krates.md.integrators import Ensemble
+from so3krates.md.stability import StabilityCriteria
+from so3krates.md.system import System, model_force_fn, positions_force_fn
+
+__all__ = [
+    "Ensemble", "Frames", "RunSummary", "Simulation", "StabilityCriteria", "System",
+    "model_force_fn", "positions_force_fn",
+]
