@@ -10,7 +10,7 @@ frame (stability monitor), keeping every frame before it.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import jax
@@ -128,7 +128,6 @@ class RunSummary:
     time_to_instability_fs: float | None = None
     reallocations: int = 0
     wall_seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     @property
     def ms_per_step(self) -> float:
@@ -151,6 +150,8 @@ class Simulation:
             still stop the run).
         velocities: start velocities in Å/fs (default: Maxwell–Boltzmann at the temperature).
         seed: PRNG seed (initial velocities, Langevin noise).
+        spec: neighbour-list capacities (default: sized from ``positions`` by
+            :func:`so3krates.md.neighbours.allocate`; they grow on overflow).
     """
 
     def __init__(
