@@ -373,6 +373,7 @@ def stability_run(job: dict[str, Any]) -> dict[str, Any]:
                      chunk_frames=a["chunk_frames"], seed=seed)
     writer = None
     if a["traj_dir"]:
+        from so3krates.md.run import write_frames
         from so3krates.md.trajectory import TrajectoryWriter
 
         path = Path(a["traj_dir"]) / f"aspirin_T{temperature:g}_seed{seed}.extxyz"
@@ -387,12 +388,7 @@ def stability_run(job: dict[str, Any]) -> dict[str, Any]:
         if writer is not None:
             keep = (frames.step // stride) % every == 0
             if np.any(keep):
-                writer.write(frames.positions[keep], velocities=frames.velocities[keep],
-                             forces=frames.forces[keep],
-                             potential_energy=frames.potential_energy[keep],
-                             kinetic_energy=frames.kinetic_energy[keep],
-                             temperature=frames.temperature[keep],
-                             time=frames.step[keep] * a["timestep"])
+                write_frames(writer, type(frames)(*(x[keep] for x in frames)), a["timestep"])
         ps = frames.step[-1] * a["timestep"] / 1000
         if ps >= acc["next_log"]:
             acc["next_log"] += a["log_every_ps"]

@@ -13,7 +13,9 @@ import numpy as np
 from ase import units
 
 from so3krates.fileio import atomic_write_bytes
+from so3krates.md.neighbours import complete_cell, plane_spacings
 from so3krates.md.trajectory import Trajectory, read_trajectory
+from so3krates.plotting import pyplot, save_figure
 
 SPEED_OF_LIGHT_CM_PER_FS = 2.99792458e-5
 # Kinetic energy of 1 amu moving at 1 Å/fs, in eV (≈ 103.6).
@@ -280,35 +282,37 @@ def finite_difference_velocities(traj: Trajectory) -> np.ndarray:
         raise ValueError("finite-difference velocities need at least 2 frames")
     steps = np.diff(traj.positions, axis=0)
     if traj.pbc.any():
-        frac = steps @ np.linalg.inv(traj.cell)
+        cell = complete_cell(traj.cell, traj.pbc)  # slabs may store a zero open-direction vector
+        frac = steps @ np.linalg.inv(cell)
         frac[..., traj.pbc] -= np.round(frac[..., traj.pbc])
-        steps = frac @ traj.cell
+        steps = frac @ cell
     unwrapped = np.concatenate([traj.positions[:1], traj.positions[:1] + np.cumsum(steps, 0)])
     return np.gradient(unwrapped, traj.time, axis=0)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_md_summary(traj: Trajectory, path_png: str | os.PathLike) -> Path:
+def plot_md_summary(
+    path_png: str | os.PathLike,
+    n_atoms: int,
+    time: np.ndarray | None = None,
+    potential_energy: np.ndarray | None = None,
+    kinetic_energy: np.ndarray | None = None,
+    temperature: np.ndarray | None = None,
+) -> Path:
     """Energies (potential, kinetic, total), total-energy drift and temperature against time.
 
-    Potential and total energy are shifted by the same constant (the first potential energy),
-    so that total − kinetic = potential holds on the plot; the middle panel shows the total
-    energy relative to its initial value in meV/atom. Uses the frame index without times.
+    Per-frame series (F,) in fs, eV and K; any may be None. Potential and total energy are
+    shifted by the same constant (the first potential energy), so that total − kinetic =
+    potential holds on the plot; the middle panel shows the total energy relative to its
+    initial value in meV/atom. Uses the frame index without times.
     """
-    plt = _pyplot()
-    x = traj.time / 1000.0 if traj.time is not None else np.arange(traj.n_frames)
-    xlabel = "time / ps" if traj.time is not None else "frame"
+    plt = pyplot()
+    series = [a for a in (time, potential_energy, kinetic_energy, temperature) if a is not None]
+    n_frames = len(series[0]) if series else 0
+    x = time / 1000.0 if time is not None else np.arange(n_frames)
+    xlabel = "time / ps" if time is not None else "frame"
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     ax = axes[0]
-    pot, kin = traj.potential_energy, traj.kinetic_energy
+    pot, kin = potential_energy, kinetic_energy
     shift = float(pot[0]) if pot is not None else 0.0
     if pot is not None:
         ax.plot(x, pot - shift, label=f"potential {-shift:+.3f} eV")
@@ -324,29 +328,24 @@ def plot_md_summary(traj: Trajectory, path_png: str | os.PathLike) -> Path:
     # Conservation is invisible on the scale of the fluctuations: its own panel, per atom.
     ax = axes[1]
     if pot is not None and kin is not None:
-        total = (pot + kin) * 1000.0 / traj.positions.shape[1]
+        total = (pot + kin) * 1000.0 / n_atoms
         ax.plot(x, total - total[0], color="k")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("total energy − initial / meV/atom")
     ax.grid(alpha=0.3)
     ax = axes[2]
-    if traj.temperature is not None:
-        ax.plot(x, traj.temperature, color="tab:red")
-        ax.axhline(float(np.mean(traj.temperature)), color="0.5", ls="--", lw=1)
+    if temperature is not None:
+        ax.plot(x, temperature, color="tab:red")
+        ax.axhline(float(np.mean(temperature)), color="0.5", ls="--", lw=1)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("temperature / K")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(path_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path_png)
 
 
 def _plot_xy(x, y, xlabel: str, ylabel: str, path: Path, peaks: list[dict] | None = None,
              xlim: tuple[float, float] | None = None) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     ax.plot(x, y, lw=1.2)
     for p in peaks or []:
@@ -357,10 +356,7 @@ def _plot_xy(x, y, xlabel: str, ylabel: str, path: Path, peaks: list[dict] | Non
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _jsonable(x):
@@ -452,8 +448,8 @@ def analyze(
         result["energy_drift"] = energy_drift(traj.time, traj.potential_energy + kin, n_atoms)
     else:
         result["energy_drift"] = None
-    result["plots"]["energy"] = str(plot_md_summary(traj._replace(kinetic_energy=kin),
-                                                    out / "energy.png"))
+    result["plots"]["energy"] = str(plot_md_summary(
+        out / "energy.png", n_atoms, traj.time, traj.potential_energy, kin, traj.temperature))
 
     # VACF and vibrational spectrum.
     result["spectrum_peaks_cm1"] = None
@@ -477,7 +473,7 @@ def analyze(
     # Radial distribution.
     rdf_r_max = float(r_max)
     if traj.pbc.any():
-        widths = _cell_widths(traj.cell)[traj.pbc]
+        widths = plane_spacings(complete_cell(traj.cell, traj.pbc))[traj.pbc]
         if rdf_r_max >= 0.5 * widths.min():
             rdf_r_max = 0.499 * float(widths.min())
             result["notes"].append(f"g(r) r_max reduced to {rdf_r_max:.3f} Å (half the cell)")
@@ -491,11 +487,3 @@ def analyze(
     result = _jsonable(result)
     atomic_write_bytes(out / "analysis.json", (json.dumps(result, indent=2) + "\n").encode())
     return result
-
-
-def _cell_widths(cell: np.ndarray) -> np.ndarray:
-    """(3,) perpendicular widths of a cell in Å (distance between opposite faces)."""
-    cell = np.asarray(cell, float)
-    volume = abs(np.linalg.det(cell))
-    cross = np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]])
-    return volume / np.linalg.norm(cross, axis=1)

@@ -17,12 +17,13 @@ from ase import units
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from so3krates.md.engine import Frames, RunSummary, Simulation
+from so3krates.md.engine import Frames, Simulation
 from so3krates.md.integrators import Ensemble
 from so3krates.md.stability import StabilityCriteria
 from so3krates.md.system import System, model_force_fn
+from so3krates.fileio import atomic_write_bytes
 from so3krates.md.restart import load_state, save_state
-from so3krates.md.trajectory import TrajectoryWriter, read_trajectory, truncate_trajectory
+from so3krates.md.trajectory import TrajectoryWriter, truncate_trajectory
 
 ENSEMBLE_ALIASES = {"nve": "nve", "nvt": "langevin", "langevin": "langevin",
                     "nose-hoover": "nose-hoover", "nhc": "nose-hoover"}
@@ -81,11 +82,11 @@ def run_md(
 
     console = console or Console()
     output = Path(output)
-    model = load_model(model_dir, dtype=settings.dtype)
-    system = System.from_atoms(structure)
-    ensemble = settings.ensemble_obj()
     if settings.steps % settings.stride:
         raise ValueError(f"--steps ({settings.steps}) must be a multiple of --stride ({settings.stride})")
+    ensemble = settings.ensemble_obj()
+    model = load_model(model_dir, dtype=settings.dtype)
+    system = System.from_atoms(structure)
     criteria = StabilityCriteria(settings.max_bond_deviation, settings.max_force)
     velocities = None
     if structure.has("momenta") and np.any(structure.get_momenta()):
@@ -111,44 +112,38 @@ def run_md(
     output.parent.mkdir(parents=True, exist_ok=True)
 
     n_atoms = system.n_atoms
-    e0 = None
-    status = {"temperature": float("nan"), "drift": 0.0}
+    # Per-frame scalars of this run, for the progress line, the summary and the plot (the
+    # trajectory itself is never read back: it can be far larger than memory).
+    series: dict[str, list] = {k: [] for k in SERIES}
     bar = Progress(
         TextColumn("[bold]MD[/bold]"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
         TextColumn("{task.fields[rate]}"), TextColumn("T {task.fields[temp]}"),
         TextColumn("drift {task.fields[drift]}"), TimeRemainingColumn(),
         console=console, disable=not progress, transient=False,
     )
-    summary = RunSummary()
-    t_start = time.perf_counter()
     with TrajectoryWriter(output, system.numbers, system.cell, system.pbc, append=restart,
                           masses=system.masses) as writer, bar:
         task = bar.add_task("md", total=settings.steps, completed=sim.step, rate="", temp="", drift="")
-        while sim.step < settings.steps and summary.stable:
-            n_frames = min(settings.chunk_frames, (settings.steps - sim.step) // settings.stride)
-            t0 = time.perf_counter()
-            frames, unstable, realloc = sim.run_chunk(n_frames)
-            dt_wall = time.perf_counter() - t0
-            summary.reallocations += realloc
-            if len(frames):
-                _write(writer, frames, ensemble.timestep)
-                frames_written += len(frames)
-                summary.frames += len(frames)
-                if e0 is None:
-                    e0 = float(frames.conserved_energy[0])
-                status["temperature"] = float(frames.temperature[-1])
-                status["drift"] = 1e3 * (float(frames.conserved_energy[-1]) - e0) / n_atoms
-            if unstable is not None:
-                summary.stable = False
-                summary.time_to_instability_fs = unstable * ensemble.timestep
-            else:
+        last = {"time": time.perf_counter(), "step": sim.step}
+
+        def on_frames(frames: Frames) -> None:
+            nonlocal frames_written
+            write_frames(writer, frames, ensemble.timestep)
+            frames_written += len(frames)
+            for k in SERIES:
+                series[k].append(frames.step * ensemble.timestep if k == "time" else getattr(frames, k))
+            # A chunk that went unstable ends before sim.step: its state is not a restart point.
+            if sim.step == int(frames.step[-1]):
                 save_state(restart_path(output), sim.state_arrays(), {**meta, "frames": frames_written})
-            ms = 1e3 * dt_wall / (n_frames * settings.stride)
-            ns_day = ensemble.timestep * 1e-6 * 86400e3 / ms
-            bar.update(task, completed=sim.step, rate=f"{ms:.2f} ms/step {ns_day:.1f} ns/day",
-                       temp=f"{status['temperature']:.0f} K", drift=f"{status['drift']:+.3f} meV/atom")
-    summary.wall_seconds = time.perf_counter() - t_start
-    summary.steps = sim.step
+            now = time.perf_counter()
+            ms = 1e3 * (now - last["time"]) / max(sim.step - last["step"], 1)
+            last.update(time=now, step=sim.step)
+            drift = 1e3 * (frames.conserved_energy[-1] - series["conserved_energy"][0][0]) / n_atoms
+            bar.update(task, completed=sim.step,
+                       rate=f"{ms:.2f} ms/step {ensemble.timestep * 86.4 / ms:.1f} ns/day",
+                       temp=f"{frames.temperature[-1]:.0f} K", drift=f"{drift:+.3f} meV/atom")
+
+        summary = sim.run(settings.steps - sim.step, on_frames)
 
     result = {
         "output": str(output),
@@ -163,15 +158,15 @@ def run_md(
         "timestep_fs": ensemble.timestep,
         "temperature_K": ensemble.temperature,
     }
-    if frames_written:
-        traj = read_trajectory(output)
-        if traj.temperature is not None:
-            result["mean_temperature_K"] = float(np.mean(traj.temperature))
-        if traj.kinetic_energy is not None and traj.potential_energy is not None:
-            total = traj.potential_energy + traj.kinetic_energy
-            result["total_energy_drift_meV_per_atom"] = 1e3 * float(total[-1] - total[0]) / n_atoms
-        result["plot"] = str(plot_md_summary(traj, output.with_suffix(".png")))
-    summary_path(output).write_text(json.dumps(result, indent=2))
+    if series["time"]:
+        s = {k: np.concatenate(v) for k, v in series.items()}
+        conserved = s["conserved_energy"]
+        result["mean_temperature_K_this_run"] = float(np.mean(s["temperature"]))
+        # The integrator's conserved quantity (E_pot + E_kin, plus the chain for Nosé–Hoover).
+        result["conserved_energy_drift_meV_per_atom_this_run"] = 1e3 * float(conserved[-1] - conserved[0]) / n_atoms
+        result["plot"] = str(plot_md_summary(output.with_suffix(".png"), n_atoms, s["time"],
+                                             s["potential_energy"], s["kinetic_energy"], s["temperature"]))
+    atomic_write_bytes(summary_path(output), (json.dumps(result, indent=2) + "\n").encode())
     if summary.stable:
         console.print(f"[green]stable[/green]: {result['simulated_ps']:.3f} ps simulated")
     else:
@@ -184,7 +179,11 @@ def run_md(
     return result
 
 
-def _write(writer: TrajectoryWriter, frames: Frames, timestep: float) -> None:
+SERIES = ("time", "potential_energy", "kinetic_energy", "conserved_energy", "temperature")
+
+
+def write_frames(writer: TrajectoryWriter, frames: Frames, timestep: float) -> None:
+    """Append engine ``frames`` to a trajectory file (time from the step index and ``timestep`` fs)."""
     writer.write(
         frames.positions,
         velocities=frames.velocities,

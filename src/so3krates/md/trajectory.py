@@ -146,6 +146,8 @@ class TrajectoryWriter:
         if self.masses.shape != self.numbers.shape:
             raise ValueError(
                 f"masses {self.masses.shape} do not match numbers {self.numbers.shape}")
+        # Written into every frame only when they differ from the standard masses.
+        self._custom_masses = not np.allclose(self.masses, atomic_masses[self.numbers])
         self.n_atoms = int(self.numbers.size)
         self._handle = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -285,7 +287,7 @@ class TrajectoryWriter:
         from ase.calculators.singlepoint import SinglePointCalculator
 
         atoms = Atoms(numbers=self.numbers, positions=pos, cell=self.cell, pbc=self.pbc)
-        if not np.allclose(self.masses, atomic_masses[self.numbers]):
+        if self._custom_masses:
             atoms.set_masses(self.masses)
         if self.format == "xyz":
             # extxyz keeps an explicit Å/fs column; ASE's momenta would need a unit conversion.

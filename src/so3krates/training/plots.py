@@ -8,19 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from so3krates.plotting import pyplot, save_figure
 
 
 def plot_learning_curves(metrics_csv: str | os.PathLike, out_png: str | os.PathLike) -> Path:
     """Training loss and validation MAEs against the step (log scale)."""
-    plt = _pyplot()
+    plt = pyplot()
     with open(metrics_csv) as fh:
         rows = list(csv.DictReader(fh))
     step = np.array([float(r["step"]) for r in rows])
@@ -38,11 +31,7 @@ def plot_learning_curves(metrics_csv: str | os.PathLike, out_png: str | os.PathL
         ax.set_xlabel("step")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(out_png)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out_png)
 
 
 def plot_parity(
@@ -54,7 +43,7 @@ def plot_parity(
     title: str = "",
 ) -> Path:
     """Predicted vs reference energies (eV, shifted by the mean reference) and force components."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.4))
     ok = np.isfinite(energy_ref)
     shift = float(np.mean(energy_ref[ok])) if ok.any() else 0.0
@@ -75,8 +64,4 @@ def plot_parity(
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(out_png)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out_png)
