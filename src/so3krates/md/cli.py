@@ -33,28 +33,33 @@ def read_structures(path: str, index: str = ":") -> list:
     return frames
 
 
-def add_parsers(sub) -> None:
-    """Add the ``md``, ``relax``, ``explore`` and ``analyze`` sub-commands."""
-    p = sub.add_parser("md", help="molecular dynamics with a trained model (compiled JAX engine)")
+def _add_run_args(p, temperature: float) -> None:
+    """Arguments shared by the commands that run MD with a model (``md``, ``explore``)."""
     p.add_argument("model_dir")
     p.add_argument("structure", help="start structure (any ASE format; --index picks a frame)")
     p.add_argument("--index", default="0", help="frame of the structure file (default 0)")
+    p.add_argument("--temperature", type=float, default=temperature, help=f"K (default {temperature:g})")
+    p.add_argument("--timestep", type=float, default=0.5, help="fs (default 0.5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=["float32", "float64"])
+    p.add_argument("--no-monitor", action="store_true", help="switch the bond-stability monitor off")
+
+
+def add_parsers(sub) -> None:
+    """Add the ``md``, ``relax``, ``explore`` and ``analyze`` sub-commands."""
+    p = sub.add_parser("md", help="molecular dynamics with a trained model (compiled JAX engine)")
+    _add_run_args(p, temperature=300.0)
     p.add_argument("--ensemble", default="nvt",
                    choices=["nve", "nvt", "langevin", "nose-hoover", "nhc"],
                    help="nvt = Langevin (BAOAB); nose-hoover = Nosé–Hoover chain")
-    p.add_argument("--temperature", type=float, default=300.0, help="K (default 300)")
-    p.add_argument("--timestep", type=float, default=0.5, help="fs (default 0.5)")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs")
     p.add_argument("--tau", type=float, default=100.0, help="Nosé–Hoover coupling time, fs")
     p.add_argument("--stride", type=int, default=10, help="steps between saved frames")
     p.add_argument("--chunk", type=int, default=100, help="frames per compiled chunk")
     p.add_argument("--skin", type=float, default=1.0, help="neighbour-list skin, Å")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=["float32", "float64"])
     p.add_argument("--output", default="md.xyz", help=".xyz/.extxyz, .traj or .h5")
     p.add_argument("--restart", action="store_true", help="continue from OUTPUT.restart.npz")
-    p.add_argument("--no-monitor", action="store_true", help="switch the bond-stability monitor off")
     p.add_argument("--max-bond-deviation", type=float, default=0.5, help="Å (instability criterion)")
     p.add_argument("--max-force", type=float, default=50.0, help="eV/Å (instability criterion)")
     p.add_argument("--no-progress", action="store_true")
@@ -71,11 +76,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--output", default="relaxed.xyz")
 
     p = sub.add_parser("explore", help="minima search: hot MD with periodic quenches")
-    p.add_argument("model_dir")
-    p.add_argument("structure")
-    p.add_argument("--index", default="0")
-    p.add_argument("--temperature", type=float, default=500.0, help="MD temperature, K")
-    p.add_argument("--timestep", type=float, default=0.5, help="fs")
+    _add_run_args(p, temperature=500.0)
     p.add_argument("--quench-every", type=float, default=500.0, help="fs of MD between quenches")
     p.add_argument("--quenches", type=int, default=100)
     p.add_argument("--fmax", type=float, default=0.01, help="eV/Å")
@@ -83,9 +84,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--equilibration", type=float, default=0.0, help="fs of MD before the first quench")
     p.add_argument("--energy-tol", type=float, default=1e-3, help="eV")
     p.add_argument("--rmsd-tol", type=float, default=0.1, help="Å")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=["float32", "float64"])
-    p.add_argument("--no-monitor", action="store_true", help="switch the bond-stability monitor off")
     p.add_argument("--output", default="explore", help="directory for minima.xyz, minima.json, plot")
 
     p = sub.add_parser("analyze", help="VACF, vibrational spectrum, g(r), energy drift of a trajectory")
@@ -113,6 +111,7 @@ def cmd_md(args, console: Console) -> int:
 
 def cmd_relax(args, console: Console) -> int:
     import ase.io
+    import jax
 
     from so3krates.md.relax import fire_relax, relax_ase
     from so3krates.md.system import System, model_force_fn, positions_force_fn
@@ -126,13 +125,15 @@ def cmd_relax(args, console: Console) -> int:
     same = all(len(a) == len(frames[0]) and (a.numbers == frames[0].numbers).all() for a in frames)
     if args.optimizer == "fire-jax" and same and not any(a.pbc.any() for a in frames):
         system = System.from_atoms(frames[0])
-        fn = positions_force_fn(model_force_fn(model, system), system, model.cutoff)
-        res = fire_relax(fn, np.stack([a.positions for a in frames]), fmax=args.fmax,
-                         max_steps=args.steps)
-        res = [np.asarray(x) for x in res]
+        start = np.stack([a.positions for a in frames])
+        # Size the list for the most crowded start structure.
+        densest = start[np.argmax([np.sum(np.linalg.norm(x[:, None] - x[None], axis=-1) < model.cutoff)
+                                   for x in start])]
+        fn = positions_force_fn(model_force_fn(model, system), system, model.cutoff, densest)
+        res = jax.device_get(fire_relax(fn, start, fmax=args.fmax, max_steps=args.steps))
         for k, atoms in enumerate(frames):
-            atoms.positions = res[0][k]
-            rows.append((float(res[1][k]), float(res[2][k]), bool(res[3][k]), int(res[4][k])))
+            atoms.positions = res.positions[k]
+            rows.append((float(res.energy[k]), float(res.fmax[k]), bool(res.converged[k]), int(res.steps[k])))
     else:
         if args.optimizer == "fire-jax":
             console.print("[yellow]fire-jax batches molecules of one composition; using ASE FIRE[/yellow]")

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
 
+import jax
 import numpy as np
 
 from so3krates.md.engine import Frames, Simulation
@@ -36,6 +37,7 @@ from so3krates.md.minima import MinimaSet
 from so3krates.md.relax import fire_relax
 from so3krates.md.stability import StabilityCriteria
 from so3krates.md.system import ForceFn, System, positions_force_fn
+from so3krates.plotting import pyplot, save_figure
 
 
 class Quench(NamedTuple):
@@ -251,7 +253,7 @@ def _quench(result, relax_fn, snaps, times, numbers, batch, fmax, max_steps) -> 
     k = len(snaps)
     if k < batch:  # pad to the compiled batch shape with copies (they converge in lock-step)
         snaps = np.concatenate([snaps, np.repeat(snaps[-1:], batch - k, axis=0)])
-    res = fire_relax(relax_fn, snaps, fmax=fmax, max_steps=max_steps)
+    res = jax.device_get(fire_relax(relax_fn, snaps, fmax=fmax, max_steps=max_steps))  # one copy
     pos = np.asarray(res.positions)[:k]
     energy = np.asarray(res.energy, dtype=np.float64)[:k]
     f = np.asarray(res.fmax, dtype=np.float64)[:k]
@@ -274,9 +276,7 @@ def plot_exploration(result: ExploreResult, path_png: str | Path) -> Path:
     """Two panels: distinct minima found vs simulated time, and the energy of each minimum
     (relative to the lowest, meV) vs the time it was first found (marker size ~ how often
     it was found; grey dots: every converged quench)."""
-    from so3krates.training.plots import _pyplot
-
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.0))
     t = result.column("time_fs") / 1000.0 if result.history else np.zeros(0)
     ax = axes[0]
@@ -305,13 +305,9 @@ def plot_exploration(result: ExploreResult, path_png: str | Path) -> Path:
     ax.set_xlabel("simulated time / ps")
     for ax in axes:
         if result.md_unstable and result.md_unstable_time_fs is not None:
-            ax.axvline(result.md_unstable_time_fs / 1000.0, color="C3", ls="--", lw=1, label="MD unstable")
+            ax.axvline(result.md_unstable_time_fs / 1000.0, color="C3", ls="--", lw=1)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(path_png)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path_png)
 
 
 def _to_builtin(x):

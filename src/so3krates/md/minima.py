@@ -115,7 +115,8 @@ def kabsch_rmsd(
         return float(np.sqrt(((a - b[perm] @ r) ** 2).sum(-1).mean()))
 
     identity = np.arange(len(a))
-    best = rmsd(identity, kabsch_rotation(a, b, allow_reflection))
+    direct = kabsch_rotation(a, b, allow_reflection)
+    best = rmsd(identity, direct)
     if not permute:
         return best
     numbers = np.zeros(len(a), int) if numbers is None else np.asarray(numbers).reshape(-1)
@@ -123,7 +124,7 @@ def kabsch_rmsd(
     groups = [g for g in groups if len(g) > 1]
     if not groups:
         return best
-    starts = [kabsch_rotation(a, b, allow_reflection)] + _start_rotations(a, b, allow_reflection)
+    starts = [direct] + _start_rotations(a, b, allow_reflection)
     seen: set[bytes] = set()
     for r in starts:
         perm = _assign(a, b @ r, groups)

@@ -20,7 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-ForceFn = Callable[[jnp.ndarray], tuple[jnp.ndarray, jnp.ndarray]]
+# One structure's ``positions (N, 3) -> (energy, forces)``; unlike ``system.ForceFn`` it builds
+# its own neighbours (see ``system.positions_force_fn``). It is vmapped over a batch, which
+# turns the model's reverse-pair ``lax.cond`` into a select: batched relaxations do not get
+# that saving.
+PositionsForceFn = Callable[[jnp.ndarray], tuple[jnp.ndarray, jnp.ndarray]]
 
 
 class RelaxResult(NamedTuple):
@@ -61,7 +65,7 @@ def _fmax(forces: jnp.ndarray) -> jnp.ndarray:
 
 
 def fire_init(
-    force_fn: ForceFn, positions: jnp.ndarray, atom_mask: jnp.ndarray, fmax: float, dt_start: float, alpha_start: float
+    force_fn: PositionsForceFn, positions: jnp.ndarray, atom_mask: jnp.ndarray, fmax: float, dt_start: float, alpha_start: float
 ) -> FireState:
     """FIRE state of one structure at rest; ``atom_mask`` (N,) bool marks the real atoms."""
     energy, forces = force_fn(positions)
@@ -80,7 +84,7 @@ def fire_init(
 
 
 def fire_step(
-    force_fn: ForceFn,
+    force_fn: PositionsForceFn,
     state: FireState,
     masses: jnp.ndarray,
     atom_mask: jnp.ndarray,
@@ -171,7 +175,7 @@ def _fire_loop(force_fn, positions, masses, atom_mask, fmax, max_steps, dt_start
 
 
 def fire_relax(
-    force_fn: ForceFn,
+    force_fn: PositionsForceFn,
     positions: jnp.ndarray,
     masses: jnp.ndarray | None = None,
     fmax: float = 0.01,

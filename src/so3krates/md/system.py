@@ -67,21 +67,19 @@ class System(NamedTuple):
         return max(3 * self.n_atoms - 3, 1)
 
 
-def graph(positions: jnp.ndarray, system: System, nbrs: Neighbours, cutoff: float) -> Graph:
+def graph(positions: jnp.ndarray, system: System, nbrs: Neighbours) -> Graph:
     """A one-structure :class:`Graph` (plus one padding atom) from in-loop neighbours.
 
-    Pairs listed within the skin but beyond ``cutoff`` are masked, so the model sees exactly
-    the pairs a fresh neighbour list would give.
+    ``nbrs`` already holds only the pairs within the cutoff at these positions (see
+    :func:`so3krates.md.neighbours.select`); the model's cutoff function is exactly zero
+    beyond the cutoff, so a pair that rounding in a lower precision puts just outside adds 0.
     """
     n = system.n_atoms
     dtype = positions.dtype
     cell = jnp.asarray(system.cell, dtype)
     pad = jnp.array([[1000.0, 0.0, 0.0]], dtype)
-    pos = jnp.concatenate([positions, pad])
-    vectors = pos[nbrs.neighbors] - pos[nbrs.centers] + nbrs.shifts.astype(dtype) @ cell
-    pair_mask = (nbrs.centers < n) & (jnp.sum(vectors * vectors, axis=-1) < cutoff * cutoff)
     return Graph(
-        positions=pos,
+        positions=jnp.concatenate([positions, pad]),
         numbers=jnp.asarray(np.append(system.numbers, 0), jnp.int32),
         structure=jnp.asarray(np.append(np.zeros(n, np.int32), 1)),
         centers=nbrs.centers,
@@ -89,7 +87,7 @@ def graph(positions: jnp.ndarray, system: System, nbrs: Neighbours, cutoff: floa
         shifts=nbrs.shifts.astype(dtype),
         cells=jnp.stack([cell, jnp.zeros_like(cell)]),
         atom_mask=jnp.asarray(np.arange(n + 1) < n),
-        pair_mask=pair_mask,
+        pair_mask=nbrs.centers < n,
         structure_mask=jnp.array([True, False]),
     )
 
@@ -106,34 +104,30 @@ def model_force_fn(model, system: System) -> ForceFn:
     """
     model.check_elements(system.numbers)
     predict = make_predict_fn(model.module, reference_table(model.reference_energies))
-    params, cutoff, n = model.params, model.cutoff, system.n_atoms
+    params, n = model.params, system.n_atoms
     dtype = jnp.dtype(model.dtype)
 
     def force_fn(positions, nbrs):
-        pred = predict(params, graph(positions.astype(dtype), system, nbrs, cutoff))
+        pred = predict(params, graph(positions.astype(dtype), system, nbrs))
         return pred.energy[0], pred.forces[:n].astype(positions.dtype)
 
     return force_fn
 
 
-def positions_force_fn(force_fn: ForceFn, system: System, cutoff: float, positions: np.ndarray | None = None):
+def positions_force_fn(force_fn: ForceFn, system: System, cutoff: float, positions: np.ndarray):
     """``fn(positions (N,3)) -> (energy, forces)`` that builds its own neighbour list each call.
 
-    For relaxation and quenches, where atoms may move far between calls. Molecules list every
-    pair (all N(N-1) fit, so the list can never overflow); periodic systems get a list sized
-    from ``positions`` with generous headroom (dense packing changes little in a relaxation).
+    For relaxation and quenches, where atoms may move far between calls. The list is sized
+    from ``positions`` with generous headroom (capped at all pairs for molecules); should a
+    structure still outgrow it, energy and forces come back NaN rather than silently
+    missing pairs, and FIRE then reports that structure as not converged.
     """
-    n = system.n_atoms
-    if system.pbc.any():
-        if positions is None:
-            raise ValueError("periodic systems need start positions to size the neighbour list")
-        spec = nl.allocate(positions, system.cell, system.pbc, cutoff, 0.0, headroom=1.5)
-    else:
-        every = max(n * (n - 1), 2)
-        spec = nl.NeighbourSpec(cutoff, 0.0, every, every, max(n - 1, 1))
+    spec = nl.allocate(positions, system.cell, system.pbc, cutoff, 0.0, headroom=1.5)
     cell = jnp.asarray(system.cell)
 
     def fn(positions):
-        return force_fn(positions, nl.build(positions, cell, spec))
+        nbrs = nl.build(positions, cell, spec)
+        energy, forces = force_fn(positions, nbrs)
+        return jnp.where(nbrs.overflow, jnp.nan, energy), jnp.where(nbrs.overflow, jnp.nan, forces)
 
     return fn
