@@ -10,17 +10,16 @@ import numpy as np
 def run_md(model, atoms, steps: int, temperature_K: float, timestep_fs: float, trajectory: Path):
     """Langevin MD through the ASE calculator; returns (temperatures, total energies)."""
     from ase import units
+    from ase.constraints import FixCom
     from ase.io import Trajectory
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
-
-    from ase.constraints import FixCom
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
     atoms = atoms.copy()
     atoms.calc = model.calculator()
     atoms.set_constraint(FixCom())
+    # With FixCom set, the momenta are set with the centre-of-mass momentum removed.
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=np.random.default_rng(0))
-    Stationary(atoms)
     dyn = Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K, friction=0.01 / units.fs,
                    fixcm=False, rng=np.random.default_rng(1))
     temps, etot = [], []

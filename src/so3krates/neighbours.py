@@ -45,8 +45,8 @@ def neighbour_list(
     i, j, s = calculator.compute(
         points=positions, box=box, periodic=pbc.tolist() if pbc.any() else False, quantities="ijS"
     )
-    # Sorted by centre (then neighbour): batches stay sorted, so segment sums over centres can
-    # use the faster sorted-index path.
+    # Sorted by (centre, neighbour): the model finds each pair's reverse by binary search
+    # (``reverse_pair_order``), and batches stay sorted.
     order = np.lexsort((j, i))
     return NeighbourList(
         centers=i[order].astype(np.int32),

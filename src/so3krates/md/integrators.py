@@ -119,29 +119,22 @@ def _chain_half_step(velocities, masses, chain, ensemble: Ensemble, dof: int):
     ke2 = 2.0 * kinetic_energy(velocities, masses)
     m = ensemble.chain_length
 
-    def force(k, v_eta, ke2):
-        g_first = (ke2 - dof * kT) / q[0]
-        g_rest = (q[k - 1] * v_eta[k - 1] ** 2 - kT) / q[k] if k > 0 else g_first
-        return g_first if k == 0 else g_rest
+    def kick(k, v_eta, ke2, delta):
+        """Thermostat k's velocity, damped by thermostat k+1 on both sides of its force."""
+        damp = jnp.exp(-delta / 4.0 * v_eta[k + 1]) if k < m - 1 else 1.0
+        force = (ke2 - dof * kT) / q[0] if k == 0 else (q[k - 1] * v_eta[k - 1] ** 2 - kT) / q[k]
+        return v_eta.at[k].set((v_eta[k] * damp + delta / 2.0 * force) * damp)
 
     scale = 1.0
     for w in SUZUKI_YOSHIDA_3:
         delta = w * ensemble.dt / 2.0
         for k in reversed(range(m)):  # from the end of the chain to the particles
-            if k < m - 1:
-                v_eta = v_eta.at[k].multiply(jnp.exp(-delta / 4.0 * v_eta[k + 1]))
-            v_eta = v_eta.at[k].add(delta / 2.0 * force(k, v_eta, ke2))
-            if k < m - 1:
-                v_eta = v_eta.at[k].multiply(jnp.exp(-delta / 4.0 * v_eta[k + 1]))
+            v_eta = kick(k, v_eta, ke2, delta)
         eta = eta + delta * v_eta
         s = jnp.exp(-delta * v_eta[0])
         scale, ke2 = scale * s, ke2 * s * s
         for k in range(m):  # back from the particles to the end of the chain
-            if k < m - 1:
-                v_eta = v_eta.at[k].multiply(jnp.exp(-delta / 4.0 * v_eta[k + 1]))
-            v_eta = v_eta.at[k].add(delta / 2.0 * force(k, v_eta, ke2))
-            if k < m - 1:
-                v_eta = v_eta.at[k].multiply(jnp.exp(-delta / 4.0 * v_eta[k + 1]))
+            v_eta = kick(k, v_eta, ke2, delta)
     return velocities * scale, jnp.stack([eta, v_eta])
 
 
