@@ -65,6 +65,9 @@ def test_training_lowers_validation_loss(trained_model_dir):
     rows = read_metrics(trained_model_dir / "metrics.csv")
     assert rows[0]["step"] == 0 and rows[-1]["step"] == 600
     assert rows[-1]["valid_loss"] < 0.5 * rows[0]["valid_loss"]
+    # decay_steps: budget decays over the run's step limit: lr * decay_rate at the last step.
+    assert rows[-1]["learning_rate"] == pytest.approx(1e-3 * 0.1, rel=1e-5)
+    assert rows[0]["learning_rate"] == pytest.approx(1e-3, rel=1e-6)
     for name in ("learning_curves.png", "parity_valid.png"):
         assert (trained_model_dir / "plots" / name).stat().st_size > 1000
 
@@ -162,7 +165,8 @@ def test_plateau_halves_learning_rate_and_early_stopping_stops(tmp_path):
 
     cfg = load_config(None, [
         f"data.path={shipped_dataset_path()}", *TINY_TRAIN,
-        "training.learning_rate=50.0", "training.grad_clip=null", "training.valid_every=5",
+        "training.learning_rate=50.0", "training.schedule=constant", "training.grad_clip=null",
+        "training.valid_every=5",
         "training.plateau_patience=1", "training.plateau_factor=0.5",
         "training.early_stopping_patience=3", "training.max_steps=100",
     ])

@@ -67,8 +67,11 @@ class TrainingConfig(_Strict):
     optimizer: Literal["adam", "amsgrad"] = "amsgrad"
     learning_rate: float = Field(1e-3, gt=0)
     schedule: Literal["exponential", "constant"] = "exponential"
-    decay_rate: float = Field(0.1, gt=0, le=1)
-    decay_steps: int = Field(100_000, gt=0)
+    decay_rate: float = Field(0.1, gt=0, le=1, description="learning-rate factor over decay_steps")
+    decay_steps: Literal["budget"] | int = Field(
+        "budget", description="steps, or 'budget': the steps this run will take (its step limit, "
+        "or what fits its wall-clock budget at the measured rate)"
+    )
     warmup_steps: int = Field(0, ge=0)
     plateau_patience: int = Field(0, ge=0, description="validations; 0 disables")
     plateau_factor: float = Field(0.5, gt=0, lt=1)
@@ -82,6 +85,13 @@ class TrainingConfig(_Strict):
     early_stopping_patience: int | None = Field(None, gt=0, description="validations")
     buckets: int = Field(3, gt=0)
     progress: bool = True
+
+    @field_validator("decay_steps")
+    @classmethod
+    def _decay_steps(cls, v):
+        if v != "budget" and v <= 0:
+            raise ValueError("decay_steps must be a positive number of steps or 'budget'")
+        return v
 
 
 class Config(_Strict):

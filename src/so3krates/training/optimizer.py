@@ -1,33 +1,73 @@
-"""Optimiser: gradient clipping, Adam/AMSGrad, warm-up + exponential decay, plateau factor."""
+"""Optimiser: gradient clipping, Adam/AMSGrad, warm-up + exponential decay, plateau factor.
+
+The learning rate is ``lr * warmup(step) * decay_rate ** ((step - warmup) / horizon)``. The
+decay horizon lives in the optimiser state (and so in every checkpoint): with
+``decay_steps: budget`` the trainer sets it to the number of steps the run will take, from
+its step limit and, under a wall-clock budget, from the measured step rate
+(:func:`set_decay_horizon`), so that the decay is complete when the budget runs out.
+"""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import jax
 import jax.numpy as jnp
 import optax
 
 from so3krates.config import TrainingConfig
 
 
-def learning_rate_schedule(cfg: TrainingConfig) -> optax.Schedule:
-    """Linear warm-up to ``learning_rate``, then exponential decay (or constant)."""
-    if cfg.schedule == "exponential":
-        main = optax.exponential_decay(cfg.learning_rate, cfg.decay_steps, cfg.decay_rate)
-    else:
-        main = optax.constant_schedule(cfg.learning_rate)
-    if cfg.warmup_steps == 0:
-        return main
-    warm = optax.linear_schedule(cfg.learning_rate / 100, cfg.learning_rate, cfg.warmup_steps)
-    return optax.join_schedules([warm, main], [cfg.warmup_steps])
+class DecayState(NamedTuple):
+    """Step count and decay horizon (in steps) of the learning-rate schedule."""
+
+    count: jnp.ndarray
+    horizon: jnp.ndarray
 
 
-def make_optimizer(cfg: TrainingConfig) -> optax.GradientTransformation:
-    """The configured optimiser. Its last state entry holds the reduce-on-plateau factor
-    (``plateau_factor`` / :func:`set_plateau_factor`), so it is checkpointed with the rest."""
+def learning_rate(cfg: TrainingConfig, step, horizon):
+    """Learning rate at ``step`` for a decay over ``horizon`` steps (before the plateau factor)."""
+    step = jnp.asarray(step, jnp.float32)
+    warm = cfg.warmup_steps
+    ramp = 1.0 if warm == 0 else jnp.minimum(0.01 + 0.99 * step / warm, 1.0)
+    if cfg.schedule == "constant":
+        return cfg.learning_rate * ramp
+    decayed = jnp.maximum(step - warm, 0.0) / jnp.asarray(horizon, jnp.float32)
+    return cfg.learning_rate * ramp * cfg.decay_rate ** decayed
+
+
+def initial_horizon(cfg: TrainingConfig, step_limit: int) -> int:
+    """``decay_steps``, or for ``budget`` the run's step limit (see :func:`set_decay_horizon`)."""
+    return step_limit if cfg.decay_steps == "budget" else int(cfg.decay_steps)
+
+
+def scale_by_decayed_learning_rate(cfg: TrainingConfig, horizon: int) -> optax.GradientTransformation:
+    """``updates * -learning_rate(step)``, with the decay horizon kept in the state."""
+
+    def init(params):
+        del params
+        return DecayState(jnp.zeros([], jnp.int32), jnp.asarray(max(horizon, 1), jnp.float32))
+
+    def update(updates, state, params=None):
+        del params
+        lr = learning_rate(cfg, state.count, state.horizon)
+        updates = jax.tree.map(lambda u: (-lr * u).astype(u.dtype), updates)
+        return updates, DecayState(state.count + 1, state.horizon)
+
+    return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(cfg: TrainingConfig, horizon: int) -> optax.GradientTransformation:
+    """The configured optimiser, decaying over ``horizon`` steps (see :func:`initial_horizon`).
+
+    Its state ends with the decay state and the reduce-on-plateau factor (``plateau_factor`` /
+    :func:`set_plateau_factor`), so that both are checkpointed with the rest.
+    """
     scale = optax.scale_by_amsgrad() if cfg.optimizer == "amsgrad" else optax.scale_by_adam()
     return optax.chain(
         optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip else optax.identity(),
         scale,
-        optax.scale_by_learning_rate(learning_rate_schedule(cfg)),
+        scale_by_decayed_learning_rate(cfg, horizon),
         optax.inject_hyperparams(optax.scale)(step_size=1.0),
     )
 
@@ -45,6 +85,18 @@ def set_plateau_factor(opt_state, factor: float):
     return (*opt_state[:-1], last._replace(hyperparams=hp))
 
 
+def decay_horizon(opt_state) -> float:
+    """Steps over which the learning rate decays by ``decay_rate``."""
+    return float(opt_state[-2].horizon)
+
+
+def set_decay_horizon(opt_state, horizon: float):
+    """A copy of ``opt_state`` whose learning rate decays over ``horizon`` steps."""
+    decay = opt_state[-2]
+    return (*opt_state[:-2], decay._replace(horizon=jnp.asarray(max(horizon, 1.0), jnp.float32)),
+            opt_state[-1])
+
+
 def current_learning_rate(cfg: TrainingConfig, step: int, opt_state) -> float:
     """Learning rate in effect at ``step`` (schedule times plateau factor)."""
-    return float(learning_rate_schedule(cfg)(step)) * plateau_factor(opt_state)
+    return float(learning_rate(cfg, step, decay_horizon(opt_state))) * plateau_factor(opt_state)

@@ -34,8 +34,10 @@ from so3krates.training.checkpoint import load_checkpoint, save_checkpoint
 from so3krates.training.loss import energy_forces_loss
 from so3krates.training.optimizer import (
     current_learning_rate,
+    initial_horizon,
     make_optimizer,
     plateau_factor,
+    set_decay_horizon,
     set_plateau_factor,
 )
 from so3krates.training.plots import plot_learning_curves, plot_parity
@@ -140,7 +142,11 @@ def train(
 
     g0, _ = train_graphs.batch([0])
     params = init_params(module, g0, tcfg.seed)
-    optimizer = make_optimizer(tcfg)
+    n_batches = train_graphs.num_batches()
+    epoch_steps = tcfg.max_epochs * n_batches
+    max_steps = min(tcfg.max_steps or epoch_steps, epoch_steps)
+    limit_reason = "max_steps" if tcfg.max_steps and tcfg.max_steps <= epoch_steps else "max_epochs"
+    optimizer = make_optimizer(tcfg, initial_horizon(tcfg, max_steps))
     state = {
         "params": params,
         "opt_state": optimizer.init(params),
@@ -174,12 +180,9 @@ def train(
         ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
         return params, opt_state, ema, loss
 
-    n_batches = train_graphs.num_batches()
-    epoch_steps = tcfg.max_epochs * n_batches
-    max_steps = min(tcfg.max_steps or epoch_steps, epoch_steps)
-    limit_reason = "max_steps" if tcfg.max_steps and tcfg.max_steps <= epoch_steps else "max_epochs"
     checkpoint_every = tcfg.checkpoint_every or tcfg.valid_every
     budget_s = tcfg.max_time_minutes * 60.0 if tcfg.max_time_minutes else math.inf
+    fit_decay_to_budget = tcfg.decay_steps == "budget" and math.isfinite(budget_s)
     kill_at = int(os.environ.get("SO3KRATES_KILL_AT_STEP", "0"))  # fault injection for tests
 
     params, opt_state, ema = state["params"], state["opt_state"], state["ema"]
@@ -188,6 +191,7 @@ def train(
     t_start = time.monotonic()
     elapsed0 = host["elapsed_s"]
     loss_acc, acc_steps = jnp.asarray(0.0), 0
+    rate_anchor: tuple[int, float] | None = None  # (step, time) once the step is compiled
     last_valid: dict = {}
     stop_reason = ""
 
@@ -205,6 +209,17 @@ def train(
         host["elapsed_s"] = elapsed0 + time.monotonic() - t_start
         save_checkpoint(output / LATEST, {"params": params, "opt_state": opt_state, "ema": ema,
                                           "host": {k: np.asarray(v) for k, v in host.items()}})
+
+    def fit_decay_horizon() -> None:
+        # The decay ends when the budget does: steps so far plus what the remaining time
+        # holds at the rate measured since the first (compiled) step, validations included.
+        nonlocal opt_state
+        now = time.monotonic()
+        if rate_anchor is None or step <= rate_anchor[0] or now <= rate_anchor[1]:
+            return
+        rate = (step - rate_anchor[0]) / (now - rate_anchor[1])
+        remaining = max(budget_s - (now - t_start), 0.0)
+        opt_state = set_decay_horizon(opt_state, min(max_steps, step + rate * remaining))
 
     def validate() -> dict:
         nonlocal opt_state
@@ -256,6 +271,8 @@ def train(
                 loss_acc = loss_acc + loss
                 acc_steps += 1
                 step += 1
+                if rate_anchor is None:
+                    rate_anchor = (step, time.monotonic())
                 if kill_at and step == kill_at:
                     os.kill(os.getpid(), signal.SIGKILL)
                 end = step >= max_steps
@@ -263,6 +280,8 @@ def train(
                 if step % tcfg.valid_every == 0 or end or over_time:
                     flush_loss()
                     last_valid = validate()
+                    if fit_decay_to_budget:
+                        fit_decay_horizon()
                     elapsed = time.monotonic() - t_start
                     progress.update(task, info=(
                         f"epoch {step / n_batches:.1f} | {(step - start_step) / max(elapsed, 1e-9):.1f} steps/s | "
