@@ -177,3 +177,27 @@ def test_plateau_halves_learning_rate_and_early_stopping_stops(tmp_path):
     assert [int(r["step"]) for r in rows] == [0, 5, 10, 15]
     lr = np.array([r["learning_rate"] for r in rows])
     np.testing.assert_allclose(lr[1:] / lr[:-1], 0.5, rtol=1e-3)
+
+
+def test_learning_rate_decays_over_the_budgeted_steps():
+    """Warm-up, then decay by decay_rate over the horizon held in the optimiser state; under a
+    wall-clock budget the horizon is the steps that fit at the measured rate."""
+    import jax
+
+    from so3krates.config import TrainingConfig
+    from so3krates.training.optimizer import (
+        budget_horizon, current_learning_rate, decay_horizon, make_optimizer, set_decay_horizon,
+    )
+
+    cfg = TrainingConfig(learning_rate=1e-3, decay_rate=0.01, warmup_steps=10)
+    state = make_optimizer(cfg, horizon=1000).init({"w": jax.numpy.zeros(3)})
+    assert decay_horizon(state) == 1000
+    assert current_learning_rate(cfg, 0, state) == pytest.approx(1e-5)
+    assert current_learning_rate(cfg, 10, state) == pytest.approx(1e-3)
+    assert current_learning_rate(cfg, 1010, state) == pytest.approx(1e-5, rel=1e-5)
+    state = set_decay_horizon(state, 500)
+    assert current_learning_rate(cfg, 260, state) == pytest.approx(1e-4, rel=1e-5)
+    # 90 steps in the first 9 s -> 10 steps/s; 90 s left -> 900 more steps.
+    assert budget_horizon(100, (10, 1.0), 10.0, 90.0, 10**6) == pytest.approx(1000)
+    assert budget_horizon(100, (10, 1.0), 10.0, 90.0, 500) == 500
+    assert budget_horizon(10, (10, 1.0), 1.0, 90.0, 500) is None

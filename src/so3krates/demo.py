@@ -50,7 +50,7 @@ def run_demo(output: Path, max_time_minutes: float = 6.0, console=None) -> None:
         f"data.path={data_path}", "data.n_train=600", "data.n_valid=50",
         "model.features=64", "model.num_layers=2",
         f"training.max_time_minutes={max_time_minutes}", "training.valid_every=240",
-        "training.decay_steps=10000",
+        "training.decay_rate=0.03",  # over the steps that fit the budget (decay_steps: budget)
     ])
     model_dir = output / "model"
     train(config, model_dir, console=console)

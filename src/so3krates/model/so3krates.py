@@ -11,7 +11,9 @@ cost of (P, F) kernels, and large ones by memory traffic):
 - the pair geometry (radial basis, cutoff, spherical harmonics) is computed once for all blocks
   (for large systems, once per chunk of pairs);
 - the filters of each block are functions of d_ij and C(chi_j - chi_i), equal for a pair and
-  its reverse, and are evaluated for one pair of each couple only, see ``reverse_pair_order``;
+  its reverse, and are evaluated for one pair of each couple only: the package's neighbour
+  lists come in couple order (``in_couple_order``, an O(P) check), other pair orders are
+  rearranged into it (``reverse_pair_order``);
 - queries, keys and values of both attention branches come from one matmul, and the two
   branches share every per-pair kernel: filters, queries and keys sit side by side as (P, 2F)
   arrays, and the per-head sums and the spreading of the attention weights over values and
@@ -341,8 +343,8 @@ class So3krates(nn.Module):
 
         def rearranged():
             order, valid = reverse_pair_order(centers, neighbors, vectors, pair_mask, n_atoms)
-            get = lambda a: a.at[order].get(mode="promise_in_bounds", unique_indices=True)
-            return tuple(get(a) for a in pairs), valid
+            return tuple(a.at[order].get(mode="promise_in_bounds", unique_indices=True)
+                         for a in pairs), valid
 
         if n_atoms * n_atoms < 2**31:
             pairs, valid = jax.lax.cond(couples, lambda: (pairs, jnp.asarray(True)), rearranged)

@@ -41,6 +41,18 @@ def initial_horizon(cfg: TrainingConfig, step_limit: int) -> int:
     return step_limit if cfg.decay_steps == "budget" else int(cfg.decay_steps)
 
 
+def budget_horizon(
+    step: int, anchor: tuple[int, float], now: float, remaining_s: float, step_limit: int
+) -> float | None:
+    """Steps a run will have taken when its wall-clock budget ends: ``step`` plus what
+    ``remaining_s`` seconds hold at the rate measured since ``anchor`` = (step, time), at most
+    ``step_limit``; None before a rate can be measured."""
+    steps, elapsed = step - anchor[0], now - anchor[1]
+    if steps <= 0 or elapsed <= 0:
+        return None
+    return min(float(step_limit), step + steps / elapsed * max(remaining_s, 0.0))
+
+
 def scale_by_decayed_learning_rate(cfg: TrainingConfig, horizon: int) -> optax.GradientTransformation:
     """``updates * -learning_rate(step)``, with the decay horizon kept in the state."""
 

@@ -33,6 +33,7 @@ from so3krates.potential import make_predict_fn
 from so3krates.training.checkpoint import load_checkpoint, save_checkpoint
 from so3krates.training.loss import energy_forces_loss
 from so3krates.training.optimizer import (
+    budget_horizon,
     current_learning_rate,
     initial_horizon,
     make_optimizer,
@@ -215,11 +216,11 @@ def train(
         # holds at the rate measured since the first (compiled) step, validations included.
         nonlocal opt_state
         now = time.monotonic()
-        if rate_anchor is None or step <= rate_anchor[0] or now <= rate_anchor[1]:
+        if rate_anchor is None:
             return
-        rate = (step - rate_anchor[0]) / (now - rate_anchor[1])
-        remaining = max(budget_s - (now - t_start), 0.0)
-        opt_state = set_decay_horizon(opt_state, min(max_steps, step + rate * remaining))
+        horizon = budget_horizon(step, rate_anchor, now, budget_s - (now - t_start), max_steps)
+        if horizon is not None:
+            opt_state = set_decay_horizon(opt_state, horizon)
 
     def validate() -> dict:
         nonlocal opt_state
