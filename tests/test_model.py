@@ -150,39 +150,3 @@ def test_smooth_at_cutoff(tiny_predict, cutoff_fn):
     assert jumps[1][0] < 1e-8
     assert jumps[1][0] <= jumps[0][0] / 50 or jumps[1][0] < 1e-12
     assert jumps[1][1] <= jumps[0][1] / 50
-
-
-def test_pair_order_does_not_change_results(tiny_predict):
-    """Batches come in couple order (the model's fast path); pairs sorted by (centre,
-    neighbour) are rearranged into it, and any other order takes the general path: all three
-    give the same energies and forces."""
-    from so3krates.model.so3krates import in_couple_order
-    from so3krates.potential import pair_vectors
-
-    predict, params, cfg = tiny_predict("float64")
-    data = ethanol_frames(1)
-    rng = np.random.default_rng(5)
-    cell = np.array([[6.0, 0.0, 0.0], [1.0, 5.5, 0.0], [0.5, 0.7, 6.2]])
-    numbers = [np.array([1, 6, 8, 1, 6, 1, 8, 6]), data.numbers[0]]
-    positions = [rng.uniform(size=(8, 3)) @ cell, data.positions[0]]
-    cells = np.stack([cell, np.zeros((3, 3))])
-    pbcs = [np.ones(3, bool), np.zeros(3, bool)]
-    nls = [neighbour_list(r, c, p, cfg.cutoff) for r, c, p in zip(positions, cells, pbcs)]
-    cap = Capacity(atoms=24, pairs=round_up(sum(len(n.centers) for n in nls) + 10, 64), structures=3)
-    graph = pack(numbers, positions, cells, nls, cap, dtype=np.float64)
-    assert bool(in_couple_order(graph.centers, graph.neighbors, pair_vectors(graph),
-                                graph.pair_mask))
-    ref = predict(params, graph)
-
-    def reordered(order):
-        return graph._replace(centers=graph.centers[order], neighbors=graph.neighbors[order],
-                              shifts=graph.shifts[order], pair_mask=graph.pair_mask[order])
-
-    key = np.where(graph.pair_mask, graph.centers * 1000 + graph.neighbors, 10**9)
-    for order in (np.argsort(key, kind="stable"), rng.permutation(cap.pairs)):
-        g = reordered(order)
-        assert not bool(in_couple_order(g.centers, g.neighbors, pair_vectors(g), g.pair_mask))
-        out = predict(params, g)
-        np.testing.assert_allclose(np.asarray(out.energy), np.asarray(ref.energy), rtol=1e-12)
-        np.testing.assert_allclose(np.asarray(out.forces), np.asarray(ref.forces), rtol=0,
-                                   atol=1e-12 * float(np.abs(ref.forces).max()))

@@ -22,9 +22,8 @@ class Graph(NamedTuple):
         positions: Cartesian positions in Å, (N, 3).
         numbers: atomic numbers, 0 for padding atoms, (N,) int32.
         structure: structure index of each atom, (N,) int32.
-        centers: atom ``i`` of each pair, (P,) int32, in couple order: pairs [P/2, P) are the
-            reverses of pairs [0, P/2) (padding pairs point at the last atom, a padding atom,
-            and sit at the same places in both halves).
+        centers: atom ``i`` of each pair, (P,) int32, sorted ascending (padding pairs point at
+            the last atom, a padding atom).
         neighbors: atom ``j`` of each pair, (P,) int32.
         shifts: lattice shift of each pair in cell-vector units, (P, 3) float.
         cells: lattice vectors as rows in Å, (S, 3, 3).
@@ -143,20 +142,12 @@ def pack(
     centers = np.full(capacity.pairs, pad_atom, dtype=np.int32)
     neighbors = np.full(capacity.pairs, pad_atom, dtype=np.int32)
     shifts = np.zeros((capacity.pairs, 3), dtype=dtype)
-    # Couple order for the whole batch: the first halves of all lists, half of the padding,
-    # then the second halves in the same order and the other half of the padding (the pair
-    # capacities are even, and so are the lengths of full lists).
-    half = capacity.pairs // 2
-    slots = np.concatenate([np.arange(n_pairs // 2), half + np.arange(n_pairs // 2)])
-    pair_mask = np.zeros(capacity.pairs, dtype=bool)
     if n_pairs:
-        def halves(arrays):
-            return np.concatenate([a[: len(a) // 2] for a in arrays] + [a[len(a) // 2 :] for a in arrays])
-
-        centers[slots] = halves([nl.centers + o for nl, o in zip(neighbour_lists, offsets)])
-        neighbors[slots] = halves([nl.neighbors + o for nl, o in zip(neighbour_lists, offsets)])
-        shifts[slots] = halves([nl.shifts for nl in neighbour_lists])
-        pair_mask[slots] = True
+        centers[:n_pairs] = np.concatenate([nl.centers + o for nl, o in zip(neighbour_lists, offsets)])
+        neighbors[:n_pairs] = np.concatenate(
+            [nl.neighbors + o for nl, o in zip(neighbour_lists, offsets)]
+        )
+        shifts[:n_pairs] = np.concatenate([nl.shifts for nl in neighbour_lists])
     cell = np.zeros((capacity.structures, 3, 3), dtype=dtype)
     cell[:n_struct] = cells
 
@@ -169,7 +160,7 @@ def pack(
         shifts=shifts,
         cells=cell,
         atom_mask=np.arange(capacity.atoms) < n_atoms,
-        pair_mask=pair_mask,
+        pair_mask=np.arange(capacity.pairs) < n_pairs,
         structure_mask=np.arange(capacity.structures) < n_struct,
     )
 

@@ -14,12 +14,7 @@ import vesin
 
 
 class NeighbourList(NamedTuple):
-    """A full (both directions) neighbour list in couple order.
-
-    Each pair (i, j, S) has its reverse (j, i, -S) in the list. The first half holds one pair
-    of every couple (i < j, or i == j with S > 0 lexicographically), sorted by (i, j, S); the
-    second half holds their reverses in the same order. The model then evaluates the filters
-    (functions of the distance) once per couple without searching for reverses.
+    """A full (both directions) neighbour list, sorted by ``centers``.
 
     Attributes:
         centers: index ``i`` of each pair, shape (P,), int32.
@@ -50,29 +45,11 @@ def neighbour_list(
     i, j, s = calculator.compute(
         points=positions, box=box, periodic=pbc.tolist() if pbc.any() else False, quantities="ijS"
     )
-    order = couple_order(i, j, s)
+    # Sorted by (centre, neighbour): the model finds each pair's reverse by binary search
+    # (``reverse_pair_order``), and batches stay sorted.
+    order = np.lexsort((j, i))
     return NeighbourList(
         centers=i[order].astype(np.int32),
         neighbors=j[order].astype(np.int32),
         shifts=s[order].astype(np.int32),
     )
-
-
-def couple_order(i: np.ndarray, j: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """Permutation putting a full pair list in couple order (see :class:`NeighbourList`).
-
-    Args: centres ``i`` (P,), neighbours ``j`` (P,), integer shifts ``s`` (P, 3).
-    Raises ValueError if some pair has no reverse (not a full list).
-    """
-    i, j, s = np.asarray(i), np.asarray(j), np.asarray(s).reshape(-1, 3)
-    positive = (s[:, 0] > 0) | (s[:, 0] == 0) & ((s[:, 1] > 0) | (s[:, 1] == 0) & (s[:, 2] > 0))
-    first = np.flatnonzero((i < j) | (i == j) & positive)
-    second = np.setdiff1d(np.arange(len(i)), first)
-    # Sorting the reverses by their reversed key lines them up with the first members.
-    first = first[np.lexsort((s[first, 2], s[first, 1], s[first, 0], j[first], i[first]))]
-    second = second[np.lexsort((-s[second, 2], -s[second, 1], -s[second, 0], i[second], j[second]))]
-    if not (len(first) == len(second)
-            and np.array_equal(i[first], j[second]) and np.array_equal(j[first], i[second])
-            and np.array_equal(s[first], -s[second])):
-        raise ValueError("not a full neighbour list: some pair (i, j, S) lacks its reverse (j, i, -S)")
-    return np.concatenate([first, second])

@@ -17,10 +17,8 @@ build costs about as much as one force call and happens every ~20 steps). Period
 plane spacings all exceed twice the list radius use the minimum image, one candidate per pair.
 
 Pair ``(i, j, S)`` means ``r_ij = R_j - R_i + S @ cell`` as in :mod:`so3krates.neighbours`;
-the list is full (both directions) and in couple order: its second half holds the reverses
-(j, i, -S) of the pairs of its first half, at the same places, which lets the model evaluate
-each couple's filters once without searching for reverses, and lets the per-step selection
-test only half of the pairs. Padding pairs point at atom index ``N`` (a padding atom that
+the list is full (both directions) and sorted by (centre, neighbour), which the model's
+pair-couple fast path expects. Padding pairs point at atom index ``N`` (a padding atom that
 the graph appends).
 """
 
@@ -66,7 +64,7 @@ class VerletList(NamedTuple):
     """All pairs within ``cutoff + skin`` at the last build.
 
     Attributes:
-        centers: (P_v,) int32, in couple order (:func:`couple_layout`); padding pairs hold ``N``.
+        centers: (P_v,) int32, sorted; padding pairs hold ``N``.
         neighbors: (P_v,) int32.
         shifts: (P_v, 3) lattice shifts of the pairs, float (same dtype as positions).
         reference: positions at the build, (N, 3) Å (for the displacement test).
@@ -89,7 +87,7 @@ class Neighbours(NamedTuple):
     from (a pytree that lives in the MD state).
 
     Attributes:
-        centers: (P,) int32, in couple order; padding pairs hold ``N``.
+        centers: (P,) int32, sorted by (centre, neighbour); padding pairs hold ``N``.
         neighbors: (P,) int32.
         shifts: (P, 3) lattice shifts, float.
         n_pairs: the largest number of pairs within the cutoff seen (for re-allocation).
@@ -241,6 +239,7 @@ def build_verlet(positions: jnp.ndarray, cell: jnp.ndarray, spec: NeighbourSpec)
         self_pair = (j == rows[:, None, None]) & jnp.all(shift == 0, axis=-1)
         mask = (r2 < radius2) & ~self_pair & (rows[:, None, None] < n)
         mask = mask.reshape(rows.shape[0], -1)
+        # Stable compaction keeps (neighbour, image) order within a row: the list stays sorted.
         slot = jnp.cumsum(mask, axis=1) - 1
         slot = jnp.where(mask & (slot < m), slot, m)
         cand_j = jnp.broadcast_to(j, r2.shape).reshape(rows.shape[0], -1)
@@ -271,54 +270,24 @@ def build_verlet(positions: jnp.ndarray, cell: jnp.ndarray, spec: NeighbourSpec)
     real = centers < n
     ci, cj = jnp.minimum(centers, n - 1), jnp.minimum(neighbors, n - 1)
     shifts = jnp.where(real[:, None], shifts + wrap[ci] - wrap[cj], 0.0)
-    centers, neighbors, shifts = couple_layout(centers, neighbors, shifts, n)
     n_pairs = jnp.sum(counts).astype(jnp.int32)
     max_count = jnp.max(counts).astype(jnp.int32)
     overflow = (n_pairs > spec.verlet_capacity) | (max_count > m)
     return VerletList(centers, neighbors, shifts, positions, n_pairs, max_count, overflow)
 
 
-def couple_layout(centers, neighbors, shifts, n: int):
-    """A full pair list (padding pairs hold ``n``) rearranged into couple order: the first
-    half holds one pair (i, j, S) of each couple, i < j (or i == j with S > 0
-    lexicographically), the second half the reverses (j, i, -S) at the same places, padding
-    pairs at the same places in both halves (the capacity is even). Jittable.
-
-    The reverse of every pair within a radius is within it too (its distance is computed
-    from exactly negated terms), so a complete list always pairs up; an overflowing one may
-    not, and is redone anyway.
-    """
-    real = centers < n
-    s = shifts
-    positive = (s[:, 0] > 0) | (s[:, 0] == 0) & ((s[:, 1] > 0) | (s[:, 1] == 0) & (s[:, 2] > 0))
-    first = (centers < neighbors) | (centers == neighbors) & positive
-    canon = jnp.where(first[:, None], s, -s)  # the same for both members of a couple
-    lo, hi = jnp.minimum(centers, neighbors), jnp.maximum(centers, neighbors)
-    # Real pairs first, grouped by couple (first member, then its reverse); padding last.
-    order = jnp.lexsort((~first, canon[:, 2], canon[:, 1], canon[:, 0], hi, lo, ~real))
-    order = jnp.concatenate([order[0::2], order[1::2]])
-    return centers[order], neighbors[order], shifts[order]
-
-
 def select(positions: jnp.ndarray, cell: jnp.ndarray, verlet: VerletList, spec: NeighbourSpec):
     """The pairs of ``verlet`` within ``cutoff`` now: ``(centers, neighbors, shifts, count)``
-    of fixed size ``spec.capacity``, in couple order (see :func:`couple_layout`).
-
-    A pair and its reverse have the same distance, so only the first half is tested.
-    """
+    of fixed size ``spec.capacity``, in the same (sorted) order."""
     n = positions.shape[0]
-    h, cap_half = verlet.centers.shape[0] // 2, spec.capacity // 2
     pos = jnp.concatenate([positions, jnp.zeros((1, 3), positions.dtype)])
-    c, nb = verlet.centers[:h], verlet.neighbors[:h]
-    vec = pos[nb] - pos[c] + verlet.shifts[:h] @ cell
-    keep = (c < n) & (jnp.sum(vec * vec, axis=-1) < spec.cutoff**2)
-    rank = jnp.cumsum(keep) - 1
-    fits = keep & (rank < cap_half)
-    dest = jnp.concatenate([jnp.where(fits, rank, spec.capacity), jnp.where(fits, cap_half + rank, spec.capacity)])
+    vec = pos[verlet.neighbors] - pos[verlet.centers] + verlet.shifts @ cell
+    keep = (verlet.centers < n) & (jnp.sum(vec * vec, axis=-1) < spec.cutoff**2)
+    dest = jnp.where(keep, jnp.cumsum(keep) - 1, spec.capacity)
     centers = jnp.full(spec.capacity, n, jnp.int32).at[dest].set(verlet.centers, mode="drop")
     neighbors = jnp.full(spec.capacity, n, jnp.int32).at[dest].set(verlet.neighbors, mode="drop")
     shifts = jnp.zeros((spec.capacity, 3), verlet.shifts.dtype).at[dest].set(verlet.shifts, mode="drop")
-    return centers, neighbors, shifts, 2 * jnp.sum(keep).astype(jnp.int32)
+    return centers, neighbors, shifts, jnp.sum(keep).astype(jnp.int32)
 
 
 def build(positions: jnp.ndarray, cell: jnp.ndarray, spec: NeighbourSpec, reference=None) -> Neighbours:

@@ -76,10 +76,11 @@ def find_bonds(
         return _bonds_from(np.zeros((0, 2)), np.zeros((0, 3)), np.zeros(0))
     cutoff = scale * 2.0 * float(radii.max())
     nl = neighbour_list(positions, cell, pbc, cutoff)
-    # The full list holds every bond twice, (i, j, S) and (j, i, -S); in couple order its
-    # first half holds each one once.
-    half = len(nl.centers) // 2
-    i, j, s = nl.centers[:half], nl.neighbors[:half], nl.shifts[:half]
+    i, j, s = nl.centers, nl.neighbors, nl.shifts
+    # The full list holds every bond twice, (i, j, S) and (j, i, -S): keep one of them.
+    first_nonzero = np.take_along_axis(s, np.argmax(s != 0, axis=1)[:, None], axis=1)[:, 0]
+    keep = (i < j) | ((i == j) & (first_nonzero > 0))
+    i, j, s = i[keep], j[keep], s[keep]
     d = np.linalg.norm(positions[j] - positions[i] + s @ cell, axis=1)  # S = 0 where not periodic
     bonded = d < scale * (radii[i] + radii[j])
     return _bonds_from(np.stack([i[bonded], j[bonded]], axis=1), s[bonded], d[bonded])

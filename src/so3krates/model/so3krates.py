@@ -11,15 +11,9 @@ cost of (P, F) kernels, and large ones by memory traffic):
 - the pair geometry (radial basis, cutoff, spherical harmonics) is computed once for all blocks
   (for large systems, once per chunk of pairs);
 - the filters of each block are functions of d_ij and C(chi_j - chi_i), equal for a pair and
-  its reverse, and are evaluated for one pair of each couple only: the package's neighbour
-  lists come in couple order (``in_couple_order``, an O(P) check), other pair orders are
-  rearranged into it (``reverse_pair_order``);
-- queries, keys and values of both attention branches come from one matmul, and the two
-  branches share every per-pair kernel: filters, queries and keys sit side by side as (P, 2F)
-  arrays, and the per-head sums and the spreading of the attention weights over values and
-  harmonics are small matmuls (small systems pay per kernel more than per flop);
-- per-pair arrays are never sliced along their feature axis (whose gradients cost
-  zero-padding kernels);
+  its reverse, and are evaluated for one pair of each couple only, see ``reverse_pair_order``;
+- queries, keys and values of both attention branches come from one matmul; per-pair arrays
+  are never sliced along their feature axis (whose gradients cost zero-padding kernels);
 - with many pairs, each block's pair work runs in rematerialised chunks, so that no (P, F)
   intermediate outlives its chunk (fresh large buffers cost page faults on every call).
 """
@@ -98,16 +92,6 @@ def reverse_pair_order(centers, neighbors, vectors, pair_mask, n_atoms: int):
     return order, valid
 
 
-def in_couple_order(centers, neighbors, vectors, pair_mask) -> jnp.ndarray:
-    """True (scalar) if pairs [P/2, P) are the exact reverses of pairs [0, P/2): swapped
-    atoms, negated vectors, padding at the same places."""
-    h = pair_mask.shape[0] // 2
-    return (
-        jnp.all(centers[:h] == neighbors[h:]) & jnp.all(neighbors[:h] == centers[h:])
-        & jnp.all(pair_mask[:h] == pair_mask[h:]) & jnp.all(vectors[:h] == -vectors[h:])
-    )
-
-
 def block_diagonal(w: jnp.ndarray) -> jnp.ndarray:
     """Per-head blocks (M, H, d, d) of M linear maps -> (H d, M H d): their block-diagonal
     matrices side by side (so that all M maps are one matmul)."""
@@ -165,20 +149,16 @@ class EuclideanAttention(nn.Module):
         lecun = nn.initializers.lecun_normal(batch_axis=(0,))  # fan-in per leading block
         zeros = nn.initializers.zeros
 
-        # q, k (SiLU) and v of both branches from one matmul with a block-diagonal kernel whose
-        # columns are [q | k] of [invariant | EV branch], then the values: both branches then
-        # share every per-pair kernel (gathers, products, head sums).
+        # q, k (SiLU) and v of both branches from one matmul with a block-diagonal kernel,
+        # columns [q, k, v of the invariant branch | q, k of the EV branch].
         def blocks(name, maps, h):
             lecun_blocks = nn.initializers.lecun_normal(batch_axis=(0, 1))
             return block_diagonal(self.param(name, lecun_blocks, (maps, h, f // h, f // h), dt))
 
-        inv, ev = blocks("inv_qkv", 3, heads[0]), blocks("ev_qk", 2, heads[1])
-        kernel = jnp.concatenate(
-            [inv[:, :f], ev[:, :f], inv[:, f : 2 * f], ev[:, f:], inv[:, 2 * f :]], axis=1
-        )
-        qkv = x @ kernel
-        q_atoms, k_atoms = nn.silu(qkv[:, : 2 * f]), nn.silu(qkv[:, 2 * f : 4 * f])
-        v_atoms = qkv[:, 4 * f :]
+        qkv = x @ jnp.concatenate([blocks("inv_qkv", 3, heads[0]), blocks("ev_qk", 2, heads[1])], 1)
+        q_atoms = [nn.silu(qkv[:, :f]), nn.silu(qkv[:, 3 * f : 4 * f])]
+        k_atoms = [nn.silu(qkv[:, f : 2 * f]), nn.silu(qkv[:, 4 * f :])]
+        v_atoms = qkv[:, 2 * f : 3 * f]
 
         # Filters of both branches: radial MLP (Dense-SiLU-Dense) + MLP of C(chi_j - chi_i).
         w1_r = self.param("radial_kernel_1", lecun, (2, self.num_radial, f), dt)
@@ -193,30 +173,19 @@ class EuclideanAttention(nn.Module):
             bias = bias + jnp.einsum("bh,bhf->bf", nn.silu(b1_s), w2_s)
         contract = jnp.asarray(degree_contraction_matrix(self.degrees), dt)
         deg_idx = degree_index(self.degrees)
-        # (2F, H0 + H1): sums each head's features, times 1/sqrt(head width); and (H0 + H1,
-        # F + D): spreads the invariant heads over their value features and the EV heads over
-        # their degree's harmonics.
-        head = np.concatenate([np.repeat(np.arange(h), f // h) + o for h, o in
-                               zip(heads, (0, heads[0]))])
-        width = np.concatenate([np.full(f, f // h) for h in heads])
-        head_sum = np.zeros((2 * f, sum(heads)))
-        head_sum[np.arange(2 * f), head] = 1.0 / np.sqrt(width)
-        head_spread = np.zeros((sum(heads), f + len(deg_idx)))
-        head_spread[head[:f], np.arange(f)] = 1.0
-        head_spread[heads[0] + deg_idx, f + np.arange(len(deg_idx))] = 1.0
-        head_sum, head_spread = jnp.asarray(head_sum, dt), jnp.asarray(head_spread, dt)
+        scale = [np.asarray(1.0 / np.sqrt(f // h), dt) for h in heads]
 
         def at(a, idx):
             return a.at[idx].get(mode="promise_in_bounds")
 
         def filters(rbf, centers, neighbors):
-            """Both branches' filters of a set of pairs, side by side: (P, 2F)."""
+            """Both branches' filters of a set of pairs: two (P, F) arrays."""
             w = [nn.silu(rbf @ w1_r[b] + b1_r[b]) @ w2_r[b] + bias[b] for b in range(2)]
             if chi is not None:
                 dchi = at(chi, neighbors) - at(chi, centers)
                 c = (dchi * dchi) @ contract
                 w = [w[b] + nn.silu(c @ w1_s[b] + b1_s[b]) @ w2_s[b] for b in range(2)]
-            return jnp.concatenate(w, axis=1)
+            return w
 
         def messages(cut, rbf, ylm, centers, neighbors):
             """Sums over pairs [first half | reverses] per center: (N, F + D)."""
@@ -227,13 +196,20 @@ class EuclideanAttention(nn.Module):
             # so that this costs nothing when the branch is not taken).
             second = jax.lax.cond(
                 valid,
-                lambda: jnp.zeros_like(first),
+                lambda: [jnp.zeros_like(a) for a in first],
                 lambda: jax.checkpoint(filters)(rbf[h:], centers[h:], neighbors[h:]),
             )
-            w = jnp.concatenate([first, jnp.where(valid, first, second)])
-            alpha = ((at(q_atoms, centers) * w * at(k_atoms, neighbors)) @ head_sum) * cut[:, None]
-            values = jnp.concatenate([at(v_atoms, neighbors), ylm], axis=1)
-            msg = (alpha @ head_spread) * values
+            w = [jnp.concatenate([a, jnp.where(valid, a, b)]) for a, b in zip(first, second)]
+            alpha = [
+                (at(q_atoms[b], centers) * w[b] * at(k_atoms[b], neighbors))
+                .reshape(n, heads[b], -1)
+                .sum(-1)
+                * (cut * scale[b])[:, None]
+                for b in range(2)
+            ]
+            v = at(v_atoms, neighbors).reshape(n, heads[0], -1)
+            msg_x = (alpha[0][:, :, None] * v).reshape(n, f)
+            msg = jnp.concatenate([msg_x, alpha[1][:, deg_idx] * ylm], axis=1)
             out = jnp.zeros((n_atoms, msg.shape[1]), dt)
             return out.at[centers].add(msg, mode="promise_in_bounds")
 
@@ -320,10 +296,8 @@ class So3krates(nn.Module):
     def __call__(self, numbers, vectors, centers, neighbors, pair_mask):
         """numbers (N,), vectors r_ij (P, 3) in Å, centers/neighbors (P,), pair_mask (P,).
 
-        Padding pairs are masked by ``pair_mask``. Any pairs give the same result; full lists
-        in couple order (pairs [P/2, P) the exact reverses of pairs [0, P/2), as
-        ``so3krates.neighbours`` and ``so3krates.batching`` make them) are fastest, full lists
-        sorted by (center, neighbour) are rearranged into it (see ``reverse_pair_order``).
+        Padding pairs are masked by ``pair_mask``. Full neighbour lists sorted by (center,
+        neighbour) are fastest (see ``reverse_pair_order``), but any pairs give the same result.
         """
         if self.features % self.num_heads or self.features % len(self.degrees):
             raise ValueError("features must be divisible by num_heads and by len(degrees)")
@@ -336,21 +310,14 @@ class So3krates(nn.Module):
             centers, neighbors = (jnp.append(a, n_atoms - 1) for a in (centers, neighbors))
             vectors = jnp.concatenate([vectors, jnp.zeros((1, 3), dt)])
             pair_mask = jnp.append(pair_mask, False)
-        # Pairs in couple order (second half = exact reverses of the first, as the neighbour
-        # lists of this package come) are used as they are; any other order is rearranged.
-        pairs = (centers, neighbors, vectors, pair_mask)
-        couples = in_couple_order(*pairs)
-
-        def rearranged():
+        if n_atoms * n_atoms < 2**31:  # reorder: the second half reverses the first
             order, valid = reverse_pair_order(centers, neighbors, vectors, pair_mask, n_atoms)
-            return tuple(a.at[order].get(mode="promise_in_bounds", unique_indices=True)
-                         for a in pairs), valid
-
-        if n_atoms * n_atoms < 2**31:
-            pairs, valid = jax.lax.cond(couples, lambda: (pairs, jnp.asarray(True)), rearranged)
-            centers, neighbors, vectors, pair_mask = pairs
+            centers, neighbors, vectors, pair_mask = (
+                a.at[order].get(mode="promise_in_bounds", unique_indices=True)
+                for a in (centers, neighbors, vectors, pair_mask)
+            )
         else:
-            valid = couples
+            valid = jnp.asarray(False)
 
         def geometry(vectors, pair_mask, centers, neighbors):
             """(cut, rbf, ylm, centers, neighbors) of (a chunk of) pairs, see EuclideanAttention."""
