@@ -70,15 +70,6 @@ def cutoff_function(name: str, d: jnp.ndarray, cutoff: float) -> jnp.ndarray:
     raise ValueError(f"unknown cutoff function {name!r}")
 
 
-def degree_slices(degrees: Sequence[int]) -> list[slice]:
-    """Slices of each degree's block inside a concatenated EV vector of size sum(2l+1)."""
-    out, start = [], 0
-    for l in degrees:
-        out.append(slice(start, start + 2 * l + 1))
-        start += 2 * l + 1
-    return out
-
-
 def degree_index(degrees: Sequence[int]) -> np.ndarray:
     """For each component of a concatenated EV vector, the position of its degree in ``degrees``."""
     return np.concatenate([np.full(2 * l + 1, k) for k, l in enumerate(degrees)])
