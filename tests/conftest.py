@@ -78,6 +78,7 @@ TINY_TRAIN = [
     "data.n_train=60", "data.n_valid=20", "data.n_test=40",
     "model.features=16", "model.num_layers=1", "model.num_radial=8", "model.degrees=[1,2]",
     "training.batch_size=4", "training.max_steps=600", "training.valid_every=150",
+    "training.decay_steps=100000",  # ~constant rate: the MD tests need a well-trained PES
     "training.progress=false",
 ]
 
