@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Strict(BaseModel):
@@ -68,7 +68,7 @@ class TrainingConfig(_Strict):
     learning_rate: float = Field(1e-3, gt=0)
     schedule: Literal["exponential", "constant"] = "exponential"
     decay_rate: float = Field(0.1, gt=0, le=1, description="learning-rate factor over decay_steps")
-    decay_steps: Literal["budget"] | PositiveInt = Field(
+    decay_steps: Literal["budget"] | int = Field(
         "budget", description="steps, or 'budget': the steps this run will take (its step limit, "
         "or what fits its wall-clock budget at the measured rate)"
     )
@@ -85,6 +85,13 @@ class TrainingConfig(_Strict):
     early_stopping_patience: int | None = Field(None, gt=0, description="validations")
     buckets: int = Field(3, gt=0)
     progress: bool = True
+
+    @field_validator("decay_steps")
+    @classmethod
+    def _decay_steps(cls, v):
+        if v != "budget" and v <= 0:
+            raise ValueError("decay_steps must be a positive number of steps or 'budget'")
+        return v
 
 
 class Config(_Strict):

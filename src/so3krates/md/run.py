@@ -17,18 +17,16 @@ from ase import units
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from so3krates.fileio import atomic_write_bytes
 from so3krates.md.engine import Frames, Simulation
 from so3krates.md.integrators import Ensemble
-from so3krates.md.restart import load_state, save_state
 from so3krates.md.stability import StabilityCriteria
 from so3krates.md.system import System, model_force_fn
+from so3krates.fileio import atomic_write_bytes
+from so3krates.md.restart import load_state, save_state
 from so3krates.md.trajectory import TrajectoryWriter, truncate_trajectory
 
 ENSEMBLE_ALIASES = {"nve": "nve", "nvt": "langevin", "langevin": "langevin",
                     "nose-hoover": "nose-hoover", "nhc": "nose-hoover"}
-# Per-frame scalars kept for the progress line, the summary and the plot.
-SERIES = ("time", "potential_energy", "kinetic_energy", "conserved_energy", "temperature")
 
 
 @dataclass
@@ -180,6 +178,8 @@ def run_md(
     console.print(f"trajectory: {output}\nsummary: {summary_path(output)}")
     return result
 
+
+SERIES = ("time", "potential_energy", "kinetic_energy", "conserved_energy", "temperature")
 
 
 def write_frames(writer: TrajectoryWriter, frames: Frames, timestep: float) -> None:

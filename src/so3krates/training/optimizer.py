@@ -1,10 +1,10 @@
 """Optimiser: gradient clipping, Adam/AMSGrad, warm-up + exponential decay, plateau factor.
 
-The learning rate is ``lr * warmup(step) * decay_rate ** ((step - warmup) / horizon) * factor``.
-The decay horizon and the reduce-on-plateau factor live in the optimiser state (and so in
-every checkpoint): with ``decay_steps: budget`` the trainer sets the horizon to the number of
-steps the run will take, from its step limit and, under a wall-clock budget, from the measured
-step rate (:func:`set_decay_horizon`), so that the decay is complete when the budget runs out.
+The learning rate is ``lr * warmup(step) * decay_rate ** ((step - warmup) / horizon)``. The
+decay horizon lives in the optimiser state (and so in every checkpoint): with
+``decay_steps: budget`` the trainer sets it to the number of steps the run will take, from
+its step limit and, under a wall-clock budget, from the measured step rate
+(:func:`set_decay_horizon`), so that the decay is complete when the budget runs out.
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ import optax
 from so3krates.config import TrainingConfig
 
 
-class ScheduleState(NamedTuple):
-    """Step count, decay horizon (steps) and reduce-on-plateau factor of the learning rate."""
+class DecayState(NamedTuple):
+    """Step count and decay horizon (in steps) of the learning-rate schedule."""
 
     count: jnp.ndarray
     horizon: jnp.ndarray
-    factor: jnp.ndarray
 
 
 def learning_rate(cfg: TrainingConfig, step, horizon):
@@ -54,19 +53,18 @@ def budget_horizon(
     return min(float(step_limit), step + steps / elapsed * max(remaining_s, 0.0))
 
 
-def scale_by_schedule_state(cfg: TrainingConfig, horizon: int) -> optax.GradientTransformation:
-    """``updates * -learning_rate(step) * factor``, horizon and factor kept in the state."""
+def scale_by_decayed_learning_rate(cfg: TrainingConfig, horizon: int) -> optax.GradientTransformation:
+    """``updates * -learning_rate(step)``, with the decay horizon kept in the state."""
 
     def init(params):
         del params
-        return ScheduleState(jnp.zeros([], jnp.int32), jnp.asarray(max(horizon, 1), jnp.float32),
-                             jnp.ones([], jnp.float32))
+        return DecayState(jnp.zeros([], jnp.int32), jnp.asarray(max(horizon, 1), jnp.float32))
 
     def update(updates, state, params=None):
         del params
-        lr = learning_rate(cfg, state.count, state.horizon) * state.factor
+        lr = learning_rate(cfg, state.count, state.horizon)
         updates = jax.tree.map(lambda u: (-lr * u).astype(u.dtype), updates)
-        return updates, state._replace(count=state.count + 1)
+        return updates, DecayState(state.count + 1, state.horizon)
 
     return optax.GradientTransformation(init, update)
 
@@ -74,39 +72,41 @@ def scale_by_schedule_state(cfg: TrainingConfig, horizon: int) -> optax.Gradient
 def make_optimizer(cfg: TrainingConfig, horizon: int) -> optax.GradientTransformation:
     """The configured optimiser, decaying over ``horizon`` steps (see :func:`initial_horizon`).
 
-    Its last state entry is the :class:`ScheduleState`, read and changed by the functions below.
+    Its state ends with the decay state and the reduce-on-plateau factor (``plateau_factor`` /
+    :func:`set_plateau_factor`), so that both are checkpointed with the rest.
     """
     scale = optax.scale_by_amsgrad() if cfg.optimizer == "amsgrad" else optax.scale_by_adam()
     return optax.chain(
         optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip else optax.identity(),
         scale,
-        scale_by_schedule_state(cfg, horizon),
+        scale_by_decayed_learning_rate(cfg, horizon),
+        optax.inject_hyperparams(optax.scale)(step_size=1.0),
     )
-
-
-def _with_schedule(opt_state, **changes):
-    return (*opt_state[:-1], opt_state[-1]._replace(
-        **{k: jnp.asarray(v, jnp.float32) for k, v in changes.items()}))
 
 
 def plateau_factor(opt_state) -> float:
     """Current reduce-on-plateau multiplier of the learning rate."""
-    return float(opt_state[-1].factor)
+    return float(opt_state[-1].hyperparams["step_size"])
 
 
 def set_plateau_factor(opt_state, factor: float):
     """A copy of ``opt_state`` with the plateau multiplier set to ``factor``."""
-    return _with_schedule(opt_state, factor=factor)
+    last = opt_state[-1]
+    hp = dict(last.hyperparams)
+    hp["step_size"] = jnp.asarray(factor, dtype=jnp.asarray(hp["step_size"]).dtype)
+    return (*opt_state[:-1], last._replace(hyperparams=hp))
 
 
 def decay_horizon(opt_state) -> float:
     """Steps over which the learning rate decays by ``decay_rate``."""
-    return float(opt_state[-1].horizon)
+    return float(opt_state[-2].horizon)
 
 
 def set_decay_horizon(opt_state, horizon: float):
     """A copy of ``opt_state`` whose learning rate decays over ``horizon`` steps."""
-    return _with_schedule(opt_state, horizon=max(horizon, 1.0))
+    decay = opt_state[-2]
+    return (*opt_state[:-2], decay._replace(horizon=jnp.asarray(max(horizon, 1.0), jnp.float32)),
+            opt_state[-1])
 
 
 def current_learning_rate(cfg: TrainingConfig, step: int, opt_state) -> float:

@@ -215,9 +215,9 @@ def train(
         # The decay ends when the budget does: steps so far plus what the remaining time
         # holds at the rate measured since the first (compiled) step, validations included.
         nonlocal opt_state
+        now = time.monotonic()
         if rate_anchor is None:
             return
-        now = time.monotonic()
         horizon = budget_horizon(step, rate_anchor, now, budget_s - (now - t_start), max_steps)
         if horizon is not None:
             opt_state = set_decay_horizon(opt_state, horizon)
