@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -13,7 +12,7 @@ import so3krates  # noqa: F401  (enables float64)
 from so3krates.batching import single_graph
 from so3krates.config import ModelConfig
 from so3krates.model_io import build_module, init_params
-from so3krates.potential import make_predict_fn, pair_vectors
+from so3krates.potential import make_predict_fn
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -23,7 +23,8 @@ import optax
 import yaml
 
 from so3krates.batching import GraphDataset
-from so3krates.config import Config, dump_yaml
+from so3krates.allocator import keep_freed_memory
+from so3krates.config import Config, TrainingConfig, dump_yaml
 from so3krates.data import DataError, Dataset, read_dataset
 from so3krates.data.split import SPLIT_FILE, load_split, make_split, save_split
 from so3krates.evaluate import error_metrics, predict_dataset
@@ -102,6 +103,30 @@ def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
+def make_train_step(predict, optimizer: optax.GradientTransformation, tcfg: TrainingConfig):
+    """One jitted optimisation step on a batch.
+
+    ``train_step(params, opt_state, ema, graph, labels) -> (params, opt_state, ema, loss)``:
+    the weighted energy/force loss of ``predict(params, graph)`` (see ``energy_forces_loss``),
+    an ``optimizer`` update, and the exponential moving average of the parameters.
+    """
+    ema_decay = tcfg.ema_decay or 0.0
+
+    @jax.jit
+    def train_step(params, opt_state, ema, graph, labels):
+        def loss_fn(p):
+            return energy_forces_loss(predict(p, graph), labels, tcfg.energy_weight,
+                                      tcfg.forces_weight)
+
+        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
+        return params, opt_state, ema, loss
+
+    return train_step
+
+
 def train(
     config: Config, output: str | os.PathLike, data: Dataset | None = None, console=None
 ) -> TrainResult:
@@ -167,20 +192,7 @@ def train(
     start_step = int(state["host"]["step"])
     _truncate_metrics(output / METRICS_FILE, start_step)
 
-    ema_decay = tcfg.ema_decay or 0.0
-
-    @jax.jit
-    def train_step(params, opt_state, ema, graph, labels):
-        def loss_fn(p):
-            return energy_forces_loss(predict(p, graph), labels, tcfg.energy_weight,
-                                      tcfg.forces_weight)
-
-        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
-        return params, opt_state, ema, loss
-
+    train_step = make_train_step(predict, optimizer, tcfg)
     checkpoint_every = tcfg.checkpoint_every or tcfg.valid_every
     budget_s = tcfg.max_time_minutes * 60.0 if tcfg.max_time_minutes else math.inf
     fit_decay_to_budget = tcfg.decay_steps == "budget" and math.isfinite(budget_s)
@@ -272,7 +284,8 @@ def train(
                 loss_acc = loss_acc + loss
                 acc_steps += 1
                 step += 1
-                if rate_anchor is None:
+                if rate_anchor is None:  # the first step is compiled
+                    keep_freed_memory()  # larger batches otherwise page-fault at every step
                     rate_anchor = (step, time.monotonic())
                 if kill_at and step == kill_at:
                     os.kill(os.getpid(), signal.SIGKILL)

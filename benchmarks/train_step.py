@@ -1,0 +1,131 @@
+"""Training-step benchmark: time per optimisation step on rMD17 aspirin, per batch size, with
+glibc's default heap settings and with ``so3krates.allocator.keep_freed_memory``.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/train_step.py                 # batch sizes 1, 2, 5, 8
+    .venv/bin/python benchmarks/train_step.py --batch-sizes 2 5 --rounds 3
+
+Each measurement runs in a fresh process (the heap setting is process-wide); the rounds
+interleave all variants so that a noisy machine affects them alike. The step is the trainer's
+own (``so3krates.training.trainer.make_train_step``) with the reference model (F=128, 2 layers,
+4 heads, degrees 1-4, 5 Å). Progress goes to stderr; one JSON object goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rmd17_aspirin_train.xyz"
+MODEL = {"features": 128, "num_layers": 2, "num_heads": 4, "degrees": [1, 2, 3, 4], "cutoff": 5.0}
+
+
+def time_steps(data_path: Path, batch_size: int, keep_memory: bool, steps: int, warmup: int) -> dict:
+    """Median wall time (ms) and minor page faults of ``steps`` training steps on successive
+    batches, in this process; with ``keep_memory``, ``keep_freed_memory`` after the first."""
+    import jax
+    import numpy as np
+
+    from so3krates.allocator import keep_freed_memory
+    from so3krates.batching import GraphDataset
+    from so3krates.config import Config
+    from so3krates.data import read_dataset
+    from so3krates.model_io import build_module, init_params, reference_table
+    from so3krates.potential import make_predict_fn
+    from so3krates.training.optimizer import make_optimizer
+    from so3krates.training.statistics import fit_reference_energies, force_scale
+    from so3krates.training.trainer import make_train_step
+
+    cfg = Config.model_validate({"model": MODEL, "training": {"batch_size": batch_size}})
+    data = read_dataset(data_path).subset(np.arange(200))
+    graphs = GraphDataset(data, cfg.model.cutoff, batch_size, cfg.training.buckets, np.float32)
+    module = build_module(cfg.model, force_scale(data))
+    predict = make_predict_fn(module, reference_table(fit_reference_energies(data)))
+    params = init_params(module, graphs.batch([0])[0], 0)
+    optimizer = make_optimizer(cfg.training, 10_000)
+    train_step = make_train_step(predict, optimizer, cfg.training)
+    state = (params, optimizer.init(params), params)
+    batches = list(graphs.batches())
+    times = []
+    for k in range(warmup + steps):
+        if k == 1 and keep_memory and not keep_freed_memory():  # after compilation, as the trainer
+            raise RuntimeError("keep_freed_memory() has no effect here (not glibc, or MALLOC_*_ set)")
+        if k == warmup:
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        graph, labels = batches[k % len(batches)]
+        t0 = time.perf_counter()
+        *state, loss = train_step(*state, graph, labels)
+        jax.block_until_ready(loss)
+        if k >= warmup:
+            times.append(time.perf_counter() - t0)
+    ms = 1e3 * statistics.median(times)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / steps
+    return {"ms_per_step": round(ms, 2), "page_faults_per_step": round(faults),
+            "structures_per_s": round(batch_size * 1e3 / ms, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"aspirin extxyz (default {DEFAULT_DATA})")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 5, 8])
+    p.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of every variant")
+    p.add_argument("--steps", type=int, default=100, help="timed steps per measurement")
+    p.add_argument("--warmup", type=int, default=10, help="untimed steps (compilation) first")
+    p.add_argument("--worker", nargs=2, type=int, metavar=("BATCH_SIZE", "KEEP_MEMORY"),
+                   help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(time_steps(args.data, args.worker[0], bool(args.worker[1]), args.steps, args.warmup)))
+        return 0
+    if not args.data.exists():
+        print(f"data file {args.data} not found (pass --data)", file=sys.stderr)
+        return 2
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    runs: dict[str, list[dict]] = {}
+    for r in range(args.rounds):
+        for bs in args.batch_sizes:
+            for keep in (0, 1):
+                name = f"batch{bs}_{'keep_freed_memory' if keep else 'glibc_default'}"
+                print(f"[train-step] round {r + 1}: {name}", file=sys.stderr, flush=True)
+                out = subprocess.run(
+                    [sys.executable, __file__, "--data", str(args.data), "--steps", str(args.steps),
+                     "--warmup", str(args.warmup), "--worker", str(bs), str(keep)],
+                    env=env, check=True, capture_output=True, text=True,
+                ).stdout
+                runs.setdefault(name, []).append(json.loads(out.strip().splitlines()[-1]))
+    import jax  # only for the machine description
+
+    results = {}
+    for name, rs in runs.items():
+        ms = [x["ms_per_step"] for x in rs]
+        results[name] = {"ms_per_step_min": min(ms), "ms_per_step_all": ms,
+                         "page_faults_per_step": [x["page_faults_per_step"] for x in rs],
+                         "structures_per_s_best": max(x["structures_per_s"] for x in rs)}
+    for bs in args.batch_sizes:
+        a = results[f"batch{bs}_glibc_default"]["ms_per_step_min"]
+        b = results[f"batch{bs}_keep_freed_memory"]["ms_per_step_min"]
+        results[f"batch{bs}_speedup"] = round(a / b, 2)
+    report = {
+        "benchmark": "train_step",
+        "machine": {"cpu_count": os.cpu_count(), "jax": jax.__version__,
+                    "device": jax.devices()[0].device_kind, "python": sys.version.split()[0]},
+        "model": MODEL,
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "results": results,
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
