@@ -24,8 +24,12 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rmd17_aspirin_train.xyz"
-MODEL = {"features": 128, "num_layers": 2, "num_heads": 4, "degrees": [1, 2, 3, 4], "cutoff": 5.0}
+# The aspirin benchmark's data location, reference model settings and machine info.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import aspirin as _aspirin  # noqa: E402
+
+DEFAULT_DATA = _aspirin.DEFAULT_DATA_DIR / _aspirin.TRAIN_FILE
+MODEL_OVERRIDES = [o for o in _aspirin.REFERENCE_OVERRIDES if o.startswith("model.")]
 
 
 def time_steps(data_path: Path, batch_size: int, keep_memory: bool, steps: int, warmup: int) -> dict:
@@ -36,7 +40,7 @@ def time_steps(data_path: Path, batch_size: int, keep_memory: bool, steps: int, 
 
     from so3krates.allocator import keep_freed_memory
     from so3krates.batching import GraphDataset
-    from so3krates.config import Config
+    from so3krates.config import load_config
     from so3krates.data import read_dataset
     from so3krates.model_io import build_module, init_params, reference_table
     from so3krates.potential import make_predict_fn
@@ -44,7 +48,7 @@ def time_steps(data_path: Path, batch_size: int, keep_memory: bool, steps: int, 
     from so3krates.training.statistics import fit_reference_energies, force_scale
     from so3krates.training.trainer import make_train_step
 
-    cfg = Config.model_validate({"model": MODEL, "training": {"batch_size": batch_size}})
+    cfg = load_config(None, [*MODEL_OVERRIDES, f"training.batch_size={batch_size}"])
     data = read_dataset(data_path).subset(np.arange(200))
     graphs = GraphDataset(data, cfg.model.cutoff, batch_size, cfg.training.buckets, np.float32)
     module = build_module(cfg.model, force_scale(data))
@@ -102,8 +106,6 @@ def main(argv: list[str] | None = None) -> int:
                     env=env, check=True, capture_output=True, text=True,
                 ).stdout
                 runs.setdefault(name, []).append(json.loads(out.strip().splitlines()[-1]))
-    import jax  # only for the machine description
-
     results = {}
     for name, rs in runs.items():
         ms = [x["ms_per_step"] for x in rs]
@@ -116,9 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         results[f"batch{bs}_speedup"] = round(a / b, 2)
     report = {
         "benchmark": "train_step",
-        "machine": {"cpu_count": os.cpu_count(), "jax": jax.__version__,
-                    "device": jax.devices()[0].device_kind, "python": sys.version.split()[0]},
-        "model": MODEL,
+        "machine": _aspirin.machine_info(),
+        "model_overrides": MODEL_OVERRIDES,
         "steps": args.steps,
         "rounds": args.rounds,
         "results": results,
