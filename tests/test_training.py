@@ -168,7 +168,7 @@ def test_plateau_halves_learning_rate_and_early_stopping_stops(tmp_path):
     cfg = load_config(None, [
         f"data.path={shipped_dataset_path()}", *TINY_TRAIN,
         "training.learning_rate=50.0", "training.schedule=constant", "training.grad_clip=null",
-        "training.valid_every=5",
+        "training.valid_every=5", "training.divergence_factor=null",
         "training.plateau_patience=1", "training.plateau_factor=0.5",
         "training.early_stopping_patience=3", "training.max_steps=100",
     ])
@@ -179,6 +179,34 @@ def test_plateau_halves_learning_rate_and_early_stopping_stops(tmp_path):
     assert [int(r["step"]) for r in rows] == [0, 5, 10, 15]
     lr = np.array([r["learning_rate"] for r in rows])
     np.testing.assert_allclose(lr[1:] / lr[:-1], 0.5, rtol=1e-3)
+
+
+def test_divergence_restores_last_good_state_and_slows_down(tmp_path):
+    """With a learning rate of 50 the first 5 steps wreck the model (validation loss NaN, or
+    far above 10x the step-0 baseline): the trainer goes back to the step-0 state, bit for bit, and halves
+    the rate; without the guard the wrecked parameters are kept."""
+    from so3krates.config import load_config
+    from so3krates.training.trainer import train
+
+    base = [f"data.path={shipped_dataset_path()}", *TINY_TRAIN, "training.learning_rate=50.0",
+            "training.schedule=constant", "training.grad_clip=null", "training.valid_every=5",
+            "training.max_steps=5", "training.ema_decay=null"]
+    guarded = train(load_config(None, base), tmp_path / "guarded")
+    unguarded = train(load_config(None, [*base, "training.divergence_factor=null"]), tmp_path / "unguarded")
+    assert guarded.steps == unguarded.steps == 5
+
+    def params(run):
+        ckpt = serialization.msgpack_restore((tmp_path / run / "checkpoints" / "latest.msgpack").read_bytes())
+        return jax_leaves(ckpt["params"]), ckpt
+    step0 = jax_leaves(serialization.msgpack_restore((tmp_path / "guarded" / "params.msgpack").read_bytes()))
+    restored, ckpt = params("guarded")
+    wrecked, _ = params("unguarded")
+    assert all(np.array_equal(x, y) for x, y in zip(restored, step0))  # best = step 0 = restored
+    assert not all(np.array_equal(x, y) for x, y in zip(wrecked, step0))
+    rows = read_metrics(tmp_path / "guarded" / "metrics.csv")
+    assert not rows[1]["valid_loss"] <= 10 * rows[0]["valid_loss"]  # NaN here
+    assert rows[1]["learning_rate"] == pytest.approx(25.0)
+    assert read_metrics(tmp_path / "unguarded" / "metrics.csv")[1]["learning_rate"] == pytest.approx(50.0)
 
 
 def test_learning_rate_decays_over_the_budgeted_steps():
@@ -203,3 +231,14 @@ def test_learning_rate_decays_over_the_budgeted_steps():
     assert budget_horizon(100, (10, 1.0), 10.0, 90.0, 10**6) == pytest.approx(1000)
     assert budget_horizon(100, (10, 1.0), 10.0, 90.0, 500) == 500
     assert budget_horizon(10, (10, 1.0), 1.0, 90.0, 500) is None
+
+
+def test_config_rejects_features_that_do_not_split_into_heads_and_degrees():
+    """A clear validation error names the numbers, before any model is built."""
+    from pydantic import ValidationError
+
+    from so3krates.config import load_config
+
+    with pytest.raises(ValidationError, match=r"features \(128\).*number of degrees \(3\)"):
+        load_config(None, ["model.degrees=[1,2,3]"])
+    assert load_config(None, ["model.degrees=[1,2,3]", "model.features=132"]).model.features == 132

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -38,6 +38,16 @@ class ModelConfig(_Strict):
         if not v or any(l < 1 for l in v) or len(set(v)) != len(v):
             raise ValueError("degrees must be distinct integers >= 1")
         return sorted(v)
+
+    @model_validator(mode="after")
+    def _feature_split(self) -> "ModelConfig":
+        # Both attention branches split the features evenly: per head, and per degree.
+        if self.features % self.num_heads or self.features % len(self.degrees):
+            raise ValueError(
+                f"features ({self.features}) must be divisible by num_heads ({self.num_heads}) "
+                f"and by the number of degrees ({len(self.degrees)})"
+            )
+        return self
 
 
 class DataConfig(_Strict):
@@ -76,6 +86,11 @@ class TrainingConfig(_Strict):
     plateau_patience: int = Field(0, ge=0, description="validations; 0 disables")
     plateau_factor: float = Field(0.5, gt=0, lt=1)
     grad_clip: float | None = Field(10.0, gt=0)
+    divergence_factor: float | None = Field(
+        10.0, gt=1, description="a validation loss above this multiple of the best restores the "
+        "state of the last good validation and multiplies the learning rate by plateau_factor; "
+        "None disables"
+    )
     ema_decay: float | None = Field(0.99, ge=0, lt=1)
     max_epochs: int = Field(2000, gt=0)
     max_steps: int | None = Field(None, gt=0)

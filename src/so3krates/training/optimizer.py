@@ -109,6 +109,12 @@ def set_decay_horizon(opt_state, horizon: float):
             opt_state[-1])
 
 
+def with_moments_of(opt_state, source):
+    """A copy of ``opt_state`` whose gradient statistics (Adam moments) come from ``source``;
+    its schedule (step count, decay horizon, plateau factor) is kept."""
+    return (*source[:-2], *opt_state[-2:])
+
+
 def current_learning_rate(cfg: TrainingConfig, step: int, opt_state) -> float:
     """Learning rate in effect at ``step`` (schedule times plateau factor)."""
     return float(learning_rate(cfg, step, decay_horizon(opt_state))) * plateau_factor(opt_state)

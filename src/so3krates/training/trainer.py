@@ -41,6 +41,7 @@ from so3krates.training.optimizer import (
     plateau_factor,
     set_decay_horizon,
     set_plateau_factor,
+    with_moments_of,
 )
 from so3krates.training.plots import plot_learning_curves, plot_parity
 from so3krates.training.statistics import fit_reference_energies, force_scale
@@ -207,6 +208,10 @@ def train(
     rate_anchor: tuple[int, float] | None = None  # (step, time) once the step is compiled
     last_valid: dict = {}
     stop_reason = ""
+    # (params, opt_state, ema) after the last validation that was not a divergence: arrays are
+    # immutable, so keeping references costs nothing. Not checkpointed: after a resume, the
+    # first good validation sets it again.
+    last_good = None
 
     def flush_loss() -> None:
         # The running training loss lives on the device between validations; fold it into the
@@ -234,13 +239,27 @@ def train(
         if horizon is not None:
             opt_state = set_decay_horizon(opt_state, horizon)
 
+    def diverged(vloss: float) -> bool:
+        limit = tcfg.divergence_factor
+        return bool(limit) and not vloss <= limit * host["best_valid_loss"]
+
     def validate() -> dict:
-        nonlocal opt_state
+        nonlocal opt_state, params, ema, last_good
         e, f = predict_dataset(valid_predict, ema, valid_graphs)
         m = error_metrics(valid_set, e, f)
         vloss = tcfg.energy_weight * m["energy_rmse"] ** 2 + tcfg.forces_weight * m["forces_rmse"] ** 2
         train_loss = host["loss_sum"] / host["loss_count"] if host["loss_count"] else float("nan")
         host["loss_sum"], host["loss_count"] = 0.0, 0
+        rolled_back = last_good is not None and diverged(vloss)
+        if rolled_back:
+            # A loss spike threw the model far from its optimum (Adam at a high learning
+            # rate can collapse to near-zero forces and never recover): go back and go slower.
+            params, good_opt_state, ema = last_good
+            opt_state = with_moments_of(opt_state, good_opt_state)  # the schedule goes on
+            opt_state = set_plateau_factor(opt_state, plateau_factor(opt_state) * tcfg.plateau_factor)
+            console.print(f"step {step}: validation loss {vloss:.3g} > {tcfg.divergence_factor:g} x best "
+                          f"{host['best_valid_loss']:.3g}; restored the last good state, learning "
+                          f"rate x {tcfg.plateau_factor:g}")
         if vloss < host["best_valid_loss"]:
             host["best_valid_loss"] = vloss
             host["bad_validations"] = host["plateau_bad"] = 0
@@ -248,9 +267,12 @@ def train(
         else:
             host["bad_validations"] += 1
             host["plateau_bad"] += 1
-            if tcfg.plateau_patience and host["plateau_bad"] >= tcfg.plateau_patience:
+            if (tcfg.plateau_patience and host["plateau_bad"] >= tcfg.plateau_patience
+                    and not rolled_back):
                 opt_state = set_plateau_factor(opt_state, plateau_factor(opt_state) * tcfg.plateau_factor)
                 host["plateau_bad"] = 0
+        if not diverged(vloss):
+            last_good = (params, opt_state, ema)
         row = {
             "step": step,
             "epoch": step / n_batches,
