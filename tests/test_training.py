@@ -183,8 +183,8 @@ def test_plateau_halves_learning_rate_and_early_stopping_stops(tmp_path):
 
 def test_divergence_restores_last_good_state_and_slows_down(tmp_path):
     """With a learning rate of 50 the first 5 steps wreck the model (validation loss NaN, or
-    far above 10x the step-0 baseline): the trainer goes back to the step-0 state, bit for bit, and halves
-    the rate; without the guard the wrecked parameters are kept."""
+    far above 10x the step-0 baseline): the trainer goes back to the step-0 state, bit for
+    bit, and halves the rate; without the guard the wrecked parameters are kept."""
     from so3krates.config import load_config
     from so3krates.training.trainer import train
 
@@ -197,10 +197,9 @@ def test_divergence_restores_last_good_state_and_slows_down(tmp_path):
 
     def params(run):
         ckpt = serialization.msgpack_restore((tmp_path / run / "checkpoints" / "latest.msgpack").read_bytes())
-        return jax_leaves(ckpt["params"]), ckpt
+        return jax_leaves(ckpt["params"])
     step0 = jax_leaves(serialization.msgpack_restore((tmp_path / "guarded" / "params.msgpack").read_bytes()))
-    restored, ckpt = params("guarded")
-    wrecked, _ = params("unguarded")
+    restored, wrecked = params("guarded"), params("unguarded")
     assert all(np.array_equal(x, y) for x, y in zip(restored, step0))  # best = step 0 = restored
     assert not all(np.array_equal(x, y) for x, y in zip(wrecked, step0))
     rows = read_metrics(tmp_path / "guarded" / "metrics.csv")

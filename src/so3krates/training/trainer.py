@@ -256,7 +256,6 @@ def train(
             # rate can collapse to near-zero forces and never recover): go back and go slower.
             params, good_opt_state, ema = last_good
             opt_state = with_moments_of(opt_state, good_opt_state)  # the schedule goes on
-            opt_state = set_plateau_factor(opt_state, plateau_factor(opt_state) * tcfg.plateau_factor)
             console.print(f"step {step}: validation loss {vloss:.3g} > {tcfg.divergence_factor:g} x best "
                           f"{host['best_valid_loss']:.3g}; restored the last good state, learning "
                           f"rate x {tcfg.plateau_factor:g}")
@@ -267,10 +266,10 @@ def train(
         else:
             host["bad_validations"] += 1
             host["plateau_bad"] += 1
-            if (tcfg.plateau_patience and host["plateau_bad"] >= tcfg.plateau_patience
-                    and not rolled_back):
-                opt_state = set_plateau_factor(opt_state, plateau_factor(opt_state) * tcfg.plateau_factor)
-                host["plateau_bad"] = 0
+        # One learning-rate reduction for a rollback or a plateau, whichever comes first.
+        if rolled_back or (tcfg.plateau_patience and host["plateau_bad"] >= tcfg.plateau_patience):
+            opt_state = set_plateau_factor(opt_state, plateau_factor(opt_state) * tcfg.plateau_factor)
+            host["plateau_bad"] = 0
         if not diverged(vloss):
             last_good = (params, opt_state, ema)
         row = {
