@@ -21,7 +21,7 @@ from so3krates.data import Dataset
 from so3krates.datasets import shipped_dataset_path
 from so3krates.fileio import atomic_write_bytes
 from so3krates.potential import Prediction
-from so3krates.training.loss import energy_forces_loss
+from so3krates.training.loss import energy_forces_loss, huber
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -39,10 +39,44 @@ def test_loss_masks_nan_and_padding():
         forces_mask=jnp.array([[True] * 3, [True] * 3, [False] * 3, [False] * 3]),
     )
     loss, parts = energy_forces_loss(pred, labels, 0.5, 2.0)
-    assert float(parts["energy_mse"]) == 1.0  # only structure 0 counts
-    assert float(parts["forces_mse"]) == 1.0
+    assert float(parts["energy_loss"]) == 1.0  # only structure 0 counts
+    assert float(parts["forces_loss"]) == 1.0
     assert float(loss) == 0.5 * 1.0 + 2.0 * 1.0
 
+
+
+def test_huber_loss_is_mse_for_small_errors_and_linear_beyond_delta():
+    import jax
+
+    delta = 0.01
+    small = np.array([-0.009, 0.0, 0.004, 0.0099])
+    np.testing.assert_allclose(np.asarray(huber(small, delta)), small**2, rtol=1e-12)
+    big = np.array([0.02, 0.5, -3.0])
+    np.testing.assert_allclose(np.asarray(huber(2 * big, delta) - huber(big, delta)),
+                               2 * delta * np.abs(big), rtol=1e-12)
+    slope = jax.grad(lambda e: huber(e, delta))
+    for edge in (delta, -delta):  # value and slope continuous at |err| = delta
+        below, above = edge * (1 - 1e-9), edge * (1 + 1e-9)
+        assert abs(float(huber(below, delta)) - float(huber(above, delta))) < 1e-12
+        assert abs(float(slope(below)) - float(slope(above))) < 1e-9
+    assert abs(float(slope(-3.0))) == 2 * delta  # beyond delta: bounded gradient
+
+
+@pytest.mark.parametrize("loss", ["mse", "huber"])
+def test_validation_loss_is_the_training_loss(loss):
+    from so3krates.config import TrainingConfig
+    from so3krates.training.loss import errors_loss, huber_delta
+
+    cfg = TrainingConfig(loss=loss, huber_delta=0.05, energy_weight=0.3, forces_weight=0.7)
+    rng = np.random.default_rng(1)
+    e_err, f_err = rng.normal(scale=0.1, size=3), rng.normal(scale=0.1, size=(4, 3))
+    e_err[1], f_err[2] = np.nan, np.nan  # NaN labels are skipped by both
+    pred = Prediction(energy=jnp.asarray(np.nan_to_num(e_err)), forces=jnp.asarray(np.nan_to_num(f_err)),
+                      atomic_energies=jnp.zeros(4))
+    labels = Labels(energy=jnp.zeros(3), forces=jnp.zeros((4, 3)),
+                    energy_mask=jnp.asarray(np.isfinite(e_err)), forces_mask=jnp.asarray(np.isfinite(f_err)))
+    train, _ = energy_forces_loss(pred, labels, 0.3, 0.7, huber_delta(cfg))
+    assert abs(float(train) - errors_loss(e_err, f_err, cfg)) < 1e-12 * float(train)
 
 def test_variable_sizes_use_few_shapes():
     rng = np.random.default_rng(0)

@@ -74,10 +74,16 @@ class TrainingConfig(_Strict):
     batch_size: int = Field(5, gt=0)
     energy_weight: float = Field(0.01, ge=0)
     forces_weight: float = Field(0.99, ge=0)
+    loss: Literal["mse", "huber"] = "mse"
+    huber_delta: float = Field(
+        0.01, gt=0, description="loss 'huber': errors beyond it (eV per structure, eV/Å per "
+        "force component) count linearly"
+    )
     # Adam, not AMSGrad: AMSGrad's running maximum of the second moment keeps the huge
     # gradients of the first steps, shrinking every later step (six-minute aspirin probes,
     # test force MAE at lr 3e-3: Adam 32.1, AMSGrad 41.7 meV/Å; at 1e-3: 42.8 and 51.5).
     optimizer: Literal["adam", "amsgrad"] = "adam"
+    adam_b2: float = Field(0.999, gt=0, lt=1, description="decay of Adam's second moment")
     learning_rate: float = Field(1e-3, gt=0)
     schedule: Literal["exponential", "constant"] = "exponential"
     decay_rate: float = Field(0.1, gt=0, le=1, description="learning-rate factor over decay_steps")

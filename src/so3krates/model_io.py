@@ -17,6 +17,7 @@ import numpy as np
 import yaml
 from flax import serialization
 
+from so3krates.compile import jit
 from so3krates.config import ModelConfig, dump_yaml
 from so3krates.fileio import atomic_write_bytes
 from so3krates.model import So3krates
@@ -54,7 +55,7 @@ def init_params(module: So3krates, graph, seed: int):
     """Freshly initialised parameters for ``module`` (jit-compiled: eager init is slow)."""
     from so3krates.potential import pair_vectors
 
-    @jax.jit
+    @jit
     def init(key, g):
         return module.init(key, g.numbers, pair_vectors(g), g.centers, g.neighbors, g.pair_mask)
 
@@ -113,7 +114,7 @@ class Model:
 
     def __post_init__(self) -> None:
         self.module = build_module(self.config, self.energy_scale, self.dtype)
-        self.predict_fn = jax.jit(make_predict_fn(self.module, reference_table(self.reference_energies)))
+        self.predict_fn = jit(make_predict_fn(self.module, reference_table(self.reference_energies)))
 
     @property
     def elements(self) -> list[int]:

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from ase import units
 
+from so3krates.compile import jit
 from so3krates.md import neighbours as nl
 from so3krates.md.integrators import (
     Ensemble,
@@ -108,7 +109,7 @@ def make_chunk_fn(
         )
         return (state, unstable_at), frame
 
-    @jax.jit
+    @jit
     def chunk(state: MDState, unstable_at: jnp.ndarray):
         (state, unstable_at), frames = jax.lax.scan(
             one_frame, (state, unstable_at), jnp.arange(n_frames)

@@ -13,12 +13,13 @@ Units are ASE's: Å, eV, eV/Å, amu, and ASE's internal time unit (1 = 10.18 fs)
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from so3krates.compile import jit
 
 # One structure's ``positions (N, 3) -> (energy, forces)``; unlike ``system.ForceFn`` it builds
 # its own neighbours (see ``system.positions_force_fn``). It is vmapped over a batch, which
@@ -147,7 +148,7 @@ def fire_step(
     return jax.tree_util.tree_map(lambda old, upd: jnp.where(state.converged, old, upd), state, new)
 
 
-@partial(jax.jit, static_argnames=("force_fn",))
+@jit(static_argnames=("force_fn",))
 def _fire_loop(force_fn, positions, masses, atom_mask, fmax, max_steps, dt_start, dt_max, n_min, f_inc, f_dec,
                alpha_start, f_alpha, maxstep):
     """Batched FIRE: positions (B, N, 3), masses (B, N), atom_mask (B, N)."""

@@ -1,24 +1,62 @@
-"""Weighted mean-squared-error loss of energies and forces, with NaN/padding masks."""
+"""Weighted energy and force losses (mean squared error or Huber), with NaN/padding masks."""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 
+import numpy as np
+
 from so3krates.batching import Labels
+from so3krates.config import TrainingConfig
 from so3krates.potential import Prediction
 
 
-def masked_mse(pred: jnp.ndarray, ref: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
-    """Mean of squared errors over ``mask`` entries (0 if the mask is empty)."""
+def huber_delta(cfg: TrainingConfig) -> float | None:
+    """The configured Huber threshold, None for the mean squared error."""
+    return cfg.huber_delta if cfg.loss == "huber" else None
+
+
+def huber(err: jnp.ndarray, delta: float | None) -> jnp.ndarray:
+    """Elementwise squared error, or with ``delta`` the Huber loss scaled to match it for small
+    errors: ``err^2`` for ``|err| <= delta``, ``delta (2 |err| - delta)`` beyond (linear)."""
+    if delta is None:
+        return err * err
+    a = jnp.abs(err)
+    return jnp.where(a <= delta, err * err, delta * (2.0 * a - delta))
+
+
+def masked_mean_loss(
+    pred: jnp.ndarray, ref: jnp.ndarray, mask: jnp.ndarray, delta: float | None = None
+) -> jnp.ndarray:
+    """Mean of :func:`huber` errors over ``mask`` entries (0 if the mask is empty); without
+    ``delta`` the mean squared error."""
     err = jnp.where(mask, pred - ref, 0.0)
-    return jnp.sum(err * err) / jnp.maximum(jnp.sum(mask), 1)
+    return jnp.sum(huber(err, delta)) / jnp.maximum(jnp.sum(mask), 1)
 
 
 def energy_forces_loss(
-    pred: Prediction, labels: Labels, energy_weight: float, forces_weight: float
+    pred: Prediction,
+    labels: Labels,
+    energy_weight: float,
+    forces_weight: float,
+    huber_delta: float | None = None,
 ) -> tuple[jnp.ndarray, dict]:
-    """``w_E * MSE(E per structure) + w_F * MSE(F per component)``; units eV^2 and (eV/Å)^2."""
-    e = masked_mse(pred.energy, labels.energy, labels.energy_mask)
-    f = masked_mse(pred.forces.astype(jnp.float64), labels.forces, labels.forces_mask)
+    """``w_E * L(E per structure) + w_F * L(F per component)``, L the mean squared error (eV^2,
+    (eV/Å)^2) or, with ``huber_delta`` (eV and eV/Å), the Huber loss of :func:`huber`."""
+    e = masked_mean_loss(pred.energy, labels.energy, labels.energy_mask, huber_delta)
+    f = masked_mean_loss(pred.forces.astype(jnp.float64), labels.forces, labels.forces_mask,
+                         huber_delta)
     loss = energy_weight * e + forces_weight * f
-    return loss, {"energy_mse": e, "forces_mse": f}
+    return loss, {"energy_loss": e, "forces_loss": f}
+
+
+def errors_loss(
+    energy_errors: np.ndarray, force_errors: np.ndarray, cfg: TrainingConfig
+) -> float:
+    """The training loss of given errors (finite ones only): energies (S,) in eV, force
+    components (any shape) in eV/Å; used for the validation loss."""
+    delta = huber_delta(cfg)
+    de, df = (np.ravel(a) for a in (energy_errors, force_errors))
+    parts = [float(np.mean(huber(a[np.isfinite(a)], delta))) if np.isfinite(a).any() else 0.0
+             for a in (de, df)]
+    return cfg.energy_weight * parts[0] + cfg.forces_weight * parts[1]

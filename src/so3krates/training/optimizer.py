@@ -75,7 +75,8 @@ def make_optimizer(cfg: TrainingConfig, horizon: int) -> optax.GradientTransform
     Its state ends with the decay state and the reduce-on-plateau factor (``plateau_factor`` /
     :func:`set_plateau_factor`), so that both are checkpointed with the rest.
     """
-    scale = optax.scale_by_amsgrad() if cfg.optimizer == "amsgrad" else optax.scale_by_adam()
+    by = optax.scale_by_amsgrad if cfg.optimizer == "amsgrad" else optax.scale_by_adam
+    scale = by(b2=cfg.adam_b2)
     return optax.chain(
         optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip else optax.identity(),
         scale,

@@ -24,6 +24,7 @@ import yaml
 
 from so3krates.batching import GraphDataset
 from so3krates.allocator import keep_freed_memory
+from so3krates.compile import jit
 from so3krates.config import Config, TrainingConfig, dump_yaml
 from so3krates.data import DataError, Dataset, read_dataset
 from so3krates.data.split import SPLIT_FILE, load_split, make_split, save_split
@@ -32,7 +33,7 @@ from so3krates.fileio import atomic_write_bytes
 from so3krates.model_io import build_module, init_params, reference_table, save_model
 from so3krates.potential import make_predict_fn
 from so3krates.training.checkpoint import load_checkpoint, save_checkpoint
-from so3krates.training.loss import energy_forces_loss
+from so3krates.training.loss import energy_forces_loss, errors_loss, huber_delta
 from so3krates.training.optimizer import (
     budget_horizon,
     current_learning_rate,
@@ -113,11 +114,11 @@ def make_train_step(predict, optimizer: optax.GradientTransformation, tcfg: Trai
     """
     ema_decay = tcfg.ema_decay or 0.0
 
-    @jax.jit
+    @jit
     def train_step(params, opt_state, ema, graph, labels):
         def loss_fn(p):
             return energy_forces_loss(predict(p, graph), labels, tcfg.energy_weight,
-                                      tcfg.forces_weight)
+                                      tcfg.forces_weight, huber_delta(tcfg))
 
         (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -165,7 +166,7 @@ def train(
     train_graphs = GraphDataset(train_set, mcfg.cutoff, tcfg.batch_size, tcfg.buckets, np_dtype)
     valid_graphs = GraphDataset(valid_set, mcfg.cutoff, tcfg.batch_size, tcfg.buckets, np_dtype)
     predict = make_predict_fn(module, reference_table(refs))
-    valid_predict = jax.jit(predict)
+    valid_predict = jit(predict)
 
     g0, _ = train_graphs.batch([0])
     params = init_params(module, g0, tcfg.seed)
@@ -247,7 +248,8 @@ def train(
         nonlocal opt_state, params, ema, last_good
         e, f = predict_dataset(valid_predict, ema, valid_graphs)
         m = error_metrics(valid_set, e, f)
-        vloss = tcfg.energy_weight * m["energy_rmse"] ** 2 + tcfg.forces_weight * m["forces_rmse"] ** 2
+        vloss = errors_loss(e - valid_set.energy,
+                            np.concatenate([(p - r).ravel() for p, r in zip(f, valid_set.forces)]), tcfg)
         train_loss = host["loss_sum"] / host["loss_count"] if host["loss_count"] else float("nan")
         host["loss_sum"], host["loss_count"] = 0.0, 0
         rolled_back = last_good is not None and diverged(vloss)

@@ -1,0 +1,49 @@
+"""``so3krates.compile.jit``: jax.jit with the package's compile options, same results."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from conftest import ethanol_frames, init_model, small_config
+from so3krates.batching import single_graph
+from so3krates.compile import CPU_COMPILER_OPTIONS, compiler_options, jit
+from so3krates.model.so3krates import PAIR_CHUNK
+from so3krates.potential import make_predict_fn
+
+
+def test_jit_is_a_lazy_jax_jit_with_static_arguments():
+    calls = []
+
+    @jit(static_argnames=("power",))
+    def f(x, power):
+        calls.append(power)  # runs at tracing only
+        return x**power
+
+    assert float(f(jnp.asarray(3.0), power=2)) == 9.0
+    assert float(f(jnp.asarray(4.0), power=2)) == 16.0
+    assert float(f(jnp.asarray(2.0), power=3)) == 8.0
+    assert calls == [2, 3]
+    assert f._cache_size() == 2  # attributes of the jax.jit object are forwarded
+    assert "power" not in f.lower(jnp.asarray(1.0), power=2).as_text()
+
+
+def test_compile_options_change_no_result_of_the_chunked_pair_loop():
+    if jax.default_backend() == "cpu":
+        assert compiler_options() == CPU_COMPILER_OPTIONS  # known to this jaxlib: applied
+    # 30 ethanol molecules, 6.5 Å from copy to copy: more pairs than PAIR_CHUNK, so the scanned
+    # pair loop runs.
+    data = ethanol_frames(1)
+    pos = np.concatenate([data.positions[0] + [6.5 * (k % 5), 6.5 * (k // 5), 0.0] for k in range(30)])
+    numbers = np.tile(data.numbers[0], 30)
+    cfg = small_config("float64")
+    graph, _ = single_graph(numbers, pos, np.zeros((3, 3)), np.zeros(3, bool), cfg.cutoff,
+                            dtype=np.float64)
+    assert graph.centers.shape[0] > PAIR_CHUNK
+    module, params = init_model(cfg, graph, 0)
+    predict = make_predict_fn(module, np.zeros(119))
+    ours, plain = jit(predict)(params, graph), jax.jit(predict)(params, graph)
+    np.testing.assert_allclose(ours.energy, plain.energy, rtol=1e-12)
+    f_ref = np.asarray(plain.forces)
+    assert np.abs(np.asarray(ours.forces) - f_ref).max() <= 1e-10 * np.abs(f_ref).max()
