@@ -47,3 +47,15 @@ def test_compile_options_change_no_result_of_the_chunked_pair_loop():
     np.testing.assert_allclose(ours.energy, plain.energy, rtol=1e-12)
     f_ref = np.asarray(plain.forces)
     assert np.abs(np.asarray(ours.forces) - f_ref).max() <= 1e-10 * np.abs(f_ref).max()
+
+
+def test_jit_works_inside_other_transformations():
+    @jit
+    def energy(x):
+        return jnp.sum(jnp.sin(x) ** 2)
+
+    x = jnp.linspace(0.0, 1.0, 5)
+    expected = 2 * jnp.sin(x) * jnp.cos(x)
+    np.testing.assert_allclose(jax.jit(jax.grad(energy))(x), expected, rtol=1e-12)
+    np.testing.assert_allclose(jax.vmap(energy)(x[:, None]), jnp.sin(x) ** 2, rtol=1e-12)
+    np.testing.assert_allclose(jax.jit(lambda y: energy(y) + 1.0)(x), energy(x) + 1.0, rtol=1e-12)

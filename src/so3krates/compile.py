@@ -34,18 +34,28 @@ def compiler_options() -> dict[str, Any]:
 
 class _Jitted:
     """``jax.jit(fun, ...)`` made at the first call or attribute access, so that defining a
-    jitted function (e.g. at import) neither starts a backend nor compiles anything."""
+    jitted function (e.g. at import) neither starts a backend nor compiles anything.
+
+    JAX accepts compile options on outermost jits only: called while being traced (inside a
+    user's ``jax.jit``, ``vmap``, ``grad``), it is a plain ``jax.jit`` of ``fun``.
+    """
 
     def __init__(self, fun: Callable, kwargs: dict):
-        self._fun, self._kwargs, self._jitted = fun, kwargs, None
+        self._fun, self._kwargs = fun, kwargs
+        self._jitted: Callable | None = None
+        self._nested: Callable | None = None
         functools.update_wrapper(self, fun)
 
-    def _get(self):
+    def _get(self) -> Callable:
         if self._jitted is None:
             self._jitted = jax.jit(self._fun, compiler_options=compiler_options(), **self._kwargs)
         return self._jitted
 
     def __call__(self, *args, **kwargs):
+        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs))):
+            if self._nested is None:
+                self._nested = jax.jit(self._fun, **self._kwargs)
+            return self._nested(*args, **kwargs)
         return self._get()(*args, **kwargs)
 
     def __getattr__(self, name: str):  # lower, eval_shape, _cache_size, ...
