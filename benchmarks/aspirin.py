@@ -88,6 +88,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reps-large", type=int, default=20, help="timed calls for 1,008 atoms")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls before each timing")
     p.add_argument("--seed", type=int, default=0, help="seed of the timing jitter / fresh params")
+    p.add_argument("--compare-xla-defaults", action="store_true",
+                   help="also time the jitted function compiled with XLA's default options, "
+                        "interleaved with the package's (time_ms_vs_xla_defaults)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config override, e.g. --set model.features=64 (repeatable)")
     return p.parse_args(argv)
@@ -234,6 +237,30 @@ def time_jit(model, atoms, reps: int, warmup: int) -> float:
     return median_ms(call, reps, warmup)
 
 
+def time_jit_vs_xla_defaults(model, atoms, reps: int, warmup: int) -> dict[str, float]:
+    """Median ms of ``model.predict_fn`` (the package's compile options, ``so3krates.compile``)
+    and of the same function under a plain ``jax.jit`` (XLA's defaults), calls interleaved so
+    that a noisy machine affects both alike."""
+    import jax
+
+    from so3krates.batching import single_graph
+
+    graph, _ = single_graph(atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc,
+                            model.cutoff, dtype=np.dtype(model.dtype))
+    graph = jax.device_put(graph)
+    fns = {"package": model.predict_fn, "xla_defaults": jax.jit(model.predict_fn.__wrapped__)}
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for k in range(warmup + reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(model.params, graph))
+            if k >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    out = {name: round(1e3 * statistics.median(t), 4) for name, t in times.items()}
+    out["ratio_xla_defaults_over_package"] = round(out["xla_defaults"] / out["package"], 3)
+    return out
+
+
 def time_ase(model, atoms, reps: int, warmup: int, seed: int) -> float:
     """Median ms of ``atoms.get_forces()`` through the ASE calculator (jittered positions)."""
     atoms = atoms.copy()
@@ -312,6 +339,14 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(args.output)
         metrics = evaluate_test(model, test_path, args.n_test)
     timings = time_model(model, molecule, args)
+    versus = None
+    if args.compare_xla_defaults:
+        grid = molecule_grid(molecule)
+        versus = {}
+        for name, atoms, reps in (("aspirin", molecule, args.reps_small),
+                                  (f"atoms{len(grid)}", grid, args.reps_large)):
+            log(f"timing {name}: package compile options vs XLA defaults, {reps} calls each")
+            versus[name] = time_jit_vs_xla_defaults(model, atoms, reps, args.warmup)
     report = {
         "machine": machine_info(),
         "mode": "timing_only" if args.timing_only else "train_and_test",
@@ -320,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_params": count_params(model.params),
         **error_fields(metrics),
         "time_ms": timings,
+        "time_ms_vs_xla_defaults": versus,
         "model_config": model.config.model_dump(),
         "training_config": None if args.timing_only else config.training.model_dump(),
         "overrides": args.set,
