@@ -76,7 +76,26 @@ def test_validation_loss_is_the_training_loss(loss):
     labels = Labels(energy=jnp.zeros(3), forces=jnp.zeros((4, 3)),
                     energy_mask=jnp.asarray(np.isfinite(e_err)), forces_mask=jnp.asarray(np.isfinite(f_err)))
     train, _ = energy_forces_loss(pred, labels, 0.3, 0.7, huber_delta(cfg))
-    assert abs(float(train) - errors_loss(e_err, f_err, cfg)) < 1e-12 * float(train)
+    finite = [a[np.isfinite(a)] for a in (e_err, f_err)]  # as evaluate.label_errors gives them
+    assert abs(float(train) - errors_loss(*finite, cfg)) < 1e-12 * float(train)
+
+
+def test_nan_predictions_are_not_skipped_like_nan_labels():
+    from so3krates.evaluate import error_metrics, label_errors
+
+    forces = [np.zeros((2, 3)), np.ones((3, 3))]
+    data = Dataset(numbers=[np.array([1, 1]), np.array([6, 1, 1])],
+                   positions=[np.zeros((2, 3)), np.zeros((3, 3))], cells=np.zeros((2, 3, 3)),
+                   pbc=np.zeros((2, 3), bool), energy=np.array([1.0, np.nan]), forces=forces)
+    data.forces[1][0, 0] = np.nan  # a missing label: left out
+    pred_f = [np.full((2, 3), 0.5), np.ones((3, 3))]
+    de, df = label_errors(data, np.array([1.5, 7.0]), pred_f)
+    assert de.tolist() == [0.5] and df.size == 14 and np.isfinite(df).all()
+    m = error_metrics(data, np.array([1.5, 7.0]), pred_f)
+    assert m["forces_mae"] == 6 * 0.5 / 14 and m["energy_mae"] == 0.5
+    pred_f[1][2, 1] = np.nan  # a diverged model: every force metric says so
+    assert np.isnan(error_metrics(data, np.array([1.5, 7.0]), pred_f)["forces_mae"])
+    assert np.isnan(error_metrics(data, np.array([np.nan, 7.0]), pred_f)["energy_mae"])
 
 def test_variable_sizes_use_few_shapes():
     rng = np.random.default_rng(0)

@@ -26,15 +26,25 @@ def predict_dataset(
     return np.concatenate(energies), forces
 
 
+def label_errors(
+    data: Dataset, energy: np.ndarray, forces: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Prediction minus label of energies (eV) and force components (eV/Å), flat, leaving out
+    NaN labels only: a NaN prediction stays NaN (and shows in every metric)."""
+    e_ok = np.isfinite(data.energy)
+    de = (energy - data.energy)[e_ok]
+    ref = np.concatenate([r.ravel() for r in data.forces])
+    df = np.concatenate([(p - r).ravel() for p, r in zip(forces, data.forces)])
+    return de, df[np.isfinite(ref)]
+
+
 def error_metrics(
     data: Dataset, energy: np.ndarray, forces: list[np.ndarray]
 ) -> dict[str, float]:
     """MAE/RMSE of energies (eV, and eV/atom) and force components (eV/Å); NaN labels skipped."""
     n_atoms = data.n_atoms
     e_ok = np.isfinite(data.energy)
-    de = (energy - data.energy)[e_ok]
-    df = np.concatenate([(p - r).ravel() for p, r in zip(forces, data.forces)])
-    df = df[np.isfinite(df)]
+    de, df = label_errors(data, energy, forces)
     nan = float("nan")
     return {
         "n_structures": int(len(data)),

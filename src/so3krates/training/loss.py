@@ -53,10 +53,10 @@ def energy_forces_loss(
 def errors_loss(
     energy_errors: np.ndarray, force_errors: np.ndarray, cfg: TrainingConfig
 ) -> float:
-    """The training loss of given errors (finite ones only): energies (S,) in eV, force
-    components (any shape) in eV/Å; used for the validation loss."""
+    """The training loss of given errors: energies (S,) in eV, force components (any shape) in
+    eV/Å, those of NaN labels already left out; used for the validation loss. A NaN
+    prediction makes it NaN."""
     delta = huber_delta(cfg)
-    de, df = (np.ravel(a) for a in (energy_errors, force_errors))
-    parts = [float(np.mean(huber(a[np.isfinite(a)], delta))) if np.isfinite(a).any() else 0.0
-             for a in (de, df)]
+    parts = [float(np.mean(huber(np.ravel(a), delta))) if np.size(a) else 0.0
+             for a in (energy_errors, force_errors)]
     return cfg.energy_weight * parts[0] + cfg.forces_weight * parts[1]
