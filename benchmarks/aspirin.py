@@ -220,15 +220,28 @@ def median_ms(fn: Callable[[], None], reps: int, warmup: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def time_jit(model, atoms, reps: int, warmup: int) -> float:
-    """Median ms of the jitted ``predict_fn`` on a prebuilt, device-resident padded graph."""
+def device_graph(model, atoms):
+    """``atoms`` as a padded graph for ``model``, already on the device."""
     import jax
 
     from so3krates.batching import single_graph
 
     graph, _ = single_graph(atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc,
                             model.cutoff, dtype=np.dtype(model.dtype))
-    graph = jax.device_put(graph)
+    return jax.device_put(graph)
+
+
+def timed_systems(molecule, args: argparse.Namespace):
+    """(name, atoms, reps) of the timed systems: one molecule and the 48-molecule grid."""
+    grid = molecule_grid(molecule)
+    return (("aspirin", molecule, args.reps_small), (f"atoms{len(grid)}", grid, args.reps_large))
+
+
+def time_jit(model, atoms, reps: int, warmup: int) -> float:
+    """Median ms of the jitted ``predict_fn`` on a prebuilt, device-resident padded graph."""
+    import jax
+
+    graph = device_graph(model, atoms)
     params = model.params
 
     def call() -> None:
@@ -243,11 +256,7 @@ def time_jit_vs_xla_defaults(model, atoms, reps: int, warmup: int) -> dict[str, 
     that a noisy machine affects both alike."""
     import jax
 
-    from so3krates.batching import single_graph
-
-    graph, _ = single_graph(atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc,
-                            model.cutoff, dtype=np.dtype(model.dtype))
-    graph = jax.device_put(graph)
+    graph = device_graph(model, atoms)
     fns = {"package": model.predict_fn, "xla_defaults": jax.jit(model.predict_fn.__wrapped__)}
     times: dict[str, list[float]] = {k: [] for k in fns}
     for k in range(warmup + reps):
@@ -277,10 +286,8 @@ def time_ase(model, atoms, reps: int, warmup: int, seed: int) -> float:
 
 def time_model(model, molecule, args: argparse.Namespace) -> dict[str, float]:
     """The four timings: one aspirin and 48 aspirins, jitted function and ASE calculator."""
-    grid = molecule_grid(molecule)
     out = {}
-    for name, atoms, reps in (("aspirin", molecule, args.reps_small),
-                              (f"atoms{len(grid)}", grid, args.reps_large)):
+    for name, atoms, reps in timed_systems(molecule, args):
         log(f"timing {name} ({len(atoms)} atoms): jit, {reps} calls")
         out[f"{name}_jit"] = time_jit(model, atoms, reps, args.warmup)
         log(f"timing {name} ({len(atoms)} atoms): ASE calculator, {reps} calls")
@@ -341,10 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     timings = time_model(model, molecule, args)
     versus = None
     if args.compare_xla_defaults:
-        grid = molecule_grid(molecule)
         versus = {}
-        for name, atoms, reps in (("aspirin", molecule, args.reps_small),
-                                  (f"atoms{len(grid)}", grid, args.reps_large)):
+        for name, atoms, reps in timed_systems(molecule, args):
             log(f"timing {name}: package compile options vs XLA defaults, {reps} calls each")
             versus[name] = time_jit_vs_xla_defaults(model, atoms, reps, args.warmup)
     report = {

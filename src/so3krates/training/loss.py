@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
-
 import numpy as np
 
 from so3krates.batching import Labels
@@ -25,13 +24,27 @@ def huber(err: jnp.ndarray, delta: float | None) -> jnp.ndarray:
     return jnp.where(a <= delta, err * err, delta * (2.0 * a - delta))
 
 
-def masked_mean_loss(
-    pred: jnp.ndarray, ref: jnp.ndarray, mask: jnp.ndarray, delta: float | None = None
-) -> jnp.ndarray:
-    """Mean of :func:`huber` errors over ``mask`` entries (0 if the mask is empty); without
-    ``delta`` the mean squared error."""
-    err = jnp.where(mask, pred - ref, 0.0)
+def masked_mean_loss(err: jnp.ndarray, mask: jnp.ndarray, delta: float | None = None) -> jnp.ndarray:
+    """Mean of :func:`huber` of the errors ``err`` over ``mask`` entries (0 if the mask is
+    empty); without ``delta`` the mean squared error."""
+    err = jnp.where(mask, err, 0.0)
     return jnp.sum(huber(err, delta)) / jnp.maximum(jnp.sum(mask), 1)
+
+
+def weighted_loss(
+    energy_errors: jnp.ndarray,
+    energy_mask: jnp.ndarray,
+    force_errors: jnp.ndarray,
+    forces_mask: jnp.ndarray,
+    energy_weight: float,
+    forces_weight: float,
+    huber_delta: float | None = None,
+) -> tuple[jnp.ndarray, dict]:
+    """``w_E * L(E per structure) + w_F * L(F per component)`` of errors (eV, eV/Å) over their
+    masks, L the mean squared error (eV^2, (eV/Å)^2) or, with ``huber_delta``, :func:`huber`."""
+    e = masked_mean_loss(energy_errors, energy_mask, huber_delta)
+    f = masked_mean_loss(force_errors, forces_mask, huber_delta)
+    return energy_weight * e + forces_weight * f, {"energy_loss": e, "forces_loss": f}
 
 
 def energy_forces_loss(
@@ -41,13 +54,13 @@ def energy_forces_loss(
     forces_weight: float,
     huber_delta: float | None = None,
 ) -> tuple[jnp.ndarray, dict]:
-    """``w_E * L(E per structure) + w_F * L(F per component)``, L the mean squared error (eV^2,
-    (eV/Å)^2) or, with ``huber_delta`` (eV and eV/Å), the Huber loss of :func:`huber`."""
-    e = masked_mean_loss(pred.energy, labels.energy, labels.energy_mask, huber_delta)
-    f = masked_mean_loss(pred.forces.astype(jnp.float64), labels.forces, labels.forces_mask,
-                         huber_delta)
-    loss = energy_weight * e + forces_weight * f
-    return loss, {"energy_loss": e, "forces_loss": f}
+    """:func:`weighted_loss` of a batch's predictions against its labels (NaN and padding
+    labels masked)."""
+    return weighted_loss(
+        pred.energy - labels.energy, labels.energy_mask,
+        pred.forces.astype(jnp.float64) - labels.forces, labels.forces_mask,
+        energy_weight, forces_weight, huber_delta,
+    )
 
 
 def errors_loss(
@@ -56,7 +69,7 @@ def errors_loss(
     """The training loss of given errors: energies (S,) in eV, force components (any shape) in
     eV/Å, those of NaN labels already left out; used for the validation loss. A NaN
     prediction makes it NaN."""
-    delta = huber_delta(cfg)
-    parts = [float(np.mean(huber(np.ravel(a), delta))) if np.size(a) else 0.0
-             for a in (energy_errors, force_errors)]
-    return cfg.energy_weight * parts[0] + cfg.forces_weight * parts[1]
+    de, df = (np.ravel(a) for a in (energy_errors, force_errors))
+    loss, _ = weighted_loss(de, np.ones(de.shape, bool), df, np.ones(df.shape, bool),
+                            cfg.energy_weight, cfg.forces_weight, huber_delta(cfg))
+    return float(loss)
