@@ -285,6 +285,22 @@ def test_learning_rate_decays_over_the_budgeted_steps():
     assert budget_horizon(10, (10, 1.0), 1.0, 90.0, 500) is None
 
 
+def test_cosine_schedule_falls_from_one_to_decay_rate_over_the_horizon():
+    import jax
+
+    from so3krates.config import TrainingConfig
+    from so3krates.training.optimizer import current_learning_rate, make_optimizer
+
+    cfg = TrainingConfig(learning_rate=1e-3, decay_rate=0.05, schedule="cosine", warmup_steps=10)
+    state = make_optimizer(cfg, horizon=1000).init({"w": jax.numpy.zeros(3)})
+    lr = [current_learning_rate(cfg, s, state) for s in (10, 260, 510, 760, 1010, 5000)]
+    assert lr[0] == pytest.approx(1e-3, rel=1e-6)
+    assert lr[1] == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi / 4))), rel=1e-5)
+    assert lr[2] == pytest.approx(1e-3 * (1 + 0.05) / 2, rel=1e-5)  # halfway: the mean
+    assert lr[4] == pytest.approx(5e-5, rel=1e-5) and lr[5] == pytest.approx(5e-5, rel=1e-5)
+    assert all(a > b for a, b in zip(lr[:4], lr[1:5]))
+
+
 def test_config_rejects_features_that_do_not_split_into_heads_and_degrees():
     """A clear validation error names the numbers, before any model is built."""
     from pydantic import ValidationError

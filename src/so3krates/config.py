@@ -85,8 +85,11 @@ class TrainingConfig(_Strict):
     optimizer: Literal["adam", "amsgrad"] = "adam"
     adam_b2: float = Field(0.999, gt=0, lt=1, description="decay of Adam's second moment")
     learning_rate: float = Field(1e-3, gt=0)
-    schedule: Literal["exponential", "constant"] = "exponential"
-    decay_rate: float = Field(0.1, gt=0, le=1, description="learning-rate factor over decay_steps")
+    schedule: Literal["exponential", "cosine", "constant"] = "exponential"
+    decay_rate: float = Field(
+        0.1, gt=0, le=1, description="learning-rate factor over decay_steps (cosine: the final "
+        "factor, kept after decay_steps)"
+    )
     decay_steps: Literal["budget"] | int = Field(
         "budget", description="steps, or 'budget': the steps this run will take (its step limit, "
         "or what fits its wall-clock budget at the measured rate)"

@@ -1,6 +1,9 @@
-"""Optimiser: gradient clipping, Adam/AMSGrad, warm-up + exponential decay, plateau factor.
+"""Optimiser: gradient clipping, Adam/AMSGrad, warm-up + exponential or cosine decay, plateau
+factor.
 
-The learning rate is ``lr * warmup(step) * decay_rate ** ((step - warmup) / horizon)``. The
+The learning rate is ``lr * warmup(step) * decay(t)`` with ``t = (step - warmup) / horizon``:
+``decay_rate ** t`` (exponential) or ``decay_rate + (1 - decay_rate) (1 + cos(pi min(t, 1))) / 2``
+(cosine: from 1 down to ``decay_rate`` at the horizon, then constant). The
 decay horizon lives in the optimiser state (and so in every checkpoint): with
 ``decay_steps: budget`` the trainer sets it to the number of steps the run will take, from
 its step limit and, under a wall-clock budget, from the measured step rate
@@ -32,8 +35,12 @@ def learning_rate(cfg: TrainingConfig, step, horizon):
     ramp = 1.0 if warm == 0 else jnp.minimum(0.01 + 0.99 * step / warm, 1.0)
     if cfg.schedule == "constant":
         return cfg.learning_rate * ramp
-    decayed = jnp.maximum(step - warm, 0.0) / jnp.asarray(horizon, jnp.float32)
-    return cfg.learning_rate * ramp * cfg.decay_rate ** decayed
+    t = jnp.maximum(step - warm, 0.0) / jnp.asarray(horizon, jnp.float32)
+    if cfg.schedule == "cosine":
+        decay = cfg.decay_rate + (1.0 - cfg.decay_rate) * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(t, 1.0)))
+    else:
+        decay = cfg.decay_rate**t
+    return cfg.learning_rate * ramp * decay
 
 
 def initial_horizon(cfg: TrainingConfig, step_limit: int) -> int:
