@@ -44,7 +44,6 @@ def test_loss_masks_nan_and_padding():
     assert float(loss) == 0.5 * 1.0 + 2.0 * 1.0
 
 
-
 def test_huber_loss_is_mse_for_small_errors_and_linear_beyond_delta():
     import jax
 
@@ -96,6 +95,7 @@ def test_nan_predictions_are_not_skipped_like_nan_labels():
     pred_f[1][2, 1] = np.nan  # a diverged model: every force metric says so
     assert np.isnan(error_metrics(data, np.array([1.5, 7.0]), pred_f)["forces_mae"])
     assert np.isnan(error_metrics(data, np.array([np.nan, 7.0]), pred_f)["energy_mae"])
+
 
 def test_variable_sizes_use_few_shapes():
     rng = np.random.default_rng(0)

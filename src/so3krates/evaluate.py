@@ -42,17 +42,21 @@ def error_metrics(
     data: Dataset, energy: np.ndarray, forces: list[np.ndarray]
 ) -> dict[str, float]:
     """MAE/RMSE of energies (eV, and eV/atom) and force components (eV/Å); NaN labels skipped."""
+    return metrics_of_errors(data, *label_errors(data, energy, forces))
+
+
+def metrics_of_errors(data: Dataset, de: np.ndarray, df: np.ndarray) -> dict[str, float]:
+    """:func:`error_metrics` of the errors ``de``, ``df`` that :func:`label_errors` gives."""
     n_atoms = data.n_atoms
-    e_ok = np.isfinite(data.energy)
-    de, df = label_errors(data, energy, forces)
+    n_ok = n_atoms[np.isfinite(data.energy)]  # atoms of the structures with energy labels
     nan = float("nan")
     return {
         "n_structures": int(len(data)),
         "n_atoms_total": int(n_atoms.sum()),
         "energy_mae": float(np.mean(np.abs(de))) if de.size else nan,
         "energy_rmse": float(np.sqrt(np.mean(de**2))) if de.size else nan,
-        "energy_mae_per_atom": float(np.mean(np.abs(de) / n_atoms[e_ok])) if de.size else nan,
-        "energy_rmse_per_atom": float(np.sqrt(np.mean((de / n_atoms[e_ok]) ** 2))) if de.size else nan,
+        "energy_mae_per_atom": float(np.mean(np.abs(de) / n_ok)) if de.size else nan,
+        "energy_rmse_per_atom": float(np.sqrt(np.mean((de / n_ok) ** 2))) if de.size else nan,
         "forces_mae": float(np.mean(np.abs(df))) if df.size else nan,
         "forces_rmse": float(np.sqrt(np.mean(df**2))) if df.size else nan,
     }

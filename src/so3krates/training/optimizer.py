@@ -37,7 +37,8 @@ def learning_rate(cfg: TrainingConfig, step, horizon):
         return cfg.learning_rate * ramp
     t = jnp.maximum(step - warm, 0.0) / jnp.asarray(horizon, jnp.float32)
     if cfg.schedule == "cosine":
-        decay = cfg.decay_rate + (1.0 - cfg.decay_rate) * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(t, 1.0)))
+        half_cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(t, 1.0)))  # 1 -> 0, then 0
+        decay = cfg.decay_rate + (1.0 - cfg.decay_rate) * half_cosine
     else:
         decay = cfg.decay_rate**t
     return cfg.learning_rate * ramp * decay

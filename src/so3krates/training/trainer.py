@@ -28,7 +28,7 @@ from so3krates.compile import jit
 from so3krates.config import Config, TrainingConfig, dump_yaml
 from so3krates.data import DataError, Dataset, read_dataset
 from so3krates.data.split import SPLIT_FILE, load_split, make_split, save_split
-from so3krates.evaluate import error_metrics, label_errors, predict_dataset
+from so3krates.evaluate import label_errors, metrics_of_errors, predict_dataset
 from so3krates.fileio import atomic_write_bytes
 from so3krates.model_io import build_module, init_params, reference_table, save_model
 from so3krates.potential import make_predict_fn
@@ -247,8 +247,9 @@ def train(
     def validate() -> dict:
         nonlocal opt_state, params, ema, last_good
         e, f = predict_dataset(valid_predict, ema, valid_graphs)
-        m = error_metrics(valid_set, e, f)
-        vloss = errors_loss(*label_errors(valid_set, e, f), tcfg)
+        de, df = label_errors(valid_set, e, f)
+        m = metrics_of_errors(valid_set, de, df)
+        vloss = errors_loss(de, df, tcfg)
         train_loss = host["loss_sum"] / host["loss_count"] if host["loss_count"] else float("nan")
         host["loss_sum"], host["loss_count"] = 0.0, 0
         rolled_back = last_good is not None and diverged(vloss)
