@@ -37,6 +37,7 @@ def time_steps(data_path: Path, batch_size: int, keep_memory: bool, steps: int, 
     batches, in this process; with ``keep_memory``, ``keep_freed_memory`` after the first."""
     import jax
     import numpy as np
+    from jax.flatten_util import ravel_pytree
 
     from so3krates.allocator import keep_freed_memory
     from so3krates.batching import GraphDataset
@@ -53,9 +54,10 @@ def time_steps(data_path: Path, batch_size: int, keep_memory: bool, steps: int, 
     graphs = GraphDataset(data, cfg.model.cutoff, batch_size, cfg.training.buckets, np.float32)
     module = build_module(cfg.model, force_scale(data))
     predict = make_predict_fn(module, reference_table(fit_reference_energies(data)))
-    params = init_params(module, graphs.batch([0])[0], 0)
+    # one flat parameter vector, as the trainer keeps them
+    params, unravel = ravel_pytree(init_params(module, graphs.batch([0])[0], 0))
     optimizer = make_optimizer(cfg.training, 10_000)
-    train_step = make_train_step(predict, optimizer, cfg.training)
+    train_step = make_train_step(lambda p, g: predict(unravel(p), g), optimizer, cfg.training)
     state = (params, optimizer.init(params), params)
     batches = list(graphs.batches())
     times = []

@@ -248,13 +248,14 @@ def test_divergence_restores_last_good_state_and_slows_down(tmp_path):
     unguarded = train(load_config(None, [*base, "training.divergence_factor=null"]), tmp_path / "unguarded")
     assert guarded.steps == unguarded.steps == 5
 
-    def params(run):
+    def params(run):  # the training state holds the parameters as one flat vector
         ckpt = serialization.msgpack_restore((tmp_path / run / "checkpoints" / "latest.msgpack").read_bytes())
-        return jax_leaves(ckpt["params"])
+        return ckpt["params"]
     step0 = jax_leaves(serialization.msgpack_restore((tmp_path / "guarded" / "params.msgpack").read_bytes()))
+    step0 = np.concatenate([x.ravel() for x in step0])
     restored, wrecked = params("guarded"), params("unguarded")
-    assert all(np.array_equal(x, y) for x, y in zip(restored, step0))  # best = step 0 = restored
-    assert not all(np.array_equal(x, y) for x, y in zip(wrecked, step0))
+    assert np.array_equal(restored, step0)  # best = step 0 = restored
+    assert not np.array_equal(wrecked, step0)
     rows = read_metrics(tmp_path / "guarded" / "metrics.csv")
     assert not rows[1]["valid_loss"] <= 10 * rows[0]["valid_loss"]  # NaN here
     assert rows[1]["learning_rate"] == pytest.approx(25.0)
@@ -310,3 +311,18 @@ def test_config_rejects_features_that_do_not_split_into_heads_and_degrees():
     with pytest.raises(ValidationError, match=r"features \(128\).*number of degrees \(3\)"):
         load_config(None, ["model.degrees=[1,2,3]"])
     assert load_config(None, ["model.degrees=[1,2,3]", "model.features=132"]).model.features == 132
+
+
+def test_checkpoint_of_another_layout_is_refused_clearly(tmp_path):
+    """A checkpoint whose arrays do not match the training state (e.g. per-array parameters
+    where the trainer keeps one flat vector) is refused with a ValueError, not mis-loaded."""
+    from so3krates.training.checkpoint import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "latest.msgpack"
+    save_checkpoint(path, {"params": {"a": np.zeros(3), "b": np.ones(2)}, "host": {"step": np.int64(7)}})
+    ok = load_checkpoint(path, {"params": {"a": np.ones(3), "b": np.zeros(2)}, "host": {"step": np.int64(0)}})
+    assert int(ok["host"]["step"]) == 7 and np.array_equal(ok["params"]["b"], np.ones(2))
+    with pytest.raises(ValueError, match="checkpoint"):
+        load_checkpoint(path, {"params": np.zeros(5), "host": {"step": np.int64(0)}})
+    with pytest.raises(ValueError, match="shape"):
+        load_checkpoint(path, {"params": {"a": np.zeros(4), "b": np.zeros(2)}, "host": {"step": np.int64(0)}})

@@ -24,6 +24,19 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, template: dict[str, Any]) -> dict[str, Any]:
-    """Restore a checkpoint into the structure of ``template`` (same pytree layout)."""
+    """Restore a checkpoint into the structure of ``template`` (same pytree layout).
+
+    Raises ValueError if the checkpoint's layout or array shapes differ from ``template``'s.
+    """
     raw = serialization.msgpack_restore(Path(path).read_bytes())
-    return serialization.from_state_dict(template, raw)
+    try:
+        state = serialization.from_state_dict(template, raw)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"checkpoint layout differs: {err}") from err
+    want, got = jax.tree.structure(template), jax.tree.structure(state)
+    if want != got:
+        raise ValueError(f"checkpoint layout differs: {got} instead of {want}")
+    for a, b in zip(jax.tree.leaves(template), jax.tree.leaves(state)):
+        if np.shape(a) != np.shape(b):
+            raise ValueError(f"checkpoint array of shape {np.shape(b)} instead of {np.shape(a)}")
+    return state

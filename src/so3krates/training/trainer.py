@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import yaml
+from jax.flatten_util import ravel_pytree
 
 from so3krates.batching import GraphDataset
 from so3krates.allocator import keep_freed_memory
@@ -169,7 +170,10 @@ def train(
     valid_predict = jit(predict)
 
     g0, _ = train_graphs.batch([0])
-    params = init_params(module, g0, tcfg.seed)
+    # The loop keeps parameters, EMA and optimiser moments as one flat vector each: the
+    # update is then a handful of kernels instead of a few per parameter array (on 2 CPU
+    # cores the per-array update took 1.6 of the 11.6 ms of an aspirin training step).
+    params, unravel = ravel_pytree(init_params(module, g0, tcfg.seed))
     n_batches = train_graphs.num_batches()
     epoch_steps = tcfg.max_epochs * n_batches
     max_steps = min(tcfg.max_steps or epoch_steps, epoch_steps)
@@ -190,11 +194,15 @@ def train(
         },
     }
     if resume:
-        state = load_checkpoint(output / LATEST, state)
+        try:
+            state = load_checkpoint(output / LATEST, state)
+        except ValueError as err:  # a different layout: written by another version
+            raise ValueError(f"{output / LATEST} does not match this version's training state "
+                             f"({err}); use another --output to start a new run") from err
     start_step = int(state["host"]["step"])
     _truncate_metrics(output / METRICS_FILE, start_step)
 
-    train_step = make_train_step(predict, optimizer, tcfg)
+    train_step = make_train_step(lambda p, graph: predict(unravel(p), graph), optimizer, tcfg)
     checkpoint_every = tcfg.checkpoint_every or tcfg.valid_every
     budget_s = tcfg.max_time_minutes * 60.0 if tcfg.max_time_minutes else math.inf
     fit_decay_to_budget = tcfg.decay_steps == "budget" and math.isfinite(budget_s)
@@ -246,7 +254,7 @@ def train(
 
     def validate() -> dict:
         nonlocal opt_state, params, ema, last_good
-        e, f = predict_dataset(valid_predict, ema, valid_graphs)
+        e, f = predict_dataset(valid_predict, unravel(ema), valid_graphs)
         de, df = label_errors(valid_set, e, f)
         m = metrics_of_errors(valid_set, de, df)
         vloss = errors_loss(de, df, tcfg)
@@ -264,7 +272,7 @@ def train(
         if vloss < host["best_valid_loss"]:
             host["best_valid_loss"] = vloss
             host["bad_validations"] = host["plateau_bad"] = 0
-            save_model(output, mcfg, ema, refs, scale, extra=_model_extra(config, step, m))
+            save_model(output, mcfg, unravel(ema), refs, scale, extra=_model_extra(config, step, m))
         else:
             host["bad_validations"] += 1
             host["plateau_bad"] += 1
