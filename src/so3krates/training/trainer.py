@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import yaml
@@ -213,7 +212,7 @@ def train(
     step = start_step
     t_start = time.monotonic()
     elapsed0 = host["elapsed_s"]
-    loss_acc, acc_steps = jnp.asarray(0.0), 0
+    step_losses: list = []  # device scalars: adding them eagerly would cost a dispatch per step
     rate_anchor: tuple[int, float] | None = None  # (step, time) once the step is compiled
     last_valid: dict = {}
     stop_reason = ""
@@ -225,10 +224,9 @@ def train(
     def flush_loss() -> None:
         # The running training loss lives on the device between validations; fold it into the
         # host state before anything reads or saves it.
-        nonlocal loss_acc, acc_steps
-        host["loss_sum"] += float(loss_acc)
-        host["loss_count"] += acc_steps
-        loss_acc, acc_steps = jnp.asarray(0.0), 0
+        host["loss_sum"] += float(np.sum(jax.device_get(step_losses), dtype=np.float64))
+        host["loss_count"] += len(step_losses)
+        step_losses.clear()
 
     def checkpoint() -> None:
         flush_loss()
@@ -312,8 +310,7 @@ def train(
             order = _epoch_order(tcfg.seed, epoch, len(train_set))
             for graph, labels in train_graphs.batches(order, start=step % n_batches):
                 params, opt_state, ema, loss = train_step(params, opt_state, ema, graph, labels)
-                loss_acc = loss_acc + loss
-                acc_steps += 1
+                step_losses.append(loss)
                 step += 1
                 if rate_anchor is None:  # the first step is compiled
                     keep_freed_memory()  # larger batches otherwise page-fault at every step
