@@ -86,7 +86,8 @@ def bucket_ladder(
         s = ratio**k
         cap = Capacity(
             atoms=round_up(int(max_atoms * s) + 1, 8),
-            pairs=round_up(int(max_pairs * s) + 1, 64),
+            # pairs need no padding slot; every padded pair is work in every (P, F) kernel
+            pairs=round_up(max(math.ceil(max_pairs * s), 1), 16),
             structures=structures + 1,
         )
         if not ladder or cap.atoms < ladder[-1].atoms and cap.pairs < ladder[-1].pairs:
