@@ -35,7 +35,6 @@ SYSTEMS = ("aspirin", "1k", "10k")
 MOLECULES = {"aspirin": 1, "1k": 48}  # "10k": --molecules-10k (default 480)
 ENGINE_STEPS = {"aspirin": 2000, "1k": 100, "10k": 20}
 ASE_STEPS = {"aspirin": 200, "1k": 10, "10k": 2}
-SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
 def log(message: str) -> None:
@@ -97,6 +96,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--time-ps", type=float, default=100.0, help="ps per stability run (default 100)")
     p.add_argument("--temperatures", default="300,500", help="K, stability runs (default 300,500)")
     p.add_argument("--seeds", default="0,1,2", help="seeds of the stability runs (default 0,1,2)")
+    p.add_argument("--one-thread", action="store_true",
+                   help="speed mode: XLA computes on one CPU thread (as `so3krates md --one-thread`)")
     p.add_argument("--parallel", type=int, default=1,
                    help="stability runs in this many processes, each single-threaded XLA (default 1)")
     p.add_argument("--traj-dir", type=Path, default=None,
@@ -422,10 +423,10 @@ def stability_run(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _single_thread_worker() -> None:
-    """Pool initializer: single-threaded XLA (set before the worker imports JAX)."""
-    if "jax" in sys.modules:
-        log("warning: JAX already imported in a worker; XLA_FLAGS not applied")
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD_XLA).strip()
+    """Pool initializer: single-threaded XLA (before the worker's first JAX computation)."""
+    from so3krates.compile import use_one_cpu_thread
+
+    use_one_cpu_thread()
 
 
 def run_stability(args: argparse.Namespace) -> dict[str, Any]:
@@ -479,6 +480,10 @@ def main(argv: list[str] | None = None) -> int:
         import ase.io
 
         import so3krates  # noqa: F401  (enables float64 in JAX)
+        from so3krates.compile import use_one_cpu_thread
+
+        if args.one_thread:
+            use_one_cpu_thread()
 
         molecule = ase.io.read(args.data_dir / TEST_FILE, index=0)
         result = run_speed(args, molecule)
@@ -486,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "machine": _aspirin.machine_info(),
         "mode": mode,
+        "one_thread": bool(args.one_thread) and not args.stability,
         **result,
         "peak_rss_mb": peak_rss_mb(),
         "wall_time_s": round(time.monotonic() - t0, 1),

@@ -5,6 +5,7 @@ Run from the repository root::
 
     .venv/bin/python benchmarks/train_step.py                 # batch sizes 1, 2, 5, 8
     .venv/bin/python benchmarks/train_step.py --batch-sizes 2 5 --rounds 3
+    .venv/bin/python benchmarks/train_step.py --batch-sizes 2 --heaps keep --layouts flat arrays
 
 Each measurement runs in a fresh process (the heap setting is process-wide); the rounds
 interleave all variants so that a noisy machine affects them alike. The step is the trainer's
@@ -15,6 +16,7 @@ own (``so3krates.training.trainer.make_train_step``) with the reference model (F
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -32,9 +34,13 @@ DEFAULT_DATA = _aspirin.DEFAULT_DATA_DIR / _aspirin.TRAIN_FILE
 MODEL_OVERRIDES = [o for o in _aspirin.REFERENCE_OVERRIDES if o.startswith("model.")]
 
 
-def time_steps(data_path: Path, batch_size: int, keep_memory: bool, steps: int, warmup: int) -> dict:
+def time_steps(
+    data_path: Path, batch_size: int, keep_memory: bool, steps: int, warmup: int, flat: bool = True
+) -> dict:
     """Median wall time (ms) and minor page faults of ``steps`` training steps on successive
-    batches, in this process; with ``keep_memory``, ``keep_freed_memory`` after the first."""
+    batches, in this process; with ``keep_memory``, ``keep_freed_memory`` after the first.
+    ``flat``: parameters, EMA and Adam moments as one vector each, as the trainer keeps them;
+    otherwise as the model's parameter arrays (the layout before)."""
     import jax
     import numpy as np
     from jax.flatten_util import ravel_pytree
@@ -54,10 +60,13 @@ def time_steps(data_path: Path, batch_size: int, keep_memory: bool, steps: int, 
     graphs = GraphDataset(data, cfg.model.cutoff, batch_size, cfg.training.buckets, np.float32)
     module = build_module(cfg.model, force_scale(data))
     predict = make_predict_fn(module, reference_table(fit_reference_energies(data)))
-    # one flat parameter vector, as the trainer keeps them
-    params, unravel = ravel_pytree(init_params(module, graphs.batch([0])[0], 0))
+    params = init_params(module, graphs.batch([0])[0], 0)
+    if flat:
+        params, unravel = ravel_pytree(params)
+        predict_tree = predict
+        predict = lambda p, g: predict_tree(unravel(p), g)  # noqa: E731
     optimizer = make_optimizer(cfg.training, 10_000)
-    train_step = make_train_step(lambda p, g: predict(unravel(p), g), optimizer, cfg.training)
+    train_step = make_train_step(predict, optimizer, cfg.training)
     state = (params, optimizer.init(params), params)
     batches = list(graphs.batches())
     times = []
@@ -78,6 +87,10 @@ def time_steps(data_path: Path, batch_size: int, keep_memory: bool, steps: int, 
             "structures_per_s": round(batch_size * 1e3 / ms, 1)}
 
 
+def variant_name(batch_size: int, keep: bool, layout: str) -> str:
+    return f"batch{batch_size}_{'keep_freed_memory' if keep else 'glibc_default'}_{layout}"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"aspirin extxyz (default {DEFAULT_DATA})")
@@ -85,11 +98,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of every variant")
     p.add_argument("--steps", type=int, default=100, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps (compilation) first")
-    p.add_argument("--worker", nargs=2, type=int, metavar=("BATCH_SIZE", "KEEP_MEMORY"),
+    p.add_argument("--heaps", nargs="+", choices=("default", "keep"), default=["default", "keep"],
+                   help="glibc heap settings timed (default both)")
+    p.add_argument("--layouts", nargs="+", choices=("flat", "arrays"), default=["flat"],
+                   help="training-state layouts timed: flat vectors (the trainer's) and/or "
+                        "per-parameter arrays (default flat)")
+    p.add_argument("--worker", nargs=3, type=int, metavar=("BATCH_SIZE", "KEEP_MEMORY", "FLAT"),
                    help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        print(json.dumps(time_steps(args.data, args.worker[0], bool(args.worker[1]), args.steps, args.warmup)))
+        bs, keep, flat = args.worker
+        print(json.dumps(time_steps(args.data, bs, bool(keep), args.steps, args.warmup, bool(flat))))
         return 0
     if not args.data.exists():
         print(f"data file {args.data} not found (pass --data)", file=sys.stderr)
@@ -98,26 +117,35 @@ def main(argv: list[str] | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     runs: dict[str, list[dict]] = {}
     for r in range(args.rounds):
-        for bs in args.batch_sizes:
-            for keep in (0, 1):
-                name = f"batch{bs}_{'keep_freed_memory' if keep else 'glibc_default'}"
-                print(f"[train-step] round {r + 1}: {name}", file=sys.stderr, flush=True)
-                out = subprocess.run(
-                    [sys.executable, __file__, "--data", str(args.data), "--steps", str(args.steps),
-                     "--warmup", str(args.warmup), "--worker", str(bs), str(keep)],
-                    env=env, check=True, capture_output=True, text=True,
-                ).stdout
-                runs.setdefault(name, []).append(json.loads(out.strip().splitlines()[-1]))
+        for bs, keep, layout in itertools.product(
+            args.batch_sizes, [h == "keep" for h in args.heaps], args.layouts
+        ):
+            name = variant_name(bs, keep, layout)
+            print(f"[train-step] round {r + 1}: {name}", file=sys.stderr, flush=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--data", str(args.data), "--steps", str(args.steps),
+                 "--warmup", str(args.warmup), "--worker", str(bs), str(int(keep)),
+                 str(int(layout == "flat"))],
+                env=env, check=True, capture_output=True, text=True,
+            ).stdout
+            runs.setdefault(name, []).append(json.loads(out.strip().splitlines()[-1]))
     results = {}
     for name, rs in runs.items():
         ms = [x["ms_per_step"] for x in rs]
         results[name] = {"ms_per_step_min": min(ms), "ms_per_step_all": ms,
                          "page_faults_per_step": [x["page_faults_per_step"] for x in rs],
                          "structures_per_s_best": max(x["structures_per_s"] for x in rs)}
-    for bs in args.batch_sizes:
-        a = results[f"batch{bs}_glibc_default"]["ms_per_step_min"]
-        b = results[f"batch{bs}_keep_freed_memory"]["ms_per_step_min"]
-        results[f"batch{bs}_speedup"] = round(a / b, 2)
+    def ratio(a: str, b: str) -> float:
+        return round(results[a]["ms_per_step_min"] / results[b]["ms_per_step_min"], 2)
+
+    for bs, layout in itertools.product(args.batch_sizes, args.layouts):
+        if len(args.heaps) == 2:  # keep_freed_memory's speed-up
+            results[f"batch{bs}_{layout}_speedup"] = ratio(
+                variant_name(bs, False, layout), variant_name(bs, True, layout))
+    for bs, keep in itertools.product(args.batch_sizes, [h == "keep" for h in args.heaps]):
+        if len(args.layouts) == 2:  # the flat training state's speed-up
+            results[f"batch{bs}_{'keep' if keep else 'default'}_flat_speedup"] = ratio(
+                variant_name(bs, keep, "arrays"), variant_name(bs, keep, "flat"))
     report = {
         "benchmark": "train_step",
         "machine": _aspirin.machine_info(),

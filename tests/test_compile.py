@@ -59,3 +59,24 @@ def test_jit_works_inside_other_transformations():
     np.testing.assert_allclose(jax.jit(jax.grad(energy))(x), expected, rtol=1e-12)
     np.testing.assert_allclose(jax.vmap(energy)(x[:, None]), jnp.sin(x) ** 2, rtol=1e-12)
     np.testing.assert_allclose(jax.jit(lambda y: energy(y) + 1.0)(x), energy(x) + 1.0, rtol=1e-12)
+
+
+def test_one_cpu_thread_is_set_before_jax_starts_and_refused_after():
+    """``use_one_cpu_thread`` puts XLA's single-thread flags into XLA_FLAGS before the backend
+    starts; once JAX has computed, it raises instead of silently doing nothing."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os, jax, jax.numpy as jnp\n"
+        "from so3krates.compile import SINGLE_THREAD_XLA_FLAGS, use_one_cpu_thread\n"
+        "use_one_cpu_thread(); use_one_cpu_thread()\n"
+        "assert os.environ['XLA_FLAGS'].count(SINGLE_THREAD_XLA_FLAGS) == 1\n"
+        "assert float(jnp.sum(jnp.arange(4.0))) == 6.0\n"
+        "try:\n    use_one_cpu_thread()\nexcept RuntimeError:\n    print('refused')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "refused"

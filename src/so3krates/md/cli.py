@@ -43,6 +43,20 @@ def _add_run_args(p, temperature: float) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=["float32", "float64"])
     p.add_argument("--no-monitor", action="store_true", help="switch the bond-stability monitor off")
+    _add_threads_arg(p)
+
+
+def _add_threads_arg(p) -> None:
+    p.add_argument("--one-thread", action="store_true",
+                   help="compute on one CPU thread: faster for small molecules (~100 atoms or "
+                        "fewer); run one process per core for several trajectories")
+
+
+def _apply_threads(args) -> None:
+    if getattr(args, "one_thread", False):
+        from so3krates.compile import use_one_cpu_thread
+
+        use_one_cpu_thread()
 
 
 def add_parsers(sub) -> None:
@@ -74,6 +88,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--dtype", choices=["float32", "float64"])
     p.add_argument("--output", default="relaxed.xyz")
+    _add_threads_arg(p)
 
     p = sub.add_parser("explore", help="minima search: hot MD with periodic quenches")
     _add_run_args(p, temperature=500.0)
@@ -94,6 +109,7 @@ def add_parsers(sub) -> None:
 
 
 def cmd_md(args, console: Console) -> int:
+    _apply_threads(args)
     from so3krates.md.run import MDSettings, run_md
 
     settings = MDSettings(
@@ -110,6 +126,7 @@ def cmd_md(args, console: Console) -> int:
 
 
 def cmd_relax(args, console: Console) -> int:
+    _apply_threads(args)
     import ase.io
     import jax
 
@@ -160,6 +177,7 @@ def cmd_relax(args, console: Console) -> int:
 
 
 def cmd_explore(args, console: Console) -> int:
+    _apply_threads(args)
     from so3krates.md.explore import explore, write_exploration
     from so3krates.md.stability import StabilityCriteria
     from so3krates.md.system import System, model_force_fn
