@@ -96,8 +96,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--time-ps", type=float, default=100.0, help="ps per stability run (default 100)")
     p.add_argument("--temperatures", default="300,500", help="K, stability runs (default 300,500)")
     p.add_argument("--seeds", default="0,1,2", help="seeds of the stability runs (default 0,1,2)")
-    p.add_argument("--one-thread", action="store_true",
-                   help="speed mode: XLA computes on one CPU thread (as `so3krates md --one-thread`)")
+    p.add_argument("--cpu", type=int, metavar="CORE",
+                   help="speed mode: compute on this CPU core only, one thread (as `so3krates md --cpu`)")
     p.add_argument("--parallel", type=int, default=1,
                    help="stability runs in this many processes, each single-threaded XLA (default 1)")
     p.add_argument("--traj-dir", type=Path, default=None,
@@ -482,8 +482,8 @@ def main(argv: list[str] | None = None) -> int:
         import so3krates  # noqa: F401  (enables float64 in JAX)
         from so3krates.compile import use_one_cpu_thread
 
-        if args.one_thread:
-            use_one_cpu_thread()
+        if args.cpu is not None:
+            use_one_cpu_thread(core=args.cpu)
 
         molecule = ase.io.read(args.data_dir / TEST_FILE, index=0)
         result = run_speed(args, molecule)
@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "machine": _aspirin.machine_info(),
         "mode": mode,
-        "one_thread": bool(args.one_thread) and not args.stability,
+        "cpu_core": None if args.stability else args.cpu,
         **result,
         "peak_rss_mb": peak_rss_mb(),
         "wall_time_s": round(time.monotonic() - t0, 1),

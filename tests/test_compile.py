@@ -62,16 +62,20 @@ def test_jit_works_inside_other_transformations():
 
 
 def test_one_cpu_thread_is_set_before_jax_starts_and_refused_after():
-    """``use_one_cpu_thread`` puts XLA's single-thread flags into XLA_FLAGS before the backend
-    starts; once JAX has computed, it raises instead of silently doing nothing."""
+    """``use_one_cpu_thread`` puts XLA's single-thread flags into XLA_FLAGS and pins the
+    process to the given core before the backend starts; an unavailable core is refused, and
+    once JAX has computed the call raises instead of silently doing nothing."""
     import os
     import subprocess
     import sys
 
+    core = min(os.sched_getaffinity(0))
     code = (
         "import os, jax, jax.numpy as jnp\n"
         "from so3krates.compile import SINGLE_THREAD_XLA_FLAGS, use_one_cpu_thread\n"
-        "use_one_cpu_thread(); use_one_cpu_thread()\n"
+        "try:\n    use_one_cpu_thread(core=10**6)\nexcept ValueError:\n    print('no such core')\n"
+        f"use_one_cpu_thread(core={core}); use_one_cpu_thread()\n"
+        f"assert os.sched_getaffinity(0) == {{{core}}}\n"
         "assert os.environ['XLA_FLAGS'].count(SINGLE_THREAD_XLA_FLAGS) == 1\n"
         "assert float(jnp.sum(jnp.arange(4.0))) == 6.0\n"
         "try:\n    use_one_cpu_thread()\nexcept RuntimeError:\n    print('refused')\n"
@@ -79,4 +83,4 @@ def test_one_cpu_thread_is_set_before_jax_starts_and_refused_after():
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "refused"
+    assert out.stdout.split() == ["no", "such", "core", "refused"]

@@ -95,16 +95,26 @@ def _backends_started() -> bool:
         return False
 
 
-def use_one_cpu_thread() -> None:
-    """Make XLA:CPU compute on one thread in this process.
+def use_one_cpu_thread(core: int | None = None) -> None:
+    """Make XLA:CPU compute on one thread in this process; with ``core``, pin the process to
+    that CPU core as well.
 
-    For small systems the thread pool costs more than it gives: one aspirin MD step took
-    1.38-1.56 ms on one thread and 1.53-1.85 ms on two (2-core machine). XLA reads its flags
-    when JAX starts its backends, so this must run before JAX's first computation; afterwards
-    it raises RuntimeError instead of silently doing nothing. Other backends ignore the flags.
+    Small systems give a thread pool too little work: on the 2-core development machine one
+    aspirin MD step took 1.38-1.52 ms with XLA's defaults, the same on one thread, and
+    1.14-1.31 ms on one thread pinned to one core (or with the process pinned: XLA then runs
+    all its threads on that core). XLA reads its flags when JAX starts its backends, so this
+    must run before JAX's first computation (and pins only threads started afterwards);
+    later it raises RuntimeError instead of silently doing nothing. Other backends ignore the
+    flags.
     """
     if _backends_started():
         raise RuntimeError("use_one_cpu_thread() must run before JAX's first computation")
+    if core is not None:
+        allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+        if core not in allowed:
+            raise ValueError(f"CPU core {core} is not available to this process "
+                             f"(available: {sorted(allowed) or 'none known'})")
+        os.sched_setaffinity(0, {core})
     flags = os.environ.get("XLA_FLAGS", "")
     if SINGLE_THREAD_XLA_FLAGS not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} {SINGLE_THREAD_XLA_FLAGS}".strip()

@@ -47,16 +47,16 @@ def _add_run_args(p, temperature: float) -> None:
 
 
 def _add_threads_arg(p) -> None:
-    p.add_argument("--one-thread", action="store_true",
-                   help="compute on one CPU thread: faster for small molecules (~100 atoms or "
-                        "fewer); run one process per core for several trajectories")
+    p.add_argument("--cpu", type=int, metavar="CORE",
+                   help="compute on this CPU core only, one thread: faster for small molecules "
+                        "(~100 atoms or fewer); for several runs, one process per core")
 
 
 def _apply_threads(args) -> None:
-    if getattr(args, "one_thread", False):
+    if getattr(args, "cpu", None) is not None:
         from so3krates.compile import use_one_cpu_thread
 
-        use_one_cpu_thread()
+        use_one_cpu_thread(core=args.cpu)
 
 
 def add_parsers(sub) -> None:
