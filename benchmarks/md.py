@@ -480,9 +480,10 @@ def main(argv: list[str] | None = None) -> int:
         import ase.io
 
         import so3krates  # noqa: F401  (enables float64 in JAX)
-        from so3krates.compile import use_one_cpu_thread
 
         if args.cpu is not None:
+            from so3krates.compile import use_one_cpu_thread
+
             use_one_cpu_thread(core=args.cpu)
 
         molecule = ase.io.read(args.data_dir / TEST_FILE, index=0)

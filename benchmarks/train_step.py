@@ -43,7 +43,6 @@ def time_steps(
     otherwise as the model's parameter arrays (the layout before)."""
     import jax
     import numpy as np
-    from jax.flatten_util import ravel_pytree
 
     from so3krates.allocator import keep_freed_memory
     from so3krates.batching import GraphDataset
@@ -53,7 +52,7 @@ def time_steps(
     from so3krates.potential import make_predict_fn
     from so3krates.training.optimizer import make_optimizer
     from so3krates.training.statistics import fit_reference_energies, force_scale
-    from so3krates.training.trainer import make_train_step
+    from so3krates.training.trainer import flat_training_state, make_train_step
 
     cfg = load_config(None, [*MODEL_OVERRIDES, f"training.batch_size={batch_size}"])
     data = read_dataset(data_path).subset(np.arange(200))
@@ -62,9 +61,7 @@ def time_steps(
     predict = make_predict_fn(module, reference_table(fit_reference_energies(data)))
     params = init_params(module, graphs.batch([0])[0], 0)
     if flat:
-        params, unravel = ravel_pytree(params)
-        predict_tree = predict
-        predict = lambda p, g: predict_tree(unravel(p), g)  # noqa: E731
+        params, predict, _ = flat_training_state(predict, params)
     optimizer = make_optimizer(cfg.training, 10_000)
     train_step = make_train_step(predict, optimizer, cfg.training)
     state = (params, optimizer.init(params), params)

@@ -251,8 +251,9 @@ def test_divergence_restores_last_good_state_and_slows_down(tmp_path):
     def params(run):  # the training state holds the parameters as one flat vector
         ckpt = serialization.msgpack_restore((tmp_path / run / "checkpoints" / "latest.msgpack").read_bytes())
         return ckpt["params"]
-    step0 = jax_leaves(serialization.msgpack_restore((tmp_path / "guarded" / "params.msgpack").read_bytes()))
-    step0 = np.concatenate([x.ravel() for x in step0])
+    from jax.flatten_util import ravel_pytree
+
+    step0, _ = ravel_pytree(serialization.msgpack_restore((tmp_path / "guarded" / "params.msgpack").read_bytes()))
     restored, wrecked = params("guarded"), params("unguarded")
     assert np.array_equal(restored, step0)  # best = step 0 = restored
     assert not np.array_equal(wrecked, step0)

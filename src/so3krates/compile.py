@@ -11,7 +11,8 @@ the CPU.
 They also ask LLVM for 512-bit vectors where the CPU has them (XLA prefers 256 bits): on the
 AVX-512 development machine one aspirin's energy + forces took 1.58 instead of 1.69 ms on one
 core, 1,008 atoms 38.9 instead of 41.1 ms (two threads), a training step of 2 aspirins 11.3
-instead of 11.6 ms (one core; variants interleaved in one process). A CPU without AVX-512 keeps its widest vectors.
+instead of 11.6 ms (one core; variants interleaved in one process). A CPU without AVX-512
+keeps its widest vectors.
 """
 
 from __future__ import annotations

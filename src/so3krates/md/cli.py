@@ -43,17 +43,17 @@ def _add_run_args(p, temperature: float) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=["float32", "float64"])
     p.add_argument("--no-monitor", action="store_true", help="switch the bond-stability monitor off")
-    _add_threads_arg(p)
+    _add_cpu_arg(p)
 
 
-def _add_threads_arg(p) -> None:
+def _add_cpu_arg(p) -> None:
     p.add_argument("--cpu", type=int, metavar="CORE",
                    help="compute on this CPU core only, one thread: faster for small molecules "
                         "(~100 atoms or fewer); for several runs, one process per core")
 
 
-def _apply_threads(args) -> None:
-    if getattr(args, "cpu", None) is not None:
+def _apply_cpu(args) -> None:
+    if args.cpu is not None:
         from so3krates.compile import use_one_cpu_thread
 
         use_one_cpu_thread(core=args.cpu)
@@ -88,7 +88,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--dtype", choices=["float32", "float64"])
     p.add_argument("--output", default="relaxed.xyz")
-    _add_threads_arg(p)
+    _add_cpu_arg(p)
 
     p = sub.add_parser("explore", help="minima search: hot MD with periodic quenches")
     _add_run_args(p, temperature=500.0)
@@ -109,7 +109,7 @@ def add_parsers(sub) -> None:
 
 
 def cmd_md(args, console: Console) -> int:
-    _apply_threads(args)
+    _apply_cpu(args)
     from so3krates.md.run import MDSettings, run_md
 
     settings = MDSettings(
@@ -126,7 +126,7 @@ def cmd_md(args, console: Console) -> int:
 
 
 def cmd_relax(args, console: Console) -> int:
-    _apply_threads(args)
+    _apply_cpu(args)
     import ase.io
     import jax
 
@@ -177,7 +177,7 @@ def cmd_relax(args, console: Console) -> int:
 
 
 def cmd_explore(args, console: Console) -> int:
-    _apply_threads(args)
+    _apply_cpu(args)
     from so3krates.md.explore import explore, write_exploration
     from so3krates.md.stability import StabilityCriteria
     from so3krates.md.system import System, model_force_fn
