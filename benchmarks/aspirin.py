@@ -243,7 +243,7 @@ def time_jit(model, atoms, reps: int, warmup: int) -> float:
     import jax
 
     graph = device_graph(model, atoms)
-    params = model.params
+    params = model.inference_params
 
     def call() -> None:
         jax.block_until_ready(model.predict_fn(params, graph))
@@ -263,7 +263,7 @@ def time_jit_vs_xla_defaults(model, atoms, reps: int, warmup: int) -> dict[str, 
     for k in range(warmup + reps):
         for name, fn in fns.items():
             t0 = time.perf_counter()
-            jax.block_until_ready(fn(model.params, graph))
+            jax.block_until_ready(fn(model.inference_params, graph))
             if k >= warmup:
                 times[name].append(time.perf_counter() - t0)
     out = {name: round(1e3 * statistics.median(t), 4) for name, t in times.items()}

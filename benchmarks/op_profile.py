@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     graph = _aspirin.device_graph(model, atoms)
 
     def call() -> None:
-        jax.block_until_ready(model.predict_fn(model.params, graph))
+        jax.block_until_ready(model.predict_fn(model.inference_params, graph))
 
     wall_ms = _aspirin.median_ms(call, args.reps, warmup=5)
     with tempfile.TemporaryDirectory() as trace_dir:
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             call()
         jax.profiler.stop_trace()
         ops = operation_events(trace_dir)
-    compiled = model.predict_fn.lower(model.params, graph).compile()
+    compiled = model.predict_fn.lower(model.inference_params, graph).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     hlo = hlo_lines(compiled.as_text())

@@ -11,6 +11,7 @@ import pytest
 import so3krates  # noqa: F401  (enables float64)
 from so3krates.batching import single_graph
 from so3krates.config import ModelConfig
+from so3krates.model import with_radial_tables
 from so3krates.model_io import build_module, init_params
 from so3krates.potential import make_predict_fn
 
@@ -62,12 +63,16 @@ def predict_single(predict, params, numbers, positions, cell, pbc, cutoff, dtype
 def tiny_predict():
     """``(predict, params, dtype)`` factory for a tiny random model."""
 
-    def make(dtype: str = "float64", seed: int = 0, **kw):
+    def make(dtype: str = "float64", seed: int = 0, radial_knots: int = 0, **kw):
+        """``radial_knots`` > 0: the same network with spline-tabulated radial filters."""
         cfg = small_config(dtype, **kw)
         data = ethanol_frames(1)
         graph, _ = single_graph(data.numbers[0], data.positions[0], data.cells[0], data.pbc[0],
                                 cfg.cutoff, dtype=np.dtype(dtype))
         module, params = init_model(cfg, graph, seed)
+        if radial_knots:
+            module = build_module(cfg, energy_scale=1.0, radial_knots=radial_knots)
+            params = with_radial_tables(module, params)
         return jax.jit(make_predict_fn(module, np.zeros(119))), params, cfg
 
     return make

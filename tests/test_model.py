@@ -16,9 +16,11 @@ def random_orthogonal(seed: int, reflect: bool) -> np.ndarray:
     return q @ np.diag([1.0, 1.0, -1.0]) if reflect else q
 
 
-@pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 1e-5)])
-def test_invariance_and_equivariance(tiny_predict, dtype, tol):
-    predict, params, cfg = tiny_predict(dtype)
+# radial_knots > 0: radial filters from spline tables (inference), same exact properties.
+@pytest.mark.parametrize("dtype,tol,knots", [("float64", 1e-10, 0), ("float32", 1e-5, 0),
+                                             ("float64", 1e-10, 256)])
+def test_invariance_and_equivariance(tiny_predict, dtype, tol, knots):
+    predict, params, cfg = tiny_predict(dtype, radial_knots=knots)
     data = ethanol_frames(1)
     z, r = data.numbers[0], data.positions[0]
     args = (np.zeros((3, 3)), np.zeros(3, bool), cfg.cutoff, np.dtype(dtype))
@@ -37,9 +39,10 @@ def test_invariance_and_equivariance(tiny_predict, dtype, tol):
     assert np.abs(f2 - f0[perm]).max() <= tol * np.abs(f0).max()
 
 
-def test_periodic_invariance(tiny_predict):
+@pytest.mark.parametrize("knots", [0, 256])
+def test_periodic_invariance(tiny_predict, knots):
     """A periodic cell: rotating positions and cell together, and wrapping atoms, change nothing."""
-    predict, params, cfg = tiny_predict("float64")
+    predict, params, cfg = tiny_predict("float64", radial_knots=knots)
     rng = np.random.default_rng(1)
     cell = np.array([[6.0, 0.0, 0.0], [1.0, 5.5, 0.0], [0.5, 0.7, 6.2]])
     frac = rng.uniform(size=(8, 3))
@@ -60,8 +63,9 @@ def test_periodic_invariance(tiny_predict):
     assert np.abs(f0.sum(axis=0)).max() < 1e-10  # momentum conservation
 
 
-def test_forces_are_minus_gradient(tiny_predict):
-    predict, params, cfg = tiny_predict("float64")
+@pytest.mark.parametrize("knots", [0, 256])
+def test_forces_are_minus_gradient(tiny_predict, knots):
+    predict, params, cfg = tiny_predict("float64", radial_knots=knots)
     data = ethanol_frames(1)
     z, r = data.numbers[0], data.positions[0]
     args = (np.zeros((3, 3)), np.zeros(3, bool), cfg.cutoff, np.float64)

@@ -188,6 +188,10 @@ def pack_labels(
     )
 
 
+# Pair capacity of a single structure relative to its pair count (see ``single_graph``).
+PAIR_HEADROOM = 1.1
+
+
 def single_graph(
     numbers: np.ndarray,
     positions: np.ndarray,
@@ -205,11 +209,13 @@ def single_graph(
     nl = neighbour_list(positions, cell, pbc, cutoff)
     n, p = len(numbers), len(nl.centers)
     if capacity is None or n >= capacity.atoms or p > capacity.pairs:
-        capacity = Capacity(
-            atoms=round_up(n + 1, 8),
-            pairs=max(round_up(int(p * 1.25) + 1, 64), capacity.pairs if capacity else 0),
-            structures=2,
-        )
+        # Padding pairs cost as much as real ones, so the headroom is small; a capacity that
+        # has to grow grows by at least the headroom, which bounds the recompilations.
+        pairs = round_up(math.ceil(p * PAIR_HEADROOM), 16)
+        if capacity is not None:
+            pairs = max(pairs, round_up(math.ceil(capacity.pairs * PAIR_HEADROOM), 16))
+        capacity = Capacity(atoms=max(round_up(n + 1, 8), capacity.atoms if capacity else 0),
+                            pairs=pairs, structures=2)
     graph = pack([numbers], [positions], np.asarray(cell)[None], [nl], capacity, dtype=dtype)
     return graph, capacity
 

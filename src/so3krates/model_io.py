@@ -20,7 +20,8 @@ from flax import serialization
 from so3krates.compile import jit
 from so3krates.config import ModelConfig, dump_yaml
 from so3krates.fileio import atomic_write_bytes
-from so3krates.model import So3krates
+from so3krates.model import So3krates, with_radial_tables
+from so3krates.model.radial_table import DEFAULT_KNOTS
 from so3krates.potential import make_predict_fn
 
 MODEL_FILE = "model.yaml"
@@ -32,8 +33,11 @@ class ModelFileError(ValueError):
     """A model directory that is missing, incomplete or inconsistent."""
 
 
-def build_module(config: ModelConfig, energy_scale: float = 1.0, dtype: str | None = None) -> So3krates:
-    """The flax module for ``config`` (``dtype`` overrides the configured one)."""
+def build_module(
+    config: ModelConfig, energy_scale: float = 1.0, dtype: str | None = None, radial_knots: int = 0
+) -> So3krates:
+    """The flax module for ``config`` (``dtype`` overrides the configured one; ``radial_knots``
+    > 0 evaluates the radial filters from spline tables, for inference)."""
     return So3krates(
         features=config.features,
         num_layers=config.num_layers,
@@ -48,7 +52,14 @@ def build_module(config: ModelConfig, energy_scale: float = 1.0, dtype: str | No
         energy_scale=energy_scale,
         num_elements=NUM_ELEMENTS,
         dtype=jnp.dtype(dtype or config.dtype),
+        radial_knots=radial_knots,
     )
+
+
+def default_radial_knots(dtype: str) -> int:
+    """Spline intervals of the radial filters for inference: ``DEFAULT_KNOTS`` in float32 (the
+    interpolation error is below float32 resolution), 0 (the exact network) in float64."""
+    return DEFAULT_KNOTS if jnp.dtype(dtype) == jnp.float32 else 0
 
 
 def init_params(module: So3krates, graph, seed: int):
@@ -102,6 +113,11 @@ class Model:
     """A trained model: config, parameters and the jitted prediction function.
 
     Use :meth:`calculator` for an ASE calculator, or ``predict(graph)`` on padded graphs.
+
+    ``params`` are the network's parameters (what is saved); ``module`` and ``predict_fn``
+    take ``inference_params``: the same plus, with ``radial_knots`` > 0, the spline tables of
+    the radial filters (see ``so3krates.model.radial_table``). ``radial_knots=None`` picks
+    :func:`default_radial_knots`; 0 runs the exact network.
     """
 
     directory: Path
@@ -111,9 +127,13 @@ class Model:
     energy_scale: float
     dtype: str
     meta: dict = field(default_factory=dict)
+    radial_knots: int | None = None
 
     def __post_init__(self) -> None:
-        self.module = build_module(self.config, self.energy_scale, self.dtype)
+        if self.radial_knots is None:
+            self.radial_knots = default_radial_knots(self.dtype)
+        self.module = build_module(self.config, self.energy_scale, self.dtype, self.radial_knots)
+        self.inference_params = with_radial_tables(self.module, self.params)
         self.predict_fn = jit(make_predict_fn(self.module, reference_table(self.reference_energies)))
 
     @property
@@ -126,7 +146,7 @@ class Model:
 
     def predict(self, graph):
         """``Prediction`` (energy, forces, atomic energies) for a padded graph."""
-        return self.predict_fn(self.params, graph)
+        return self.predict_fn(self.inference_params, graph)
 
     def check_elements(self, numbers: np.ndarray) -> None:
         """Raise ``ValueError`` naming any element the model was not trained on."""
@@ -144,12 +164,16 @@ class Model:
         return So3kratesCalculator(self, **kwargs)
 
 
-def load_model(directory: str | os.PathLike, dtype: str | None = None) -> Model:
+def load_model(
+    directory: str | os.PathLike, dtype: str | None = None, radial_knots: int | None = None
+) -> Model:
     """Load a model directory written by training.
 
     Args:
         directory: the model directory (contains ``model.yaml`` and ``params.msgpack``).
         dtype: ``"float32"`` or ``"float64"``; default: the dtype the model was trained in.
+        radial_knots: spline intervals of the radial filters (0: the exact network); default
+            :func:`default_radial_knots` (tabulated in float32, exact in float64).
     """
     directory = Path(directory)
     meta_path = directory / MODEL_FILE
@@ -175,4 +199,5 @@ def load_model(directory: str | os.PathLike, dtype: str | None = None) -> Model:
         energy_scale=float(meta["energy_scale"]),
         dtype=dtype,
         meta=meta,
+        radial_knots=radial_knots,
     )

@@ -35,6 +35,7 @@ import numpy as np
 from so3krates.neighbours import neighbour_list
 
 ROW_BLOCK = 128  # centres per block of the all-pairs search (bounds its temporary memory)
+VERLET_HEADROOM = 1.15  # extra headroom of the Verlet list over the model's pair list
 
 
 class NeighbourSpec(NamedTuple):
@@ -146,7 +147,7 @@ def allocate(
     pbc: np.ndarray,
     cutoff: float,
     skin: float,
-    headroom: float = 1.2,
+    headroom: float = 1.1,
 ) -> NeighbourSpec:
     """A :class:`NeighbourSpec` sized from the current structure (host side, with ``vesin``).
 
@@ -168,14 +169,16 @@ def allocate(
         cutoff=float(cutoff),
         skin=float(skin),
         capacity=min(_pair_capacity(n_within, headroom), _round_even(n * most)),
-        verlet_capacity=min(_pair_capacity(len(nl.centers), headroom), _round_even(n * most)),
-        max_neighbours=min(int(counts.max(initial=0) * headroom) + 8, most),
+        # The Verlet list only costs in the per-step selection: more headroom, fewer redos.
+        verlet_capacity=min(_pair_capacity(len(nl.centers), VERLET_HEADROOM * headroom),
+                            _round_even(n * most)),
+        max_neighbours=min(int(counts.max(initial=0) * VERLET_HEADROOM * headroom) + 8, most),
         images=images,
         minimum_image=minimum,
     )
 
 
-def grow(spec: NeighbourSpec, nbrs: Neighbours, headroom: float = 1.3) -> NeighbourSpec:
+def grow(spec: NeighbourSpec, nbrs: Neighbours, headroom: float = 1.15) -> NeighbourSpec:
     """A larger spec after an overflow, sized from the counts the failed build saw."""
     v = nbrs.verlet
     return spec._replace(
@@ -186,7 +189,7 @@ def grow(spec: NeighbourSpec, nbrs: Neighbours, headroom: float = 1.3) -> Neighb
 
 
 def _pair_capacity(n_pairs: int, headroom: float) -> int:
-    return int(math.ceil((n_pairs * headroom + 16) / 16) * 16)
+    return max(int(math.ceil(n_pairs * headroom / 16)) * 16, 16)
 
 
 def _round_even(n: int) -> int:

@@ -104,7 +104,7 @@ def model_force_fn(model, system: System) -> ForceFn:
     """
     model.check_elements(system.numbers)
     predict = make_predict_fn(model.module, reference_table(model.reference_energies))
-    params, n = model.params, system.n_atoms
+    params, n = model.inference_params, system.n_atoms
     dtype = jnp.dtype(model.dtype)
 
     def force_fn(positions, nbrs):

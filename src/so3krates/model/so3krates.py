@@ -20,6 +20,7 @@ cost of (P, F) kernels, and large ones by memory traffic):
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -33,6 +34,7 @@ from so3krates.model.basis import (
     radial_basis,
     spherical_harmonics,
 )
+from so3krates.model.radial_table import evaluate_table, radial_filter_table, spline_coordinate
 
 # Up to this many pairs, a block's pair work runs in one piece; above it, in chunks of at most
 # this many pairs.
@@ -120,8 +122,9 @@ class EuclideanAttention(nn.Module):
     the invariant one, branch 1 the EV one):
         x (N, F); chi (N, D), or None for the all-zero EVs of the first block;
         pair_inputs: a tuple of (P, ...) arrays, and pair_fn, mapping them (or a chunk of
-            them) to ``(cut, rbf, ylm, centers, neighbors)``: cutoff weights (P,) (0 for
-            padding pairs), radial basis (P, K), harmonics (P, D), atoms i and j (P,);
+            them) to ``(cut, radial, ylm, centers, neighbors)``: cutoff weights (P,) (0 for
+            padding pairs), the radial basis (P, K) or, with ``radial_knots``, the distances'
+            spline coordinates (P,) (see ``radial_table``), harmonics (P, D), atoms i and j (P,);
         valid: scalar bool, True if pairs [P/2, P) are the exact reverses of pairs [0, P/2)
             (see ``reverse_pair_order``), so that the filters need only be evaluated once.
         With more than ``PAIR_CHUNK`` pairs, pair_fn is applied chunk by chunk, each chunk
@@ -131,6 +134,9 @@ class EuclideanAttention(nn.Module):
     (``inv_qkv``, H heads), query/key blocks (2, |L|, F/|L|, F/|L|) of the EV branch (``ev_qk``,
     one head per degree); for both branches the radial MLP K -> F -> F (``radial_*``) and the
     MLP |L| -> F/4 -> F of C(chi_j - chi_i) (``ev_filter_*``), stacked on a leading axis.
+    With ``radial_knots`` > 0 the radial MLPs are evaluated from a spline table of them
+    (``radial_table``, computed from ``radial_*`` by :func:`radial_filter_table`), for
+    inference with fixed parameters.
     """
 
     num_heads: int
@@ -139,6 +145,9 @@ class EuclideanAttention(nn.Module):
     layer_norm: bool = False
     residual_mlp: bool = True
     dtype: Any = jnp.float32
+    radial_knots: int = 0
+    radial_basis_fn: Any = None  # d (P,) -> (P, K); needed with radial_knots
+    cutoff: float = 5.0
 
     @nn.compact
     def __call__(self, x, chi, pair_inputs, pair_fn, valid):
@@ -165,6 +174,9 @@ class EuclideanAttention(nn.Module):
         b1_r = self.param("radial_bias_1", zeros, (2, f), dt)
         w2_r = self.param("radial_kernel_2", lecun, (2, f, f), dt)
         b2_r = self.param("radial_bias_2", zeros, (2, f), dt)
+        if self.radial_knots:
+            table = self.param("radial_table", lambda _: radial_filter_table(
+                w1_r, b1_r, w2_r, self.radial_basis_fn, self.cutoff, self.radial_knots, dt))
         w1_s = self.param("ev_filter_kernel_1", lecun, (2, len(self.degrees), fs), dt)
         b1_s = self.param("ev_filter_bias_1", zeros, (2, fs), dt)
         w2_s = self.param("ev_filter_kernel_2", lecun, (2, fs, f), dt)
@@ -178,26 +190,32 @@ class EuclideanAttention(nn.Module):
         def at(a, idx):
             return a.at[idx].get(mode="promise_in_bounds")
 
-        def filters(rbf, centers, neighbors):
+        def filters(radial, centers, neighbors):
             """Both branches' filters of a set of pairs: two (P, F) arrays."""
-            w = [nn.silu(rbf @ w1_r[b] + b1_r[b]) @ w2_r[b] + bias[b] for b in range(2)]
+            if self.radial_knots:
+                w_r = evaluate_table(table, radial)  # (P, 2, F)
+                w = [w_r[:, b] + bias[b] for b in range(2)]
+            else:
+                w = [nn.silu(radial @ w1_r[b] + b1_r[b]) @ w2_r[b] + bias[b] for b in range(2)]
             if chi is not None:
                 dchi = at(chi, neighbors) - at(chi, centers)
                 c = (dchi * dchi) @ contract
                 w = [w[b] + nn.silu(c @ w1_s[b] + b1_s[b]) @ w2_s[b] for b in range(2)]
             return w
 
-        def messages(cut, rbf, ylm, centers, neighbors):
+        def messages(cut, radial, ylm, centers, neighbors):
             """Sums over pairs [first half | reverses] per center: (N, F + D)."""
             n = cut.shape[0]
             h = n // 2
-            first = filters(rbf[:h], centers[:h], neighbors[:h])
-            # Without exact reverses, the second half's filters are evaluated (rematerialised,
-            # so that this costs nothing when the branch is not taken).
+            first = filters(radial[:h], centers[:h], neighbors[:h])
+            # Without exact reverses, the second half's filters are evaluated. The branch's
+            # residuals cost zero-filled buffers when it is not taken; rematerialised, they
+            # are its inputs, which is cheaper unless those include a spline table.
+            second_filters = filters if self.radial_knots else jax.checkpoint(filters)
             second = jax.lax.cond(
                 valid,
                 lambda: [jnp.zeros_like(a) for a in first],
-                lambda: jax.checkpoint(filters)(rbf[h:], centers[h:], neighbors[h:]),
+                lambda: second_filters(radial[h:], centers[h:], neighbors[h:]),
             )
             w = [jnp.concatenate([a, jnp.where(valid, a, b)]) for a, b in zip(first, second)]
             alpha = [
@@ -276,6 +294,11 @@ class So3krates(nn.Module):
     ``E_i = s_Z * MLP_out(x_i) + b_Z``; the float64 per-element reference energies e_Z are
     added outside the network (``so3krates.potential``), so that float32 models still resolve
     meV on totals of 10^4 eV.
+
+    ``radial_knots`` > 0 evaluates the radial filters from spline tables with that many
+    intervals (``so3krates.model.radial_table``): for inference, where the parameters are
+    fixed; the tables are parameters ``radial_table`` of each block, see
+    :func:`with_radial_tables`. 0 (the default, and what training uses) runs the network.
     """
 
     features: int = 128
@@ -291,6 +314,7 @@ class So3krates(nn.Module):
     energy_scale: float = 1.0
     num_elements: int = 119
     dtype: Any = jnp.float32
+    radial_knots: int = 0
 
     @nn.compact
     def __call__(self, numbers, vectors, centers, neighbors, pair_mask):
@@ -320,14 +344,17 @@ class So3krates(nn.Module):
             valid = jnp.asarray(False)
 
         def geometry(vectors, pair_mask, centers, neighbors):
-            """(cut, rbf, ylm, centers, neighbors) of (a chunk of) pairs, see EuclideanAttention."""
+            """(cut, radial, ylm, centers, neighbors) of (a chunk of) pairs, see EuclideanAttention."""
             # Padding pairs get a harmless unit-length vector so that no NaN reaches a gradient.
             safe = jnp.where(pair_mask[:, None], vectors, jnp.ones_like(vectors))
             d = jnp.sqrt(jnp.sum(safe * safe, axis=-1))
             cut = materialize(cutoff_function(self.cutoff_fn, d, self.cutoff) * pair_mask)
-            rbf = radial_basis(self.radial_basis, d, self.num_radial, self.cutoff).astype(dt)
+            if self.radial_knots:
+                radial = spline_coordinate(d, self.cutoff, self.radial_knots)
+            else:
+                radial = self.basis(d).astype(dt)
             ylm = spherical_harmonics(safe / d[:, None], self.degrees).astype(dt)
-            return cut, rbf, ylm, centers, neighbors
+            return cut, radial, ylm, centers, neighbors
 
         pair_inputs = (vectors, pair_mask, centers, neighbors)
         if pair_mask.shape[0] <= PAIR_CHUNK:  # geometry once for all blocks
@@ -344,7 +371,8 @@ class So3krates(nn.Module):
         for t in range(self.num_layers):
             x, chi = EuclideanAttention(
                 self.num_heads, self.degrees, self.num_radial, self.layer_norm,
-                self.residual_mlp, dt, name=f"attention_{t}",
+                self.residual_mlp, dt, self.radial_knots, self.basis, self.cutoff,
+                name=f"attention_{t}",
             )(x, chi, pair_inputs, pair_fn, valid)
             x, chi = Exchange(
                 self.degrees, self.layer_norm, self.residual_mlp, dt, name=f"exchange_{t}"
@@ -357,3 +385,26 @@ class So3krates(nn.Module):
         )
         shift = self.param("element_shift", nn.initializers.zeros, (self.num_elements,), dt)
         return scale[numbers] * out + shift[numbers]
+
+    @property
+    def basis(self):
+        """The radial basis: distances d (P,) in Å -> (P, num_radial)."""
+        return functools.partial(radial_basis, self.radial_basis, num=self.num_radial,
+                                 cutoff=self.cutoff)
+
+
+def with_radial_tables(module: So3krates, params: dict) -> dict:
+    """``params`` plus the spline tables of the radial filters that ``module`` (with
+    ``radial_knots`` > 0) reads; the network parameters are unchanged. Returns ``params``
+    itself when the module runs the network (``radial_knots`` == 0)."""
+    if not module.radial_knots:
+        return params
+    out = dict(params)
+    for t in range(module.num_layers):
+        block = dict(params[f"attention_{t}"])
+        block["radial_table"] = radial_filter_table(
+            block["radial_kernel_1"], block["radial_bias_1"], block["radial_kernel_2"],
+            module.basis, module.cutoff, module.radial_knots, module.dtype,
+        )
+        out[f"attention_{t}"] = block
+    return out

@@ -439,7 +439,7 @@ def _finish_plots(output: Path, valid_set: Dataset, valid_graphs: GraphDataset, 
     plots.mkdir(exist_ok=True)
     if (output / METRICS_FILE).exists():
         plot_learning_curves(output / METRICS_FILE, plots / "learning_curves.png")
-    model = load_model(output)
+    model = load_model(output, radial_knots=0)  # ``predict`` runs the network itself
     e, f = predict_dataset(predict, model.params, valid_graphs)
     plot_parity(valid_set.energy, e, np.concatenate(valid_set.forces), np.concatenate(f),
                 plots / "parity_valid.png", title="validation set (best EMA weights)")
