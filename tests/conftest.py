@@ -11,7 +11,7 @@ import pytest
 import so3krates  # noqa: F401  (enables float64)
 from so3krates.batching import single_graph
 from so3krates.config import ModelConfig
-from so3krates.model import with_radial_tables
+from so3krates.model import inference_params
 from so3krates.model_io import build_module, init_params
 from so3krates.potential import make_predict_fn
 
@@ -72,7 +72,7 @@ def tiny_predict():
         module, params = init_model(cfg, graph, seed)
         if radial_knots:
             module = build_module(cfg, energy_scale=1.0, radial_knots=radial_knots)
-            params = with_radial_tables(module, params)
+            params = inference_params(module, params)
         return jax.jit(make_predict_fn(module, np.zeros(119))), params, cfg
 
     return make

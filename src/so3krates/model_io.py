@@ -20,7 +20,7 @@ from flax import serialization
 from so3krates.compile import jit
 from so3krates.config import ModelConfig, dump_yaml
 from so3krates.fileio import atomic_write_bytes
-from so3krates.model import So3krates, with_radial_tables
+from so3krates.model import So3krates, inference_params
 from so3krates.model.radial_table import DEFAULT_KNOTS
 from so3krates.potential import make_predict_fn
 
@@ -133,7 +133,7 @@ class Model:
         if self.radial_knots is None:
             self.radial_knots = default_radial_knots(self.dtype)
         self.module = build_module(self.config, self.energy_scale, self.dtype, self.radial_knots)
-        self.inference_params = with_radial_tables(self.module, self.params)
+        self.inference_params = inference_params(self.module, self.params)
         self.predict_fn = jit(make_predict_fn(self.module, reference_table(self.reference_energies)))
 
     @property

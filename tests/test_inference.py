@@ -1,4 +1,5 @@
-"""Spline-tabulated radial filters (inference): exact on cubics, close to the network."""
+"""Inference parameters: spline-tabulated radial filters (exact on cubics, close to the
+network) and stored transposed kernels (same values and gradients)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 from conftest import ethanol_frames
 from so3krates.batching import Capacity, pack
 from so3krates.model.radial_table import R_MIN, evaluate_table, hermite_table, spline_coordinate
+from so3krates.model.so3krates import matmul_with_transpose
 from so3krates.model_io import default_radial_knots, load_model
 from so3krates.neighbours import neighbour_list
 
@@ -95,3 +97,17 @@ def test_loaded_models_tabulate_in_float32_only(trained_model_dir):
         f32_noise = np.abs(f_x - f_64).max()
         assert abs(e_t - e_64) < 1e-4
         assert np.abs(f_t - f_64).max() <= max(3 * f32_noise, 1e-5)
+
+
+def test_matmul_with_transpose_has_the_plain_gradients():
+    rng = np.random.default_rng(0)
+    x, w = jnp.asarray(rng.normal(size=(7, 5))), jnp.asarray(rng.normal(size=(5, 3)))
+
+    def loss(f):
+        return lambda x, w: jnp.sum(jnp.sin(f(x, w)) ** 2)
+
+    plain = loss(lambda x, w: x @ w)
+    stored = loss(lambda x, w: matmul_with_transpose(x, w, w.T))
+    np.testing.assert_allclose(stored(x, w), plain(x, w), rtol=1e-15)
+    for a, b in zip(jax.grad(stored, (0, 1))(x, w), jax.grad(plain, (0, 1))(x, w)):
+        np.testing.assert_allclose(a, b, rtol=1e-13)
