@@ -66,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="trained model directory (speed default: fresh reference-size parameters)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="precision of the network (default float32)")
+    p.add_argument("--radial-knots", type=int, default=None,
+                   help="spline intervals of the radial filters; 0: the exact network "
+                        "(default: the package's, tabulated in float32)")
     p.add_argument("--timestep", type=float, default=0.5, help="fs (default 0.5)")
     p.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs (default 0.01)")
     p.add_argument("--skin", type=float, default=1.0, help="Verlet skin, Å (default 1.0)")
@@ -143,7 +146,7 @@ def get_model(args: argparse.Namespace, molecule):
 
     if args.model is not None:
         log(f"loading model {args.model} ({args.dtype})")
-        return load_model(args.model, dtype=args.dtype), str(args.model)
+        return load_model(args.model, dtype=args.dtype, radial_knots=args.radial_knots), str(args.model)
     log(f"fresh model with the reference hyperparameters ({args.dtype}, seed {args.seed})")
     config = reference_model_config(args.dtype)
     return _aspirin.fresh_model(config, molecule, Path("fresh"), args.seed), None
@@ -363,7 +366,7 @@ def stability_run(job: dict[str, Any]) -> dict[str, Any]:
     tag = f"T={temperature:g} K seed {seed}"
     t_start = time.perf_counter()
     atoms = ase.io.read(Path(a["data_dir"]) / TEST_FILE, index=0)
-    model = load_model(a["model"], dtype=a["dtype"])
+    model = load_model(a["model"], dtype=a["dtype"], radial_knots=a["radial_knots"])
     system = System.from_atoms(atoms)
     ensemble = Ensemble("langevin", timestep=a["timestep"], temperature=temperature,
                         friction=a["friction"])
@@ -433,7 +436,7 @@ def run_stability(args: argparse.Namespace) -> dict[str, Any]:
     """The runs (temperatures × seeds), serially or in ``--parallel`` processes."""
     shared = {
         "data_dir": str(args.data_dir), "model": str(args.model), "dtype": args.dtype,
-        "timestep": args.timestep, "friction": args.friction, "skin": args.skin,
+        "radial_knots": args.radial_knots, "timestep": args.timestep, "friction": args.friction, "skin": args.skin,
         "stride": args.stride, "chunk_frames": args.chunk_frames, "time_ps": args.time_ps,
         "traj_dir": str(args.traj_dir) if args.traj_dir else None, "traj_every": args.traj_every,
         "log_every_ps": args.log_every_ps,

@@ -13,6 +13,7 @@ from ase.optimize import BFGS
 from ase import units
 
 import so3krates
+from so3krates.batching import single_graph
 from so3krates.calculator import So3kratesCalculator
 from so3krates.data import read_dataset
 from so3krates.datasets import shipped_dataset_path
@@ -63,7 +64,7 @@ def test_md_and_optimizer_without_recompiling(trained_model_dir):
     atoms.set_momenta(np.random.default_rng(0).normal(size=(len(atoms), 3)) * 0.3)
     e0 = atoms.get_total_energy()
     VelocityVerlet(atoms, 0.25 * units.fs).run(60)
-    assert model.predict_fn._cache_size() == 1, "atoms moving must not recompile"
+    assert atoms.calc.compiled_variants() == 1, "atoms moving must not recompile"
     assert abs(atoms.get_total_energy() - e0) < 5e-3  # NVE, float64, short run
     atoms.positions += np.random.default_rng(1).normal(size=(len(atoms), 3)) * 0.05
     e_start, f_start = atoms.get_potential_energy(), np.abs(atoms.get_forces()).max()
@@ -72,7 +73,40 @@ def test_md_and_optimizer_without_recompiling(trained_model_dir):
     BFGS(atoms, logfile=None, maxstep=0.05).run(fmax=1e-3, steps=15)
     assert atoms.get_potential_energy() < e_start
     assert np.abs(atoms.get_forces()).max() < f_start
-    assert model.predict_fn._cache_size() == 1
+    assert atoms.calc.compiled_variants() == 1
+
+
+def host_prediction(model, atoms):
+    """Energy, forces, per-atom energies from a host neighbour list (``single_graph``)."""
+    graph, _ = single_graph(atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc,
+                            model.cutoff, dtype=np.dtype(model.dtype))
+    pred = model.predict(graph)
+    n = len(atoms)
+    return float(pred.energy[0]), np.asarray(pred.forces[:n]), np.asarray(pred.atomic_energies[:n])
+
+
+def test_molecule_neighbour_list_on_device_grows_and_equals_host_list(trained_model_dir):
+    """Molecules keep a Verlet list on the device; one that is too small grows (it never
+    drops pairs) and the results equal those from a host neighbour list."""
+    model = load_model(trained_model_dir, "float64")
+    atoms = ethanol_atoms(2)
+    calc = atoms.calc = model.calculator()
+    atoms.get_forces()
+    evaluator = calc._molecule
+    evaluator.spec = evaluator.spec._replace(capacity=8, verlet_capacity=16, max_neighbours=2)
+    evaluator._nbrs = None
+    for step in range(3):  # the first call overflows and grows; atoms then move
+        atoms.positions += np.random.default_rng(step).normal(size=(len(atoms), 3)) * 0.02
+        e, f, ei = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_potential_energies()
+        e_host, f_host, ei_host = host_prediction(model, atoms)
+        assert abs(e - e_host) <= 1e-12 * abs(e_host)
+        np.testing.assert_allclose(f, f_host, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(ei, ei_host, rtol=0, atol=1e-10)
+    assert evaluator.spec.capacity >= len(atoms) * (len(atoms) - 1) // 2
+    # A periodic cell goes through the host neighbour list.
+    atoms.cell, atoms.pbc = np.eye(3) * 9.0, True
+    e_pbc = atoms.get_potential_energy()
+    assert calc._molecule is None and abs(e_pbc - host_prediction(model, atoms)[0]) < 1e-12 * abs(e_pbc)
 
 
 def test_unknown_element_is_a_clear_error(trained_model_dir):

@@ -1,7 +1,13 @@
 """ASE calculator for SO3krates models.
 
-Compiles once per size bucket: the padded capacity (atoms, pairs) only grows, with headroom,
-so moving atoms and small changes of the neighbour count never trigger recompilation.
+Molecules (no periodic direction) keep their neighbour list on the device: a Verlet list with
+a skin, rebuilt inside the compiled call only when some atom has moved more than half the
+skin, so one call transfers the positions in and the results out and nothing else (no host
+neighbour search, no padding on the host). Periodic systems, whose cell may change between
+calls (NPT, cell relaxation), get their pairs from a host neighbour list (``vesin``) instead.
+
+Either way the calculator compiles once per size: the padded capacities only grow (with
+headroom), so moving atoms and small changes of the neighbour count never recompile.
 """
 
 from __future__ import annotations
@@ -9,10 +15,68 @@ from __future__ import annotations
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
 from so3krates.batching import Capacity, single_graph
+from so3krates.compile import jit
+from so3krates.md import neighbours as nl
+from so3krates.md.system import System, graph
+from so3krates.model_io import reference_table
+from so3krates.potential import make_predict_fn
+
+DEFAULT_SKIN = 0.5  # Å: Verlet skin of the device neighbour list of molecules
+
+
+class MoleculeEvaluator:
+    """Energy, forces and per-atom energies of one molecule (fixed atoms, free boundaries) at
+    any positions, with the neighbour list kept on the device between calls.
+
+    Args:
+        model: a loaded :class:`so3krates.model_io.Model`.
+        numbers: atomic numbers, (N,).
+        positions: start positions in Å, (N, 3), to size the neighbour list.
+        skin: Verlet skin in Å.
+    """
+
+    def __init__(self, model, numbers: np.ndarray, positions: np.ndarray, skin: float = DEFAULT_SKIN):
+        self.model = model
+        self.system = System.from_numbers(numbers)
+        self.spec = nl.allocate(positions, self.system.cell, self.system.pbc, model.cutoff, skin)
+        self._nbrs = None
+        predict = make_predict_fn(model.module, reference_table(model.reference_energies))
+        system, n, dtype = self.system, len(numbers), jnp.dtype(model.dtype)
+        cell = jnp.zeros((3, 3), dtype)
+
+        def evaluate(params, positions, nbrs, spec):
+            positions = positions.astype(dtype)
+            nbrs = nl.update(positions, cell, nbrs, spec)
+            pred = predict(params, graph(positions, system, nbrs))
+            return (pred.energy[0], pred.forces[:n], pred.atomic_energies[:n], nbrs.overflow), nbrs
+
+        self._build = jit(lambda positions, spec: nl.build(positions.astype(dtype), cell, spec),
+                          static_argnames="spec")
+        self._evaluate = jit(evaluate, static_argnames="spec")
+
+    def __call__(self, positions: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        """``(energy eV, forces (N, 3) eV/Å, per-atom energies (N,) eV)`` as float64 NumPy."""
+        positions = jnp.asarray(np.asarray(positions, dtype=np.float64))
+        while True:
+            if self._nbrs is None:
+                self._nbrs = self._build(positions, self.spec)
+            out, nbrs = self._evaluate(self.model.inference_params, positions, self._nbrs, self.spec)
+            energy, forces, energies, overflow = jax.device_get(out)
+            if not overflow:
+                self._nbrs = nbrs
+                return float(energy), forces.astype(np.float64), energies.astype(np.float64)
+            # More pairs than allocated: grow, rebuild, and evaluate again (never drop pairs).
+            self.spec = nl.grow(self.spec, nbrs)
+            self._nbrs = None
+
+    def compiled_variants(self) -> int:
+        """How many shapes the evaluation has been compiled for (1 unless it had to grow)."""
+        return self._evaluate._cache_size()
 
 
 class So3kratesCalculator(Calculator):
@@ -21,42 +85,52 @@ class So3kratesCalculator(Calculator):
     Args:
         model: a loaded :class:`so3krates.model_io.Model` or a model directory.
         dtype: ``"float32"`` or ``"float64"`` when loading from a directory.
+        skin: Verlet skin in Å of the device neighbour list of molecules.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "energies"]
 
-    def __init__(self, model, dtype: str | None = None, **kwargs):
+    def __init__(self, model, dtype: str | None = None, skin: float = DEFAULT_SKIN, **kwargs):
         super().__init__(**kwargs)
         if isinstance(model, (str, os.PathLike)):
             from so3krates.model_io import load_model
 
             model = load_model(model, dtype=dtype)
         self.model = model
+        self.skin = skin
         self._capacity: Capacity | None = None
-        self._np_dtype = np.dtype(model.dtype)
+        self._molecule: MoleculeEvaluator | None = None
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
-        numbers = atoms.numbers
         if "numbers" in system_changes:
-            self.model.check_elements(numbers)
-        graph, self._capacity = single_graph(
-            numbers,
-            atoms.positions,
-            atoms.cell[:],
-            atoms.pbc,
-            self.model.cutoff,
-            self._capacity,
-            dtype=self._np_dtype,
+            self.model.check_elements(atoms.numbers)
+        if atoms.pbc.any():
+            self._molecule = None
+            energy, forces, energies = self._periodic(atoms)
+        else:
+            if self._molecule is None or {"numbers", "pbc"} & set(system_changes):
+                self._molecule = MoleculeEvaluator(self.model, atoms.numbers, atoms.positions,
+                                                   self.skin)
+            energy, forces, energies = self._molecule(atoms.positions)
+        self.results = {"energy": energy, "free_energy": energy, "forces": forces,
+                        "energies": energies}
+
+    def _periodic(self, atoms) -> tuple[float, np.ndarray, np.ndarray]:
+        graph_, self._capacity = single_graph(
+            atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc, self.model.cutoff,
+            self._capacity, dtype=np.dtype(self.model.dtype),
         )
         # One device-to-host transfer for all outputs, then slice off the padding on the host.
-        pred = jax.device_get(self.model.predict(graph))
+        pred = jax.device_get(self.model.predict(graph_))
         n = len(atoms)
-        energy = float(pred.energy[0])
-        self.results = {
-            "energy": energy,
-            "free_energy": energy,
-            "forces": pred.forces[:n].astype(np.float64),
-            "energies": pred.atomic_energies[:n].astype(np.float64),
-        }
+        return (float(pred.energy[0]), pred.forces[:n].astype(np.float64),
+                pred.atomic_energies[:n].astype(np.float64))
+
+    def compiled_variants(self) -> int:
+        """Shapes this calculator's evaluation has been compiled for: the molecule evaluator's,
+        or for periodic systems the model's ``predict_fn`` (shared by its calculators)."""
+        if self._molecule is not None:
+            return self._molecule.compiled_variants()
+        return self.model.predict_fn._cache_size()
