@@ -15,7 +15,11 @@ cost of (P, F) kernels, and large ones by memory traffic):
 - queries, keys and values of both attention branches come from one matmul; per-pair arrays
   are never sliced along their feature axis (whose gradients cost zero-padding kernels);
 - with many pairs, each block's pair work runs in rematerialised chunks, so that no (P, F)
-  intermediate outlives its chunk (fresh large buffers cost page faults on every call).
+  intermediate outlives its chunk (fresh large buffers cost page faults on every call);
+- for inference (``radial_knots`` > 0, fixed parameters) the radial filters come from spline
+  tables, and the q/k/v kernels and the transposes of all kernels are stored (see
+  :func:`inference_params`): the forces' backward pass then never multiplies by a transposed
+  operand, which XLA:CPU does several times slower.
 """
 
 from __future__ import annotations
