@@ -94,6 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compare-xla-defaults", action="store_true",
                    help="also time the jitted function compiled with XLA's default options, "
                         "interleaved with the package's (time_ms_vs_xla_defaults)")
+    p.add_argument("--cpu", type=int, metavar="CORE",
+                   help="with --timing-only: compute on this CPU core only, one XLA thread "
+                        "(as `so3krates md --cpu`; small molecules run faster so)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config override, e.g. --set model.features=64 (repeatable)")
     return p.parse_args(argv)
@@ -330,6 +333,12 @@ def training_fields(result) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the JSON result on stdout."""
     args = parse_args(argv)
+    if args.cpu is not None:
+        if not args.timing_only:
+            raise SystemExit("--cpu needs --timing-only (training uses both cores)")
+        from so3krates.compile import use_one_cpu_thread
+
+        use_one_cpu_thread(core=args.cpu)  # before JAX starts
     import ase.io
 
     import so3krates  # noqa: F401  (enables float64 in JAX)
@@ -358,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "machine": machine_info(),
         "mode": "timing_only" if args.timing_only else "train_and_test",
+        "cpu_core": args.cpu,
         "budget_minutes": None if args.timing_only else args.max_time,
         **training_fields(result),
         "n_params": count_params(model.params),
