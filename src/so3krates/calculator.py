@@ -22,9 +22,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from so3krates.batching import Capacity, single_graph
 from so3krates.compile import jit
 from so3krates.md import neighbours as nl
-from so3krates.md.system import System, graph
-from so3krates.model_io import reference_table
-from so3krates.potential import make_predict_fn
+from so3krates.md.system import System, model_prediction_fn
 
 DEFAULT_SKIN = 0.5  # Å: Verlet skin of the device neighbour list of molecules
 
@@ -41,21 +39,17 @@ class MoleculeEvaluator:
     """
 
     def __init__(self, model, numbers: np.ndarray, positions: np.ndarray, skin: float = DEFAULT_SKIN):
-        self.model = model
-        self.system = System.from_numbers(numbers)
-        self.spec = nl.allocate(positions, self.system.cell, self.system.pbc, model.cutoff, skin)
+        system = System.from_numbers(numbers)
+        self.spec = nl.allocate(positions, system.cell, system.pbc, model.cutoff, skin)
         self._nbrs = None
-        predict = make_predict_fn(model.module, reference_table(model.reference_energies))
-        system, n, dtype = self.system, len(numbers), jnp.dtype(model.dtype)
-        cell = jnp.zeros((3, 3), dtype)
+        prediction_fn = model_prediction_fn(model, system)
+        cell = jnp.zeros((3, 3))
 
-        def evaluate(params, positions, nbrs, spec):
-            positions = positions.astype(dtype)
+        def evaluate(positions, nbrs, spec):
             nbrs = nl.update(positions, cell, nbrs, spec)
-            pred = predict(params, graph(positions, system, nbrs))
-            return (pred.energy[0], pred.forces[:n], pred.atomic_energies[:n], nbrs.overflow), nbrs
+            return (*prediction_fn(positions, nbrs), nbrs.overflow), nbrs
 
-        self._build = jit(lambda positions, spec: nl.build(positions.astype(dtype), cell, spec),
+        self._build = jit(lambda positions, spec: nl.build(positions, cell, spec),
                           static_argnames="spec")
         self._evaluate = jit(evaluate, static_argnames="spec")
 
@@ -65,11 +59,11 @@ class MoleculeEvaluator:
         while True:
             if self._nbrs is None:
                 self._nbrs = self._build(positions, self.spec)
-            out, nbrs = self._evaluate(self.model.inference_params, positions, self._nbrs, self.spec)
+            out, nbrs = self._evaluate(positions, self._nbrs, self.spec)
             energy, forces, energies, overflow = jax.device_get(out)
             if not overflow:
                 self._nbrs = nbrs
-                return float(energy), forces.astype(np.float64), energies.astype(np.float64)
+                return float(energy), forces, energies.astype(np.float64)
             # More pairs than allocated: grow, rebuild, and evaluate again (never drop pairs).
             self.spec = nl.grow(self.spec, nbrs)
             self._nbrs = None

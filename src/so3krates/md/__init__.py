@@ -9,9 +9,9 @@ runs with the ``stability`` monitor) → ``run`` (the ``so3krates md`` command),
 from so3krates.md.engine import Frames, RunSummary, Simulation
 from so3krates.md.integrators import Ensemble
 from so3krates.md.stability import StabilityCriteria
-from so3krates.md.system import System, model_force_fn, positions_force_fn
+from so3krates.md.system import System, model_force_fn, model_prediction_fn, positions_force_fn
 
 __all__ = [
     "Ensemble", "Frames", "RunSummary", "Simulation", "StabilityCriteria", "System",
-    "model_force_fn", "positions_force_fn",
+    "model_force_fn", "model_prediction_fn", "positions_force_fn",
 ]

@@ -92,11 +92,12 @@ def graph(positions: jnp.ndarray, system: System, nbrs: Neighbours) -> Graph:
     )
 
 
-def model_force_fn(model, system: System) -> ForceFn:
-    """``force_fn(positions (N,3), nbrs) -> (energy eV float64 scalar, forces (N,3) eV/Å)``.
+def model_prediction_fn(model, system: System):
+    """``fn(positions (N,3), nbrs) -> (energy eV float64 scalar, forces (N,3) eV/Å, per-atom
+    energies (N,) eV float64)`` of a trained model on in-loop neighbours.
 
-    The integrators keep positions and velocities in float64 (cheap next to the model); the
-    network sees them in the model's dtype and its forces come back as float64.
+    The network sees positions in the model's dtype; forces come back in the positions' dtype
+    (the integrators keep positions and velocities in float64, cheap next to the model).
 
     Args:
         model: a loaded :class:`so3krates.model_io.Model` (its dtype sets the precision).
@@ -107,9 +108,21 @@ def model_force_fn(model, system: System) -> ForceFn:
     params, n = model.inference_params, system.n_atoms
     dtype = jnp.dtype(model.dtype)
 
-    def force_fn(positions, nbrs):
+    def prediction_fn(positions, nbrs):
         pred = predict(params, graph(positions.astype(dtype), system, nbrs))
-        return pred.energy[0], pred.forces[:n].astype(positions.dtype)
+        return pred.energy[0], pred.forces[:n].astype(positions.dtype), pred.atomic_energies[:n]
+
+    return prediction_fn
+
+
+def model_force_fn(model, system: System) -> ForceFn:
+    """``force_fn(positions (N,3), nbrs) -> (energy eV float64 scalar, forces (N,3) eV/Å)``:
+    :func:`model_prediction_fn` without the per-atom energies."""
+    prediction_fn = model_prediction_fn(model, system)
+
+    def force_fn(positions, nbrs):
+        energy, forces, _ = prediction_fn(positions, nbrs)
+        return energy, forces
 
     return force_fn
 
