@@ -1,4 +1,5 @@
-"""``jit``: ``jax.jit`` with the package's XLA compile options.
+"""``jit``: ``jax.jit`` with the package's XLA compile options (and ``materialize``, a fusion
+barrier).
 
 XLA:CPU in jaxlib 0.10 hands dots and some reductions to YNNPACK ("library fusions") by
 default. Inside the scanned loop over pair chunks that systems of more than a few hundred
@@ -22,6 +23,7 @@ import os
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 
 CPU_COMPILER_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type": "",  # an empty list of library fusion types: none
@@ -119,3 +121,15 @@ def use_one_cpu_thread(core: int | None = None) -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     if SINGLE_THREAD_XLA_FLAGS not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} {SINGLE_THREAD_XLA_FLAGS}".strip()
+
+
+def materialize(a: jnp.ndarray) -> jnp.ndarray:
+    """Identity on (P, ...) arrays that XLA cannot fuse into its consumers.
+
+    XLA:CPU otherwise re-evaluates cheap-looking producers (e.g. the cosine of the cutoff, or
+    a gather's indices) inside every kernel they feed, once per element, forward and backward.
+    An identity scatter is opaque to fusion (``optimization_barrier`` is stripped before
+    fusion on CPU).
+    """
+    idx = jnp.arange(a.shape[0])
+    return jnp.zeros_like(a).at[idx].set(a, indices_are_sorted=True, unique_indices=True)

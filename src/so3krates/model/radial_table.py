@@ -26,6 +26,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from so3krates.compile import materialize
+
 R_MIN = 0.1  # Å: the table starts here (no two atoms get this close)
 DEFAULT_KNOTS = 1024
 
@@ -62,7 +64,7 @@ def evaluate_table(table: jnp.ndarray, s: jnp.ndarray) -> jnp.ndarray:
     knots = table.shape[0]
     i = jax.lax.stop_gradient(jnp.minimum(jnp.floor(s), knots - 1))
     t = (s - i).astype(table.dtype)
-    i = _opaque(i.astype(jnp.int32))
+    i = materialize(i.astype(jnp.int32))  # the gather reads indices, not recomputes them
     c = table.at[i].get(mode="promise_in_bounds")  # (P, 4, ...)
     t = t.reshape(t.shape + (1,) * (c.ndim - 2))
     return c[:, 0] + t * (c[:, 1] + t * (c[:, 2] + t * c[:, 3]))
@@ -94,13 +96,6 @@ def radial_filter_table(
         return jnp.einsum("mbf,bfg->mbg", h, w2)
 
     return hermite_table(curve, cutoff, knots).astype(dtype)
-
-
-def _opaque(a: jnp.ndarray) -> jnp.ndarray:
-    """Identity that XLA cannot fuse into consumers (an identity scatter): the gather then
-    reads precomputed indices instead of recomputing them for every gathered element."""
-    idx = jnp.arange(a.shape[0])
-    return jnp.zeros_like(a).at[idx].set(a, indices_are_sorted=True, unique_indices=True)
 
 
 __all__ = [

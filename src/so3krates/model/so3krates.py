@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from so3krates.compile import materialize
 from so3krates.model.basis import (
     cutoff_function,
     degree_index,
@@ -51,17 +52,6 @@ def degree_contraction_matrix(degrees: Sequence[int]) -> np.ndarray:
     m = np.zeros((len(idx), len(degrees)))
     m[np.arange(len(idx)), idx] = 1.0 / np.sqrt(2 * np.asarray(degrees)[idx] + 1)
     return m
-
-
-def materialize(a: jnp.ndarray) -> jnp.ndarray:
-    """Identity on (P, ...) arrays that XLA cannot fuse into its consumers.
-
-    XLA:CPU otherwise re-evaluates cheap-looking producers (e.g. the cosine of the cutoff)
-    inside every (P, F) kernel they are broadcast into, forward and backward. An identity
-    scatter is opaque to fusion (``optimization_barrier`` is stripped before fusion on CPU).
-    """
-    idx = jnp.arange(a.shape[0])
-    return jnp.zeros_like(a).at[idx].set(a, indices_are_sorted=True, unique_indices=True)
 
 
 def reverse_pair_order(centers, neighbors, vectors, pair_mask, n_atoms: int):
@@ -135,6 +125,16 @@ def qkv_kernel(inv_qkv: jnp.ndarray, ev_qk: jnp.ndarray) -> jnp.ndarray:
     return jnp.concatenate([block_diagonal(inv_qkv), block_diagonal(ev_qk)], 1)
 
 
+def derived_param(module: nn.Module, name: str) -> jnp.ndarray:
+    """A parameter that :func:`inference_params` derives from the network's (inference)."""
+    value = module.get_variable("params", name)
+    if value is None:
+        raise ValueError(f"{module.name or type(module).__name__}: no parameter {name!r}; a "
+                         "module with radial_knots > 0 reads parameters derived from the "
+                         "network's: pass so3krates.model.inference_params(module, params)")
+    return value
+
+
 class Dense(nn.Module):
     """``x @ kernel + bias`` (parameters as in ``flax.linen.Dense``); with ``transposed`` the
     kernel's transpose is a parameter ``kernel_t`` as well (inference, see
@@ -150,8 +150,7 @@ class Dense(nn.Module):
                             self.dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.dtype)
         if self.transposed:
-            kernel_t = self.param("kernel_t", lambda _: kernel.T)
-            return matmul_with_transpose(x, kernel, kernel_t) + bias
+            return matmul_with_transpose(x, kernel, derived_param(self, "kernel_t")) + bias
         return x @ kernel + bias
 
 
@@ -188,9 +187,9 @@ class EuclideanAttention(nn.Module):
     (``inv_qkv``, H heads), query/key blocks (2, |L|, F/|L|, F/|L|) of the EV branch (``ev_qk``,
     one head per degree); for both branches the radial MLP K -> F -> F (``radial_*``) and the
     MLP |L| -> F/4 -> F of C(chi_j - chi_i) (``ev_filter_*``), stacked on a leading axis.
-    With ``radial_knots`` > 0 the radial MLPs are evaluated from a spline table of them
-    (``radial_table``, computed from ``radial_*`` by :func:`radial_filter_table`), for
-    inference with fixed parameters.
+    With ``radial_knots`` > 0 (inference) the radial MLPs are evaluated from a spline table
+    of them (``radial_table``) and the kernels' transposes are read, all derived from the
+    network's parameters by :func:`inference_params`.
     """
 
     num_heads: int
@@ -199,9 +198,7 @@ class EuclideanAttention(nn.Module):
     layer_norm: bool = False
     residual_mlp: bool = True
     dtype: Any = jnp.float32
-    radial_knots: int = 0
-    radial_basis_fn: Any = None  # d (P,) -> (P, K); needed with radial_knots
-    cutoff: float = 5.0
+    radial_knots: int = 0  # > 0: inference, reads the parameters of ``inference_params``
 
     @nn.compact
     def __call__(self, x, chi, pair_inputs, pair_fn, valid):
@@ -218,9 +215,8 @@ class EuclideanAttention(nn.Module):
         inv_qkv = self.param("inv_qkv", lecun_blocks, (3, heads[0], f // heads[0], f // heads[0]), dt)
         ev_qk = self.param("ev_qk", lecun_blocks, (2, heads[1], f // heads[1], f // heads[1]), dt)
         if self.radial_knots:  # inference: kernels precomputed, see ``inference_params``
-            kernel = self.param("qkv_kernel", lambda _: qkv_kernel(inv_qkv, ev_qk))
-            kernel_t = self.param("qkv_kernel_t", lambda _: qkv_kernel(inv_qkv, ev_qk).T)
-            qkv = matmul_with_transpose(x, kernel, kernel_t)
+            qkv = matmul_with_transpose(x, derived_param(self, "qkv_kernel"),
+                                        derived_param(self, "qkv_kernel_t"))
         else:
             qkv = x @ qkv_kernel(inv_qkv, ev_qk)
         q_atoms = [nn.silu(qkv[:, :f]), nn.silu(qkv[:, 3 * f : 4 * f])]
@@ -232,9 +228,6 @@ class EuclideanAttention(nn.Module):
         b1_r = self.param("radial_bias_1", zeros, (2, f), dt)
         w2_r = self.param("radial_kernel_2", lecun, (2, f, f), dt)
         b2_r = self.param("radial_bias_2", zeros, (2, f), dt)
-        if self.radial_knots:
-            table = self.param("radial_table", lambda _: radial_filter_table(
-                w1_r, b1_r, w2_r, self.radial_basis_fn, self.cutoff, self.radial_knots, dt))
         w1_s = self.param("ev_filter_kernel_1", lecun, (2, len(self.degrees), fs), dt)
         b1_s = self.param("ev_filter_bias_1", zeros, (2, fs), dt)
         w2_s = self.param("ev_filter_kernel_2", lecun, (2, fs, f), dt)
@@ -249,8 +242,9 @@ class EuclideanAttention(nn.Module):
             return a.at[idx].get(mode="promise_in_bounds")
 
         if self.radial_knots:  # inference: transposed kernels stored, see ``Dense``
-            w1_s_t = self.param("ev_filter_kernel_1_t", lambda _: jnp.swapaxes(w1_s, 1, 2))
-            w2_s_t = self.param("ev_filter_kernel_2_t", lambda _: jnp.swapaxes(w2_s, 1, 2))
+            table = derived_param(self, "radial_table")
+            w1_s_t = derived_param(self, "ev_filter_kernel_1_t")
+            w2_s_t = derived_param(self, "ev_filter_kernel_2_t")
 
             def ev_mlp(c, b):
                 h = nn.silu(matmul_with_transpose(c, w1_s[b], w1_s_t[b]) + b1_s[b])
@@ -441,8 +435,7 @@ class So3krates(nn.Module):
         for t in range(self.num_layers):
             x, chi = EuclideanAttention(
                 self.num_heads, self.degrees, self.num_radial, self.layer_norm,
-                self.residual_mlp, dt, self.radial_knots, self.basis, self.cutoff,
-                name=f"attention_{t}",
+                self.residual_mlp, dt, self.radial_knots, name=f"attention_{t}",
             )(x, chi, pair_inputs, pair_fn, valid)
             x, chi = Exchange(
                 self.degrees, self.layer_norm, self.residual_mlp, dt, self.radial_knots > 0,
@@ -467,8 +460,9 @@ class So3krates(nn.Module):
 
 def inference_params(module: So3krates, params: dict) -> dict:
     """``params`` plus what ``module`` (with ``radial_knots`` > 0) reads precomputed instead of
-    deriving it from them at every call: the spline tables of the radial filters and the
-    q/k/v kernels. The network parameters are unchanged. Returns ``params`` itself when the
+    deriving it from them at every call (its ``derived_param`` s, made here only): the spline
+    tables of the radial filters, the q/k/v kernels and the kernels' transposes. The network
+    parameters are unchanged. Returns ``params`` itself when the
     module runs the network (``radial_knots`` == 0)."""
     if not module.radial_knots:
         return params
