@@ -308,6 +308,8 @@ def error_fields(metrics: dict | None) -> dict[str, Any]:
         "test_energy_rmse_meV": "energy_rmse",
         "test_forces_mae_meV_per_A": "forces_mae",
         "test_forces_rmse_meV_per_A": "forces_rmse",
+        "test_energy_max_error_meV": "energy_max_error",
+        "test_forces_max_error_meV_per_A": "forces_max_error",
     }
     out: dict[str, Any] = {k: (None if metrics is None else 1e3 * metrics[v]) for k, v in keys.items()}
     out["n_test"] = None if metrics is None else metrics["n_structures"]

@@ -92,8 +92,10 @@ def test_nan_predictions_are_not_skipped_like_nan_labels():
     assert de.tolist() == [0.5] and df.size == 14 and np.isfinite(df).all()
     m = error_metrics(data, np.array([1.5, 7.0]), pred_f)
     assert m["forces_mae"] == 6 * 0.5 / 14 and m["energy_mae"] == 0.5
+    assert m["forces_max_error"] == 0.5 and m["energy_max_error"] == 0.5
     pred_f[1][2, 1] = np.nan  # a diverged model: every force metric says so
-    assert np.isnan(error_metrics(data, np.array([1.5, 7.0]), pred_f)["forces_mae"])
+    m = error_metrics(data, np.array([1.5, 7.0]), pred_f)
+    assert np.isnan(m["forces_mae"]) and np.isnan(m["forces_max_error"])
     assert np.isnan(error_metrics(data, np.array([np.nan, 7.0]), pred_f)["energy_mae"])
 
 
@@ -161,6 +163,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
     metrics = json.loads((tmp_path / "eval.json").read_text())
     for key in ("energy_mae", "energy_rmse", "energy_mae_per_atom", "forces_mae", "forces_rmse"):
         assert np.isfinite(metrics[key]) and metrics[key] > 0
+    assert metrics["forces_max_error"] >= metrics["forces_rmse"] >= metrics["forces_mae"]
     assert metrics["n_structures"] == 40 and metrics["split"] == "test"
     assert (tmp_path / "eval.png").exists() and "forces_mae" in out.stdout
 
@@ -301,6 +304,49 @@ def test_cosine_schedule_falls_from_one_to_decay_rate_over_the_horizon():
     assert lr[2] == pytest.approx(1e-3 * (1 + 0.05) / 2, rel=1e-5)  # halfway: the mean
     assert lr[4] == pytest.approx(5e-5, rel=1e-5) and lr[5] == pytest.approx(5e-5, rel=1e-5)
     assert all(a > b for a, b in zip(lr[:4], lr[1:5]))
+
+
+def test_weight_decay_shrinks_weight_matrices_only_by_lr_times_rate():
+    """Decoupled decay: with zero gradients, masked weights shrink by lr * rate per step (the
+    plateau factor included), biases, embeddings and per-element parameters do not move; the
+    mask survives the trainer's flat layout."""
+    import jax
+    import jax.numpy as jnp
+    from jax.flatten_util import ravel_pytree
+
+    from so3krates.config import TrainingConfig
+    from so3krates.training.optimizer import (
+        make_optimizer, set_plateau_factor, weight_decay_mask,
+    )
+
+    params = {
+        "Dense_0": {"kernel": jnp.full((2, 3), 2.0), "bias": jnp.full(3, 2.0)},
+        "attention_0": {"inv_qkv": jnp.full((3, 2), 2.0), "radial_bias_1": jnp.full(2, 2.0)},
+        "Embed_0": {"embedding": jnp.full((4, 3), 2.0)},
+        "element_scale": jnp.full(4, 2.0),
+        "element_shift": jnp.full(4, 2.0),
+    }
+    mask = weight_decay_mask(params)
+    assert float(mask["Dense_0"]["kernel"].min()) == 1.0 and float(mask["attention_0"]["inv_qkv"].min()) == 1.0
+    for leaf in (mask["Dense_0"]["bias"], mask["attention_0"]["radial_bias_1"],
+                 mask["Embed_0"]["embedding"], mask["element_scale"], mask["element_shift"]):
+        assert float(jnp.abs(leaf).max()) == 0.0
+
+    cfg = TrainingConfig(learning_rate=1e-2, schedule="constant", weight_decay=0.5, grad_clip=None)
+    flat, unravel = ravel_pytree(params)
+    opt = make_optimizer(cfg, horizon=100, decay_mask=ravel_pytree(mask)[0])
+    state = set_plateau_factor(opt.init(flat), 0.5)
+    for _ in range(3):
+        updates, state = opt.update(jnp.zeros_like(flat), state, flat)
+        flat = flat + updates
+    out = unravel(flat)
+    factor = (1 - 1e-2 * 0.5 * 0.5) ** 3
+    np.testing.assert_allclose(out["Dense_0"]["kernel"], 2.0 * factor, rtol=1e-6)
+    np.testing.assert_allclose(out["attention_0"]["inv_qkv"], 2.0 * factor, rtol=1e-6)
+    for leaf in (out["Dense_0"]["bias"], out["Embed_0"]["embedding"], out["element_shift"]):
+        np.testing.assert_array_equal(leaf, 2.0)
+    with pytest.raises(ValueError, match="decay_mask"):
+        make_optimizer(cfg, horizon=100)
 
 
 def test_config_rejects_features_that_do_not_split_into_heads_and_degrees():

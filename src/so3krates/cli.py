@@ -71,7 +71,8 @@ def print_metrics(metrics: dict, title: str) -> None:
     for key, unit, scale in (
         ("energy_mae", "meV", 1e3), ("energy_rmse", "meV", 1e3),
         ("energy_mae_per_atom", "meV/atom", 1e3), ("forces_mae", "meV/Å", 1e3),
-        ("forces_rmse", "meV/Å", 1e3),
+        ("forces_rmse", "meV/Å", 1e3), ("energy_max_error", "meV", 1e3),
+        ("forces_max_error", "meV/Å", 1e3),
     ):
         table.add_row(f"{key} ({unit})", f"{metrics[key] * scale:.3f}")
     table.add_row("n_structures", str(metrics["n_structures"]))

@@ -97,6 +97,9 @@ class TrainingConfig(_Strict):
     warmup_steps: int = Field(0, ge=0)
     plateau_patience: int = Field(0, ge=0, description="validations; 0 disables")
     plateau_factor: float = Field(0.5, gt=0, lt=1)
+    weight_decay: float = Field(
+        0.0, ge=0, description="decoupled (AdamW) weight decay of the weight matrices, times the "
+        "learning rate; biases, embeddings and per-element scales/shifts are not decayed")
     grad_clip: float | None = Field(10.0, gt=0)
     divergence_factor: float | None = Field(
         10.0, gt=1, description="a validation loss above this multiple of the best restores the "

@@ -41,7 +41,8 @@ def label_errors(
 def error_metrics(
     data: Dataset, energy: np.ndarray, forces: list[np.ndarray]
 ) -> dict[str, float]:
-    """MAE/RMSE of energies (eV, and eV/atom) and force components (eV/Å); NaN labels skipped."""
+    """MAE/RMSE and largest absolute errors of energies (eV; MAE/RMSE also per atom) and force
+    components (eV/Å); NaN labels skipped."""
     return metrics_of_errors(data, *label_errors(data, energy, forces))
 
 
@@ -59,6 +60,10 @@ def metrics_of_errors(data: Dataset, de: np.ndarray, df: np.ndarray) -> dict[str
         "energy_rmse_per_atom": float(np.sqrt(np.mean((de / n_ok) ** 2))) if de.size else nan,
         "forces_mae": float(np.mean(np.abs(df))) if df.size else nan,
         "forces_rmse": float(np.sqrt(np.mean(df**2))) if df.size else nan,
+        # Worst cases: one structure in a hole of the energy surface hardly moves an MAE of
+        # thousands of structures, but it is where an MD run would fly apart.
+        "energy_max_error": float(np.max(np.abs(de))) if de.size else nan,
+        "forces_max_error": float(np.max(np.abs(df))) if df.size else nan,
     }
 
 

@@ -1,5 +1,5 @@
-"""Optimiser: gradient clipping, Adam/AMSGrad, warm-up + exponential or cosine decay, plateau
-factor.
+"""Optimiser: gradient clipping, Adam/AMSGrad, decoupled weight decay, warm-up + exponential or
+cosine decay, plateau factor.
 
 The learning rate is ``lr * warmup(step) * decay(t)`` with ``t = (step - warmup) / horizon``:
 ``decay_rate ** t`` (exponential) or ``decay_rate + (1 - decay_rate) (1 + cos(pi min(t, 1))) / 2``
@@ -77,17 +77,67 @@ def scale_by_decayed_learning_rate(cfg: TrainingConfig, horizon: int) -> optax.G
     return optax.GradientTransformation(init, update)
 
 
-def make_optimizer(cfg: TrainingConfig, horizon: int) -> optax.GradientTransformation:
+# Parameter names (last path key) that weight decay leaves alone: shifting or scaling them
+# does not make the network steeper, and pulling them to zero would bias the energies.
+NOT_DECAYED = ("bias", "embedding", "scale", "element_scale", "element_shift")
+
+
+def weight_decay_mask(params):
+    """A pytree like ``params`` with 1.0 on the weight matrices and 0.0 elsewhere (any leaf
+    whose name contains "bias", and embeddings, LayerNorm and per-element scales/shifts)."""
+
+    def mask(path, leaf):
+        name = str(getattr(path[-1], "key", path[-1])) if path else ""
+        keep = "bias" in name or name in NOT_DECAYED
+        return jnp.full(jnp.shape(leaf), 0.0 if keep else 1.0, jnp.result_type(leaf))
+
+    return jax.tree_util.tree_map_with_path(mask, params)
+
+
+def add_decoupled_weight_decay(rate: float, mask) -> optax.GradientTransformation:
+    """``updates + rate * mask * params`` (AdamW's decoupled decay, before the learning rate
+    scales it); ``mask`` is a pytree like the parameters (see :func:`weight_decay_mask`).
+
+    Why: Adam moves every weight by about the learning rate per step however small its
+    gradient, so weights of units that the training data hardly activate drift, and the
+    network grows steep outside the data (holes in the energy surface); the decay pulls
+    weights that no gradient supports back towards zero.
+    """
+
+    def init(params):
+        del params
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("weight decay needs the parameters")
+        updates = jax.tree.map(lambda u, p, m: u + rate * m * p, updates, params, mask)
+        return updates, state
+
+    return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(
+    cfg: TrainingConfig, horizon: int, decay_mask=None
+) -> optax.GradientTransformation:
     """The configured optimiser, decaying over ``horizon`` steps (see :func:`initial_horizon`).
 
+    ``decay_mask`` (a pytree like the parameters, see :func:`weight_decay_mask`) selects the
+    weights that ``cfg.weight_decay`` applies to; it is required when the decay is not zero.
     Its state ends with the decay state and the reduce-on-plateau factor (``plateau_factor`` /
     :func:`set_plateau_factor`), so that both are checkpointed with the rest.
     """
     by = optax.scale_by_amsgrad if cfg.optimizer == "amsgrad" else optax.scale_by_adam
     scale = by(b2=cfg.adam_b2)
+    decay = []
+    if cfg.weight_decay:
+        if decay_mask is None:
+            raise ValueError("training.weight_decay > 0 needs a decay_mask (weight_decay_mask)")
+        decay = [add_decoupled_weight_decay(cfg.weight_decay, decay_mask)]
     return optax.chain(
         optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip else optax.identity(),
         scale,
+        *decay,
         scale_by_decayed_learning_rate(cfg, horizon),
         optax.inject_hyperparams(optax.scale)(step_size=1.0),
     )

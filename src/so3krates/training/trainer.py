@@ -42,6 +42,7 @@ from so3krates.training.optimizer import (
     plateau_factor,
     set_decay_horizon,
     set_plateau_factor,
+    weight_decay_mask,
     with_moments_of,
 )
 from so3krates.training.plots import plot_learning_curves, plot_parity
@@ -181,12 +182,14 @@ def train(
     valid_predict = jit(predict)
 
     g0, _ = train_graphs.batch([0])
-    params, flat_predict, unravel = flat_training_state(predict, init_params(module, g0, tcfg.seed))
+    tree_params = init_params(module, g0, tcfg.seed)
+    params, flat_predict, unravel = flat_training_state(predict, tree_params)
+    decay_mask = ravel_pytree(weight_decay_mask(tree_params))[0]
     n_batches = train_graphs.num_batches()
     epoch_steps = tcfg.max_epochs * n_batches
     max_steps = min(tcfg.max_steps or epoch_steps, epoch_steps)
     limit_reason = "max_steps" if tcfg.max_steps and tcfg.max_steps <= epoch_steps else "max_epochs"
-    optimizer = make_optimizer(tcfg, initial_horizon(tcfg, max_steps))
+    optimizer = make_optimizer(tcfg, initial_horizon(tcfg, max_steps), decay_mask)
     state = {
         "params": params,
         "opt_state": optimizer.init(params),
