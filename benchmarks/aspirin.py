@@ -49,6 +49,7 @@ BUDGET_OVERRIDES = [
     "training.optimizer=adam",
     "training.loss=huber",
     "training.huber_delta=0.01",
+    "training.weight_decay=0.01",
     "training.learning_rate=3e-3",
     "training.batch_size=2",
     "training.decay_steps=budget",
