@@ -79,7 +79,7 @@ def scale_by_decayed_learning_rate(cfg: TrainingConfig, horizon: int) -> optax.G
 
 # Parameter names (last path key) that weight decay leaves alone: shifting or scaling them
 # does not make the network steeper, and pulling them to zero would bias the energies.
-NOT_DECAYED = ("bias", "embedding", "scale", "element_scale", "element_shift")
+NOT_DECAYED = ("embedding", "scale", "element_scale", "element_shift")
 
 
 def weight_decay_mask(params):
@@ -94,36 +94,16 @@ def weight_decay_mask(params):
     return jax.tree_util.tree_map_with_path(mask, params)
 
 
-def add_decoupled_weight_decay(rate: float, mask) -> optax.GradientTransformation:
-    """``updates + rate * mask * params`` (AdamW's decoupled decay, before the learning rate
-    scales it); ``mask`` is a pytree like the parameters (see :func:`weight_decay_mask`).
-
-    Why: Adam moves every weight by about the learning rate per step however small its
-    gradient, so weights of units that the training data hardly activate drift, and the
-    network grows steep outside the data (holes in the energy surface); the decay pulls
-    weights that no gradient supports back towards zero.
-    """
-
-    def init(params):
-        del params
-        return optax.EmptyState()
-
-    def update(updates, state, params=None):
-        if params is None:
-            raise ValueError("weight decay needs the parameters")
-        updates = jax.tree.map(lambda u, p, m: u + rate * m * p, updates, params, mask)
-        return updates, state
-
-    return optax.GradientTransformation(init, update)
-
-
 def make_optimizer(
     cfg: TrainingConfig, horizon: int, decay_mask=None
 ) -> optax.GradientTransformation:
     """The configured optimiser, decaying over ``horizon`` steps (see :func:`initial_horizon`).
 
-    ``decay_mask`` (a pytree like the parameters, see :func:`weight_decay_mask`) selects the
-    weights that ``cfg.weight_decay`` applies to; it is required when the decay is not zero.
+    ``decay_mask`` (the flat parameter vector's :func:`weight_decay_mask`, as the trainer keeps
+    it) selects the weights that ``cfg.weight_decay`` applies to (AdamW's decoupled decay,
+    before the learning rate scales it); it is required when the decay is not zero. Why decay:
+    Adam moves every weight by about the learning rate per step however small its gradient,
+    so weights that the data hardly use drift and the network grows steep outside the data.
     Its state ends with the decay state and the reduce-on-plateau factor (``plateau_factor`` /
     :func:`set_plateau_factor`), so that both are checkpointed with the rest.
     """
@@ -133,7 +113,7 @@ def make_optimizer(
     if cfg.weight_decay:
         if decay_mask is None:
             raise ValueError("training.weight_decay > 0 needs a decay_mask (weight_decay_mask)")
-        decay = [add_decoupled_weight_decay(cfg.weight_decay, decay_mask)]
+        decay = [optax.add_decayed_weights(cfg.weight_decay * decay_mask)]
     return optax.chain(
         optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip else optax.identity(),
         scale,
