@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# GPUs sum scattered values (forces, segment sums) with atomics in a varying order: results
+# differ in the last bits from call to call. Tests of bitwise reproducibility (reload in a new
+# process, kill-and-resume) need XLA's deterministic mode; CPUs are deterministic anyway. Set
+# before JAX starts its backends; subprocesses inherit it.
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_gpu_deterministic_ops=true".strip()
 
 import jax
 import numpy as np

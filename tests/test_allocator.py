@@ -51,9 +51,13 @@ def test_freed_memory_is_reused_without_page_faults(n, size):
     default, kept = _faults("default", n, size), _faults("keep", n, size)
     pages = 19 * n * size // 4096
     # glibc's default hands the freed top of the heap (small blocks) or the mmapped block (a
-    # large one) back to the kernel and faults it in again each round.
-    assert default > 0.5 * pages
+    # large one) back to the kernel and faults it in again each round; but glibc raises its
+    # trim threshold when a large mmapped block is freed, and on the lent GPU machine (Python
+    # 3.12) the small blocks churned without faults by default: nothing to compare against.
     assert kept < 0.05 * pages
+    if default <= 0.5 * pages:
+        pytest.skip(f"this interpreter's glibc already keeps freed blocks of this size "
+                    f"({default} faults for {pages} pages): no default behaviour to improve on")
 
 
 def test_user_setting_wins():

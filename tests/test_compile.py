@@ -9,7 +9,7 @@ import numpy as np
 from conftest import ethanol_frames, init_model, small_config
 from so3krates.batching import single_graph
 from so3krates.compile import CPU_COMPILER_OPTIONS, compiler_options, jit
-from so3krates.model.so3krates import PAIR_CHUNK
+from so3krates.model import so3krates as model_module
 from so3krates.potential import make_predict_fn
 
 
@@ -29,24 +29,48 @@ def test_jit_is_a_lazy_jax_jit_with_static_arguments():
     assert "power" not in f.lower(jnp.asarray(1.0), power=2).as_text()
 
 
-def test_compile_options_change_no_result_of_the_chunked_pair_loop():
-    if jax.default_backend() == "cpu":
-        assert compiler_options() == CPU_COMPILER_OPTIONS  # known to this jaxlib: applied
-    # 30 ethanol molecules, 6.5 Å from copy to copy: more pairs than PAIR_CHUNK, so the scanned
-    # pair loop runs.
+def ethanol_grid_model():
+    """30 ethanol molecules 6.5 Å from copy to copy (~2,000 pairs), a float64 model and its
+    prediction function."""
     data = ethanol_frames(1)
     pos = np.concatenate([data.positions[0] + [6.5 * (k % 5), 6.5 * (k // 5), 0.0] for k in range(30)])
     numbers = np.tile(data.numbers[0], 30)
     cfg = small_config("float64")
     graph, _ = single_graph(numbers, pos, np.zeros((3, 3)), np.zeros(3, bool), cfg.cutoff,
                             dtype=np.float64)
-    assert graph.centers.shape[0] > PAIR_CHUNK
     module, params = init_model(cfg, graph, 0)
-    predict = make_predict_fn(module, np.zeros(119))
+    return graph, params, make_predict_fn(module, np.zeros(119))
+
+
+def set_pair_chunk(monkeypatch, pairs: int) -> None:
+    monkeypatch.setitem(model_module.PAIR_CHUNK, jax.default_backend(), pairs)
+
+
+def test_compile_options_change_no_result_of_the_chunked_pair_loop(monkeypatch):
+    if jax.default_backend() == "cpu":
+        assert compiler_options() == CPU_COMPILER_OPTIONS  # known to this jaxlib: applied
+    graph, params, predict = ethanol_grid_model()
+    set_pair_chunk(monkeypatch, 1024)  # the CPU's: the scanned pair loop runs
+    assert graph.centers.shape[0] > model_module.pair_chunk()
     ours, plain = jit(predict)(params, graph), jax.jit(predict)(params, graph)
     np.testing.assert_allclose(ours.energy, plain.energy, rtol=1e-12)
     f_ref = np.asarray(plain.forces)
     assert np.abs(np.asarray(ours.forces) - f_ref).max() <= 1e-10 * np.abs(f_ref).max()
+
+
+def test_chunked_pair_loop_equals_one_piece(monkeypatch):
+    """Chunks of pairs (scanned, rematerialised) give the one-piece energy and forces."""
+    graph, params, predict = ethanol_grid_model()
+    n_pairs = graph.centers.shape[0]
+    results = []
+    for chunk in (n_pairs, 1024, 300):  # one piece; 2 chunks; 7 chunks
+        set_pair_chunk(monkeypatch, chunk)
+        results.append(jax.jit(predict)(params, graph))  # a fresh jit traces anew
+    one = results[0]
+    for out in results[1:]:
+        np.testing.assert_allclose(out.energy, one.energy, rtol=1e-12)
+        f_ref = np.asarray(one.forces)
+        assert np.abs(np.asarray(out.forces) - f_ref).max() <= 1e-10 * np.abs(f_ref).max()
 
 
 def test_jit_works_inside_other_transformations():
