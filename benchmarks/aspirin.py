@@ -45,7 +45,12 @@ REFERENCE_OVERRIDES = [
 # Adam's second-moment decay stays at 0.999: 0.99 removed the loss spikes and reached 19.6
 # meV/Å, but its model broke up in MD (all six stability runs, at 500 K within 1.2 ps), where
 # the 0.999 models of the same recipe ran stably (benchmarks/README.md).
+# Three blocks (the specification's default) instead of the reference code's two: 1.55x the
+# cost per step, but ahead at equal wall time after 15 minutes (two single-threaded 30-minute
+# runs side by side, benchmarks/README.md). The speed targets are for the reference
+# hyperparameters, so those are timed as well (``time_ms``), next to the trained model's.
 BUDGET_OVERRIDES = [
+    "model.num_layers=3",
     "training.optimizer=adam",
     "training.loss=huber",
     "training.huber_delta=0.01",
@@ -117,13 +122,14 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def build_config(args: argparse.Namespace):
-    """Reference hyperparameters + fixed split + budget, then the user's ``--set`` overrides."""
+def build_config(args: argparse.Namespace, budget: bool = True):
+    """Reference hyperparameters + fixed split + budget (without it: the reference model),
+    then the user's ``--set`` overrides."""
     from so3krates.config import load_config
 
     overrides = [
         *REFERENCE_OVERRIDES,
-        *BUDGET_OVERRIDES,
+        *(BUDGET_OVERRIDES if budget else []),
         *SPLIT_OVERRIDES,
         f"data.path={args.data_dir / TRAIN_FILE}",
         f"training.max_time_minutes={args.max_time}",
@@ -351,15 +357,20 @@ def main(argv: list[str] | None = None) -> int:
     config = build_config(args)
     test_path = args.data_dir / TEST_FILE
     molecule = ase.io.read(test_path, index=0)
-    result, metrics = None, None
-    if args.timing_only:
-        log("timing-only: freshly initialised model, no training")
-        model = fresh_model(config.model, molecule, args.output, args.seed)
-    else:
+    result, metrics, trained, trained_timings = None, None, None, None
+    reference = build_config(args, budget=False).model
+    if not args.timing_only:
         prepare_output(args.output, args.resume)
         result = run_training(config, args.output)
-        model = load_model(args.output)
-        metrics = evaluate_test(model, test_path, args.n_test)
+        trained = load_model(args.output)
+        metrics = evaluate_test(trained, test_path, args.n_test)
+        log("timing the trained model")
+        trained_timings = time_model(trained, molecule, args)
+    if trained is not None and trained.config.model == reference:
+        model = trained
+    else:  # speed does not depend on the weights
+        log("timing a freshly initialised model with the reference hyperparameters")
+        model = fresh_model(reference, molecule, args.output, args.seed)
     timings = time_model(model, molecule, args)
     versus = None
     if args.compare_xla_defaults:
@@ -373,11 +384,13 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_core": args.cpu,
         "budget_minutes": None if args.timing_only else args.max_time,
         **training_fields(result),
-        "n_params": count_params(model.params),
+        "n_params": count_params((model if trained is None else trained).params),
         **error_fields(metrics),
         "time_ms": timings,
+        "time_ms_trained_model": trained_timings,
         "time_ms_vs_xla_defaults": versus,
-        "model_config": model.config.model_dump(),
+        "model_config": (model if trained is None else trained).config.model_dump(),
+        "timed_reference_model_config": model.config.model_dump(),
         "training_config": None if args.timing_only else config.training.model_dump(),
         "overrides": args.set,
         "output": str(args.output),
