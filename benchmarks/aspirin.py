@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics = evaluate_test(trained, test_path, args.n_test)
         log("timing the trained model")
         trained_timings = time_model(trained, molecule, args)
-    if trained is not None and trained.config.model == reference:
+    if trained is not None and trained.config == reference:
         model = trained
     else:  # speed does not depend on the weights
         log("timing a freshly initialised model with the reference hyperparameters")
