@@ -12,7 +12,7 @@ from rich.table import Table
 
 from so3krates.md import cli as md_cli
 
-console = Console()
+console = Console(soft_wrap=True)  # messages with long paths stay on one line (greppable logs)
 
 
 def _train_parser(sub) -> None:
