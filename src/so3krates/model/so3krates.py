@@ -72,6 +72,7 @@ def pair_chunk() -> int:
     """:data:`PAIR_CHUNK` for JAX's default backend."""
     return PAIR_CHUNK.get(jax.default_backend(), PAIR_CHUNK_OTHER)
 
+
 # Up to this many pairs, reverse pairs are found by comparing all keys (O(P^2) work in one
 # kernel), above it by binary search.
 COMPARE_ALL_MAX_PAIRS = 1024
@@ -103,7 +104,8 @@ def reverse_pair_order(centers, neighbors, vectors, pair_mask, n_atoms: int):
     idx = jnp.arange(n_pairs, dtype=centers.dtype)
     key = centers * n_atoms + neighbors
     reverse_key = neighbors * n_atoms + centers
-    method = "compare_all" if n_pairs <= COMPARE_ALL_MAX_PAIRS else "scan"  # O(P^2) / O(P log P) work
+    # O(P^2) / O(P log P) work
+    method = "compare_all" if n_pairs <= COMPARE_ALL_MAX_PAIRS else "scan"
     partner = jnp.searchsorted(key, reverse_key, method=method)
     partner = jnp.minimum(partner, n_pairs - 1)
     found = (key[partner] == reverse_key) & (partner[partner] == idx) & pair_mask[partner]
