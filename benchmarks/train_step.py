@@ -6,11 +6,14 @@ Run from the repository root::
     .venv/bin/python benchmarks/train_step.py                 # batch sizes 1, 2, 5, 8
     .venv/bin/python benchmarks/train_step.py --batch-sizes 2 5 --rounds 3
     .venv/bin/python benchmarks/train_step.py --batch-sizes 2 --heaps keep --layouts flat arrays
+    .venv/bin/python benchmarks/train_step.py --batch-sizes 2 --heaps keep --set model.num_layers=3
 
 Each measurement runs in a fresh process (the heap setting is process-wide); the rounds
 interleave all variants so that a noisy machine affects them alike. The step is the trainer's
 own (``so3krates.training.trainer.make_train_step``) with the reference model (F=128, 2 layers,
-4 heads, degrees 1-4, 5 Å). Progress goes to stderr; one JSON object goes to stdout.
+4 heads, degrees 1-4, 5 Å) and the default training settings, both changed by ``--set``
+overrides (the aspirin benchmark's model has ``model.num_layers=3``). Progress goes to stderr;
+one JSON object goes to stdout.
 """
 
 from __future__ import annotations
@@ -35,13 +38,16 @@ MODEL_OVERRIDES = [o for o in _aspirin.REFERENCE_OVERRIDES if o.startswith("mode
 
 
 def time_steps(
-    data_path: Path, batch_size: int, keep_memory: bool, steps: int, warmup: int, flat: bool = True
+    data_path: Path, batch_size: int, keep_memory: bool, steps: int, warmup: int, flat: bool = True,
+    overrides: list[str] = (),
 ) -> dict:
     """Median wall time (ms) and minor page faults of ``steps`` training steps on successive
     batches, in this process; with ``keep_memory``, ``keep_freed_memory`` after the first.
     ``flat``: parameters, EMA and Adam moments as one vector each, as the trainer keeps them;
-    otherwise as the model's parameter arrays (the layout before)."""
+    otherwise as the model's parameter arrays (the layout before). ``overrides``: config
+    ``key=value`` strings applied after the reference model's."""
     import jax
+    import jax.flatten_util
     import numpy as np
 
     from so3krates.allocator import keep_freed_memory
@@ -50,19 +56,21 @@ def time_steps(
     from so3krates.data import read_dataset
     from so3krates.model_io import build_module, init_params, reference_table
     from so3krates.potential import make_predict_fn
-    from so3krates.training.optimizer import make_optimizer
+    from so3krates.training.optimizer import make_optimizer, weight_decay_mask
     from so3krates.training.statistics import fit_reference_energies, force_scale
     from so3krates.training.trainer import flat_training_state, make_train_step
 
-    cfg = load_config(None, [*MODEL_OVERRIDES, f"training.batch_size={batch_size}"])
+    cfg = load_config(None, [*MODEL_OVERRIDES, *overrides, f"training.batch_size={batch_size}"])
     data = read_dataset(data_path).subset(np.arange(200))
     graphs = GraphDataset(data, cfg.model.cutoff, batch_size, cfg.training.buckets, np.float32)
     module = build_module(cfg.model, force_scale(data))
     predict = make_predict_fn(module, reference_table(fit_reference_energies(data)))
     params = init_params(module, graphs.batch([0])[0], 0)
+    # The weight-decay mask exists for the trainer's flat layout only (needed when it is on).
+    decay_mask = jax.flatten_util.ravel_pytree(weight_decay_mask(params))[0] if flat else None
     if flat:
         params, predict, _ = flat_training_state(predict, params)
-    optimizer = make_optimizer(cfg.training, 10_000)
+    optimizer = make_optimizer(cfg.training, 10_000, decay_mask)
     train_step = make_train_step(predict, optimizer, cfg.training)
     state = (params, optimizer.init(params), params)
     batches = list(graphs.batches())
@@ -100,12 +108,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layouts", nargs="+", choices=("flat", "arrays"), default=["flat"],
                    help="training-state layouts timed: flat vectors (the trainer's) and/or "
                         "per-parameter arrays (default flat)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override after the reference model's, e.g. --set "
+                        "model.num_layers=3 or --set training.weight_decay=0.01 (repeatable)")
     p.add_argument("--worker", nargs=3, type=int, metavar=("BATCH_SIZE", "KEEP_MEMORY", "FLAT"),
                    help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         bs, keep, flat = args.worker
-        print(json.dumps(time_steps(args.data, bs, bool(keep), args.steps, args.warmup, bool(flat))))
+        print(json.dumps(time_steps(args.data, bs, bool(keep), args.steps, args.warmup, bool(flat),
+                                    args.set)))
         return 0
     if not args.data.exists():
         print(f"data file {args.data} not found (pass --data)", file=sys.stderr)
@@ -122,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             out = subprocess.run(
                 [sys.executable, __file__, "--data", str(args.data), "--steps", str(args.steps),
                  "--warmup", str(args.warmup), "--worker", str(bs), str(int(keep)),
-                 str(int(layout == "flat"))],
+                 str(int(layout == "flat")), *(f"--set={o}" for o in args.set)],
                 env=env, check=True, capture_output=True, text=True,
             ).stdout
             runs.setdefault(name, []).append(json.loads(out.strip().splitlines()[-1]))
@@ -147,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "train_step",
         "machine": _aspirin.machine_info(),
         "model_overrides": MODEL_OVERRIDES,
+        "overrides": args.set,
         "steps": args.steps,
         "rounds": args.rounds,
         "results": results,
