@@ -49,10 +49,10 @@ REFERENCE_OVERRIDES = [
 # cost per step, but ahead at equal wall time after 15 minutes (two single-threaded 30-minute
 # runs side by side, benchmarks/README.md). The speed targets are for the reference
 # hyperparameters, so those are timed as well (``time_ms``), next to the trained model's.
-# EMA decay 0.999 instead of the default 0.99: side by side on one core each, 30 minutes, test
-# forces 17.9 meV/Å, energies 7.4 meV (64,567 steps) vs 21.7 / 8.7 for four blocks (48,643
-# steps); the 0.99 control of an earlier day: 18.8 / 7.7 (58,486). Its model ran 3 of 3 MD
-# runs stably at 500 K for 10 ps.
+# EMA decay 0.999 instead of the default 0.99 (single-threaded 30-minute runs, one core each):
+# test forces 17.9 meV/Å with two seeds (64,567 / 65,358 steps) against 18.8 for 0.99 (58,486
+# steps, an earlier day) and 18.4 for 0.9995; its model ran 3 of 3 MD runs stably at 500 K
+# for 10 ps. Four blocks instead of three: 21.7 meV/Å (48,643 steps).
 BUDGET_OVERRIDES = [
     "model.num_layers=3",
     "training.optimizer=adam",
