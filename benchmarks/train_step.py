@@ -47,7 +47,6 @@ def time_steps(
     otherwise as the model's parameter arrays (the layout before). ``overrides``: config
     ``key=value`` strings applied after the reference model's."""
     import jax
-    import jax.flatten_util
     import numpy as np
 
     from so3krates.allocator import keep_freed_memory
@@ -67,7 +66,7 @@ def time_steps(
     predict = make_predict_fn(module, reference_table(fit_reference_energies(data)))
     params = init_params(module, graphs.batch([0])[0], 0)
     # The weight-decay mask exists for the trainer's flat layout only (needed when it is on).
-    decay_mask = jax.flatten_util.ravel_pytree(weight_decay_mask(params))[0] if flat else None
+    decay_mask = weight_decay_mask(params, flat=True) if flat else None
     if flat:
         params, predict, _ = flat_training_state(predict, params)
     optimizer = make_optimizer(cfg.training, 10_000, decay_mask)
@@ -121,6 +120,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.data.exists():
         print(f"data file {args.data} not found (pass --data)", file=sys.stderr)
+        return 2
+    from so3krates.config import load_config
+
+    # Checked here: in a worker the error would be a subprocess traceback.
+    if "arrays" in args.layouts and load_config(None, args.set).training.weight_decay:
+        print("--layouts arrays cannot time weight decay (its mask is built for the flat "
+              "layout); drop the training.weight_decay override or time --layouts flat",
+              file=sys.stderr)
         return 2
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}

@@ -335,7 +335,9 @@ def test_weight_decay_shrinks_weight_matrices_only_by_lr_times_rate():
 
     cfg = TrainingConfig(learning_rate=1e-2, schedule="constant", weight_decay=0.5, grad_clip=None)
     flat, unravel = ravel_pytree(params)
-    opt = make_optimizer(cfg, horizon=100, decay_mask=ravel_pytree(mask)[0])
+    flat_mask = weight_decay_mask(params, flat=True)  # the trainer's layout
+    np.testing.assert_array_equal(flat_mask, ravel_pytree(mask)[0])
+    opt = make_optimizer(cfg, horizon=100, decay_mask=flat_mask)
     state = set_plateau_factor(opt.init(flat), 0.5)
     for _ in range(3):
         updates, state = opt.update(jnp.zeros_like(flat), state, flat)

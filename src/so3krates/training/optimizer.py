@@ -17,6 +17,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.flatten_util import ravel_pytree
 
 from so3krates.config import TrainingConfig
 
@@ -82,16 +83,20 @@ def scale_by_decayed_learning_rate(cfg: TrainingConfig, horizon: int) -> optax.G
 NOT_DECAYED = ("embedding", "scale", "element_scale", "element_shift")
 
 
-def weight_decay_mask(params):
+def weight_decay_mask(params, flat: bool = False):
     """A pytree like ``params`` with 1.0 on the weight matrices and 0.0 elsewhere (any leaf
-    whose name contains "bias", and embeddings, LayerNorm and per-element scales/shifts)."""
+    whose name contains "bias", and embeddings, LayerNorm and per-element scales/shifts);
+    with ``flat``, that pytree raveled into one vector in the order of
+    ``jax.flatten_util.ravel_pytree(params)`` (the trainer's flat layout, what
+    :func:`make_optimizer` takes)."""
 
     def mask(path, leaf):
         name = str(getattr(path[-1], "key", path[-1])) if path else ""
         keep = "bias" in name or name in NOT_DECAYED
         return jnp.full(jnp.shape(leaf), 0.0 if keep else 1.0, jnp.result_type(leaf))
 
-    return jax.tree_util.tree_map_with_path(mask, params)
+    tree = jax.tree_util.tree_map_with_path(mask, params)
+    return ravel_pytree(tree)[0] if flat else tree
 
 
 def make_optimizer(
@@ -99,8 +104,8 @@ def make_optimizer(
 ) -> optax.GradientTransformation:
     """The configured optimiser, decaying over ``horizon`` steps (see :func:`initial_horizon`).
 
-    ``decay_mask`` (the flat parameter vector's :func:`weight_decay_mask`, as the trainer keeps
-    it) selects the weights that ``cfg.weight_decay`` applies to (AdamW's decoupled decay,
+    ``decay_mask`` (``weight_decay_mask(params, flat=True)``, for the flat layout the trainer
+    keeps) selects the weights that ``cfg.weight_decay`` applies to (AdamW's decoupled decay,
     before the learning rate scales it); it is required when the decay is not zero. Why decay:
     Adam moves every weight by about the learning rate per step however small its gradient,
     so weights that the data hardly use drift and the network grows steep outside the data.

@@ -184,7 +184,7 @@ def train(
     g0, _ = train_graphs.batch([0])
     tree_params = init_params(module, g0, tcfg.seed)
     params, flat_predict, unravel = flat_training_state(predict, tree_params)
-    decay_mask = ravel_pytree(weight_decay_mask(tree_params))[0]
+    decay_mask = weight_decay_mask(tree_params, flat=True)
     n_batches = train_graphs.num_batches()
     epoch_steps = tcfg.max_epochs * n_batches
     max_steps = min(tcfg.max_steps or epoch_steps, epoch_steps)
