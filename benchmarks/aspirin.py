@@ -113,17 +113,54 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else None."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def machine_speed(reps: int = 30) -> dict[str, float]:
+    """Two probes of how fast this machine runs *now*, taken in this process (with its XLA
+    thread settings): the float32 matmul rate of XLA on the default device (1,024 x 1,024,
+    GFLOP/s, median of ``reps``) and the median latency of a trivial jitted call (µs).
+
+    The development VM's speed drifts between days by up to 2.5x (matmul 90-220 GFLOP/s on
+    two cores), and all timings with it: record the probe with every timing, so that numbers
+    from different days can be compared.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    n = 1024
+    a = jnp.ones((n, n), jnp.float32)
+    matmul = jax.jit(lambda a: a @ a)
+    nop = jax.jit(lambda a: a + 1)
+    small = jnp.ones(8, jnp.float32)
+    t_mm = median_ms(lambda: matmul(a).block_until_ready(), reps, 3)
+    t_nop = median_ms(lambda: nop(small).block_until_ready(), 50 * reps, 50)
+    return {"matmul_gflops": round(2 * n**3 / (1e-3 * t_mm) / 1e9, 1),
+            "trivial_call_us": round(1e3 * t_nop, 2)}
+
+
 def machine_info() -> dict[str, Any]:
-    """Processor, core count, accelerator kind and library versions."""
+    """Processor, core count, accelerator kind, library versions and a speed probe
+    (:func:`machine_speed`) taken now."""
     import jax
 
     return {
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "device_kind": jax.devices()[0].device_kind,
         "platform": jax.devices()[0].platform,
         "jax": jax.__version__,
         "python": platform.python_version(),
+        "speed": machine_speed(),
     }
 
 
@@ -359,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     from so3krates.model_io import load_model
 
     t0 = time.monotonic()
+    machine = machine_info()  # speed probe before training, another one at the end
     config = build_config(args)
     test_path = args.data_dir / TEST_FILE
     molecule = ase.io.read(test_path, index=0)
@@ -385,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"timing {name}: package compile options vs XLA defaults, {reps} calls each")
             versus[name] = time_jit_vs_xla_defaults(model, atoms, reps, args.warmup)
     report = {
-        "machine": machine_info(),
+        "machine": machine,
+        "machine_speed_at_end": machine_speed(),
         "mode": "timing_only" if args.timing_only else "train_and_test",
         "cpu_core": args.cpu,
         "budget_minutes": None if args.timing_only else args.max_time,
