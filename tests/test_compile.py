@@ -9,7 +9,7 @@ import numpy as np
 from conftest import ethanol_frames, init_model, small_config
 from so3krates.batching import single_graph
 from so3krates.compile import CPU_COMPILER_OPTIONS, compiler_options, jit
-from so3krates.model import so3krates as model_module
+from so3krates.model import pairs as model_pairs
 from so3krates.potential import make_predict_fn
 
 
@@ -43,7 +43,7 @@ def ethanol_grid_model():
 
 
 def set_pair_chunk(monkeypatch, pairs: int) -> None:
-    monkeypatch.setitem(model_module.PAIR_CHUNK, jax.default_backend(), pairs)
+    monkeypatch.setitem(model_pairs.PAIR_CHUNK, jax.default_backend(), pairs)
 
 
 def test_compile_options_change_no_result_of_the_chunked_pair_loop(monkeypatch):
@@ -51,7 +51,7 @@ def test_compile_options_change_no_result_of_the_chunked_pair_loop(monkeypatch):
         assert compiler_options() == CPU_COMPILER_OPTIONS  # known to this jaxlib: applied
     graph, params, predict = ethanol_grid_model()
     set_pair_chunk(monkeypatch, 1024)  # the CPU's: the scanned pair loop runs
-    assert graph.centers.shape[0] > model_module.pair_chunk()
+    assert graph.centers.shape[0] > model_pairs.pair_chunk()
     ours, plain = jit(predict)(params, graph), jax.jit(predict)(params, graph)
     np.testing.assert_allclose(ours.energy, plain.energy, rtol=1e-12)
     f_ref = np.asarray(plain.forces)

@@ -10,7 +10,7 @@ import numpy as np
 from conftest import ethanol_frames
 from so3krates.batching import Capacity, pack
 from so3krates.model.radial_table import R_MIN, evaluate_table, hermite_table, spline_coordinate
-from so3krates.model.so3krates import matmul_with_transpose
+from so3krates.model.layers import matmul_with_transpose
 from so3krates.model_io import default_radial_knots, load_model
 from so3krates.neighbours import neighbour_list
 

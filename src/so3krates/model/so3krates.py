@@ -39,43 +39,17 @@ from so3krates.model.basis import (
     radial_basis,
     spherical_harmonics,
 )
+from so3krates.model.layers import (
+    Dense,
+    ResidualMLP,
+    block_diagonal,
+    derived_param,
+    full_precision_matmuls,
+    matmul_with_transpose,
+    with_transposed_kernels,
+)
+from so3krates.model.pairs import pair_chunk, reverse_pair_order
 from so3krates.model.radial_table import evaluate_table, radial_filter_table, spline_coordinate
-
-# float32 matmuls in full float32. JAX's default lets GPUs multiply float32 in TensorFloat-32
-# (10-bit mantissa): on an H100 that moved a float32 model's forces by up to 2.5e-3 eV/Å and
-# an ethanol energy by 3 meV from its float64 values. Force fields need those digits.
-MATMUL_PRECISION = "highest"
-
-
-def full_precision_matmuls(fun):
-    """``fun`` with every matmul it traces at :data:`MATMUL_PRECISION` (outermost decorator
-    but ``nn.compact``)."""
-
-    @functools.wraps(fun)
-    def wrapped(*args, **kwargs):
-        with jax.default_matmul_precision(MATMUL_PRECISION):
-            return fun(*args, **kwargs)
-
-    return wrapped
-
-
-# Up to this many pairs, a block's pair work runs in one piece; above it, in chunks of at most
-# this many pairs. CPUs: small chunks keep intermediates in cache and spare fresh large buffers'
-# page faults. GPUs: every chunk is a round of small kernels, run one after another; on an H100
-# (reference model, MD steps) chunks of 1,024 / 16,384 pairs / none took 5.3 / 1.9 / 1.2 ms for
-# 1,008 atoms and 45 / 9.5 / 4.8 ms for 10,080 atoms, so there chunks only bound the memory.
-PAIR_CHUNK = {"cpu": 1024}
-PAIR_CHUNK_OTHER = 1 << 22  # ~70,000 atoms of a dense molecular system at 5 Å
-
-
-def pair_chunk() -> int:
-    """:data:`PAIR_CHUNK` for JAX's default backend."""
-    return PAIR_CHUNK.get(jax.default_backend(), PAIR_CHUNK_OTHER)
-
-
-# Up to this many pairs, reverse pairs are found by comparing all keys (O(P^2) work in one
-# kernel), above it by binary search.
-COMPARE_ALL_MAX_PAIRS = 1024
 
 
 def degree_contraction_matrix(degrees: Sequence[int]) -> np.ndarray:
@@ -86,120 +60,10 @@ def degree_contraction_matrix(degrees: Sequence[int]) -> np.ndarray:
     return m
 
 
-def reverse_pair_order(centers, neighbors, vectors, pair_mask, n_atoms: int):
-    """A pair order whose second half holds the exact reverses of its first half.
-
-    In a full neighbour list each pair (i, j, r) has a reverse (j, i, -r), with bitwise the
-    same distance, which moreover is the same function of the positions: functions of d_ij
-    need only be evaluated on the first half, gradients stay exact. Reverses are looked up
-    assuming pairs sorted by (center, neighbour) and then checked exactly, so nothing is
-    assumed about the input. Padding pairs are split between both halves.
-
-    Returns ``order`` (P,), indices into the pairs, and ``valid`` (scalar bool), False unless
-    every real pair has exactly one exact reverse (not so for half lists, or for several
-    periodic images of one (i, j)); ``order`` is then the identity.
-    """
-    n_pairs = centers.shape[0]
-    half = n_pairs // 2
-    idx = jnp.arange(n_pairs, dtype=centers.dtype)
-    key = centers * n_atoms + neighbors
-    reverse_key = neighbors * n_atoms + centers
-    # O(P^2) / O(P log P) work
-    method = "compare_all" if n_pairs <= COMPARE_ALL_MAX_PAIRS else "scan"
-    partner = jnp.searchsorted(key, reverse_key, method=method)
-    partner = jnp.minimum(partner, n_pairs - 1)
-    found = (key[partner] == reverse_key) & (partner[partner] == idx) & pair_mask[partner]
-    found &= jnp.all(vectors[partner] == -vectors, axis=1)
-    first = pair_mask & (idx < partner)
-    # Ranks among the first members and among the padding pairs (one cumsum for both).
-    rank, pad_rank = jnp.cumsum(jnp.stack([first, ~pair_mask]), axis=1, dtype=idx.dtype) - 1
-    n_first, n_pad = rank[-1] + 1, pad_rank[-1] + 1
-    pad_pos = n_first + jnp.where(pad_rank < n_pad // 2, pad_rank, half + pad_rank - n_pad // 2)
-    pos = jnp.where(pair_mask, jnp.where(first, rank, half + rank[partner]), pad_pos)
-    valid = jnp.all(found | ~pair_mask) & (2 * n_first + n_pad == n_pairs) & (n_pad % 2 == 0)
-    order = jnp.zeros_like(idx).at[jnp.where(valid, pos, idx)].set(idx, unique_indices=True)
-    return order, valid
-
-
-def block_diagonal(w: jnp.ndarray) -> jnp.ndarray:
-    """Per-head blocks (M, H, d, d) of M linear maps -> (H d, M H d): their block-diagonal
-    matrices side by side (so that all M maps are one matmul)."""
-    m, h, d, _ = w.shape
-    eye = jnp.eye(h, dtype=w.dtype)
-    return jnp.einsum("mhab,hk->hamkb", w, eye).reshape(h * d, m * h * d)
-
-
-@jax.custom_vjp
-def matmul_with_transpose(x: jnp.ndarray, w: jnp.ndarray, w_t: jnp.ndarray) -> jnp.ndarray:
-    """``x @ w`` whose gradient in ``x`` is ``g @ w_t`` with ``w_t`` = ``w.T`` stored as such.
-
-    XLA:CPU multiplies by a transposed operand several times slower than by a plain one
-    (24 x 640 by 640 x 128: 0.10 vs 0.04 ms on the development machine), and a gradient
-    in ``x`` needs ``w`` transposed. For fixed weights (inference) the transpose is stored.
-    """
-    return x @ w
-
-
-def _matmul_with_transpose_fwd(x, w, w_t):
-    return x @ w, (x, w_t)
-
-
-@full_precision_matmuls  # traced apart from the forward pass, outside its context
-def _matmul_with_transpose_bwd(res, g):
-    x, w_t = res
-    return g @ w_t, x.T @ g, None  # the weight's gradient goes to ``w`` (``w_t`` is a copy)
-
-
-matmul_with_transpose.defvjp(_matmul_with_transpose_fwd, _matmul_with_transpose_bwd)
-
-
 def qkv_kernel(inv_qkv: jnp.ndarray, ev_qk: jnp.ndarray) -> jnp.ndarray:
     """(F, 5F) kernel of all queries, keys and values of a block: [q, k, v of the invariant
     branch | q, k of the EV branch], each block-diagonal over its heads."""
     return jnp.concatenate([block_diagonal(inv_qkv), block_diagonal(ev_qk)], 1)
-
-
-def derived_param(module: nn.Module, name: str) -> jnp.ndarray:
-    """A parameter that :func:`inference_params` derives from the network's (inference)."""
-    value = module.get_variable("params", name)
-    if value is None:
-        raise ValueError(f"{module.name or type(module).__name__}: no parameter {name!r}; a "
-                         "module with radial_knots > 0 reads parameters derived from the "
-                         "network's: pass so3krates.model.inference_params(module, params)")
-    return value
-
-
-class Dense(nn.Module):
-    """``x @ kernel + bias`` (parameters as in ``flax.linen.Dense``); with ``transposed`` the
-    kernel's transpose is a parameter ``kernel_t`` as well (inference, see
-    :func:`matmul_with_transpose` and :func:`inference_params`)."""
-
-    features: int
-    dtype: Any = jnp.float32
-    transposed: bool = False
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features),
-                            self.dtype)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.dtype)
-        if self.transposed:
-            return matmul_with_transpose(x, kernel, derived_param(self, "kernel_t")) + bias
-        return x @ kernel + bias
-
-
-class ResidualMLP(nn.Module):
-    """x + Dense(SiLU(Dense(x))), optionally preceded by a LayerNorm."""
-
-    layer_norm: bool = False
-    dtype: Any = jnp.float32
-    transposed: bool = False
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        h = nn.LayerNorm(dtype=self.dtype, param_dtype=self.dtype)(x) if self.layer_norm else x
-        h = nn.silu(Dense(x.shape[-1], self.dtype, self.transposed)(h))
-        return x + Dense(x.shape[-1], self.dtype, self.transposed)(h)
 
 
 class EuclideanAttention(nn.Module):
@@ -502,7 +366,7 @@ def inference_params(module: So3krates, params: dict) -> dict:
     module runs the network (``radial_knots`` == 0)."""
     if not module.radial_knots:
         return params
-    out = _with_transposed_kernels(params)
+    out = with_transposed_kernels(params)
     for t in range(module.num_layers):
         block = dict(out[f"attention_{t}"])
         block["radial_table"] = radial_filter_table(
@@ -516,11 +380,3 @@ def inference_params(module: So3krates, params: dict) -> dict:
         out[f"attention_{t}"] = block
     return out
 
-
-def _with_transposed_kernels(tree: dict) -> dict:
-    """A copy of a parameter tree in which every ``Dense`` (a dict with a 2-D ``kernel`` and a
-    ``bias``) also holds ``kernel_t``."""
-    out = {k: _with_transposed_kernels(v) if isinstance(v, dict) else v for k, v in tree.items()}
-    if "bias" in tree and getattr(tree.get("kernel"), "ndim", 0) == 2:
-        out["kernel_t"] = tree["kernel"].T
-    return out
