@@ -376,3 +376,48 @@ def test_checkpoint_of_another_layout_is_refused_clearly(tmp_path):
         load_checkpoint(path, {"params": np.zeros(5), "host": {"step": np.int64(0)}})
     with pytest.raises(ValueError, match="shape"):
         load_checkpoint(path, {"params": {"a": np.zeros(4), "b": np.zeros(2)}, "host": {"step": np.int64(0)}})
+    # A counter the checkpoint predates starts from the template's value, where allowed.
+    newer = {"params": {"a": np.ones(3), "b": np.zeros(2)},
+             "host": {"step": np.int64(0), "skipped_steps": np.int64(0)}}
+    with pytest.raises(ValueError, match="checkpoint"):
+        load_checkpoint(path, newer)
+    ok = load_checkpoint(path, newer, fill_missing=("host",))
+    assert int(ok["host"]["step"]) == 7 and int(ok["host"]["skipped_steps"]) == 0
+
+
+def test_train_step_with_non_finite_loss_changes_nothing():
+    """A batch whose loss is not finite (here an infinite energy label) leaves parameters,
+    optimiser state and EMA bit for bit as they were and reports a NaN loss; the next finite
+    batch updates as if the bad one had never been there."""
+    import jax
+
+    from so3krates.config import load_config
+    from so3krates.model_io import build_module, init_params, reference_table
+    from so3krates.potential import make_predict_fn
+    from so3krates.training.optimizer import make_optimizer
+    from so3krates.training.trainer import flat_training_state, load_training_data, make_train_step
+
+    cfg = load_config(None, [f"data.path={shipped_dataset_path()}", *TINY_TRAIN])
+    data = load_training_data(cfg).subset(np.arange(8))
+    module = build_module(cfg.model)
+    graphs = GraphDataset(data, cfg.model.cutoff, 4, 1, np.dtype(cfg.model.dtype))
+    graph, labels = graphs.batch([0, 1, 2, 3])
+    predict = make_predict_fn(module, reference_table({}))
+    params, predict, _ = flat_training_state(predict, init_params(module, graph, 0))
+    optimizer = make_optimizer(cfg.training, horizon=100)
+    step = make_train_step(predict, optimizer, cfg.training)
+    state = (params, optimizer.init(params), params)
+    energy = np.array(labels.energy)
+    energy[1] = np.inf
+    bad = labels._replace(energy=energy)
+
+    *skipped, loss = step(*state, graph, bad)
+    assert np.isnan(float(loss))
+    for a, b in zip(jax.tree.leaves(skipped), jax.tree.leaves(state)):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    *after_skip, loss_good = step(*skipped, graph, labels)
+    *direct, loss_direct = step(*state, graph, labels)
+    assert np.isfinite(float(loss_good)) and float(loss_good) == float(loss_direct)
+    assert not np.array_equal(np.asarray(after_skip[0]), np.asarray(params))
+    for a, b in zip(jax.tree.leaves(after_skip), jax.tree.leaves(direct)):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
