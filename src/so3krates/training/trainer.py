@@ -129,9 +129,10 @@ def make_train_step(predict, optimizer: optax.GradientTransformation, tcfg: Trai
 
     A step whose loss or gradient is not finite changes nothing (parameters, optimiser
     state, EMA and schedule stay as they were) and returns a NaN loss: one bad batch must
-    not poison Adam's moments (a 30-minute aspirin run hit one NaN step among 73,000; rolled
-    back, it then ran the remaining 25 minutes at half the learning rate). The trainer counts
-    these steps; a run in which most steps are skipped goes back to its last good state.
+    not poison the parameters and Adam's moments (those of a 30-minute aspirin run turned NaN
+    between two validations; rolled back, it ran its remaining 25 minutes at half the learning
+    rate). The trainer counts these steps; if most steps between two validations are
+    skipped, it goes back to its last good state.
     """
     ema_decay = tcfg.ema_decay or 0.0
 
