@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -23,20 +23,12 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, serialization.msgpack_serialize(host))
 
 
-def load_checkpoint(
-    path: str | os.PathLike, template: dict[str, Any], fill_missing: Sequence[str] = ()
-) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, template: dict[str, Any]) -> dict[str, Any]:
     """Restore a checkpoint into the structure of ``template`` (same pytree layout).
 
-    ``fill_missing`` names top-level dicts of ``template`` whose entries may be absent from
-    the checkpoint (counters added by a later version): those take the template's values.
     Raises ValueError if the checkpoint's layout or array shapes differ from ``template``'s.
     """
     raw = serialization.msgpack_restore(Path(path).read_bytes())
-    for name in fill_missing:
-        if isinstance(raw.get(name), dict):
-            tree = serialization.to_state_dict(template[name])
-            raw[name] = {**{k: v for k, v in tree.items() if k not in raw[name]}, **raw[name]}
     try:
         state = serialization.from_state_dict(template, raw)
     except (KeyError, TypeError, ValueError) as err:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import yaml
@@ -55,7 +54,6 @@ LATEST = Path("checkpoints") / "latest.msgpack"
 METRIC_COLUMNS = [
     "step", "epoch", "elapsed_s", "learning_rate", "train_loss", "valid_loss",
     "valid_energy_mae", "valid_energy_rmse", "valid_forces_mae", "valid_forces_rmse",
-    "skipped_steps",
 ]
 # Fields that may change between a run and its resumption (budgets, not the optimisation).
 RESUMABLE_FIELDS = {"max_epochs", "max_steps", "max_time_minutes", "progress", "early_stopping_patience"}
@@ -126,13 +124,6 @@ def make_train_step(predict, optimizer: optax.GradientTransformation, tcfg: Trai
     ``train_step(params, opt_state, ema, graph, labels) -> (params, opt_state, ema, loss)``:
     the weighted energy/force loss of ``predict(params, graph)`` (see ``energy_forces_loss``),
     an ``optimizer`` update, and the exponential moving average of the parameters.
-
-    A step whose loss or gradient is not finite changes nothing (parameters, optimiser
-    state, EMA and schedule stay as they were) and returns a NaN loss: one bad batch must
-    not poison the parameters and Adam's moments (those of a 30-minute aspirin run turned NaN
-    between two validations; rolled back, it ran its remaining 25 minutes at half the learning
-    rate). The trainer counts these steps; if most steps between two validations are
-    skipped, it goes back to its last good state.
     """
     ema_decay = tcfg.ema_decay or 0.0
 
@@ -143,18 +134,10 @@ def make_train_step(predict, optimizer: optax.GradientTransformation, tcfg: Trai
                                       tcfg.forces_weight, huber_delta(tcfg))
 
         (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        finite = jnp.isfinite(loss) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g))
-                                                          for g in jax.tree.leaves(grads)]))
-
-        def update(_):
-            updates, new_opt_state = optimizer.update(grads, opt_state, params)
-            new_params = optax.apply_updates(params, updates)
-            new_ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, new_params)
-            return new_params, new_opt_state, new_ema
-
-        # A cond, not a select: the update's work and buffers only where it is taken.
-        params, opt_state, ema = jax.lax.cond(finite, update, lambda _: (params, opt_state, ema), None)
-        return params, opt_state, ema, jnp.where(finite, loss, jnp.nan)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
+        return params, opt_state, ema, loss
 
     return train_step
 
@@ -218,13 +201,12 @@ def train(
             "plateau_bad": np.int64(0),
             "loss_sum": np.float64(0.0),
             "loss_count": np.int64(0),
-            "skipped_steps": np.int64(0),  # non-finite steps since the last validation
             "elapsed_s": np.float64(0.0),
         },
     }
     if resume:
         try:
-            state = load_checkpoint(output / LATEST, state, fill_missing=("host",))
+            state = load_checkpoint(output / LATEST, state)
         except ValueError as err:  # a different layout: written by another version
             raise ValueError(f"{output / LATEST} does not match this version's training state "
                              f"({err}); use another --output to start a new run") from err
@@ -250,17 +232,12 @@ def train(
     # immutable, so keeping references costs nothing. Not checkpointed: after a resume, the
     # first good validation sets it again.
     last_good = None
-    valid_step = start_step  # step of the last validation
 
     def flush_loss() -> None:
         # The running training loss lives on the device between validations; fold it into the
         # host state before anything reads or saves it.
-        # (NaN: a step skipped for a non-finite loss or gradient, see make_train_step)
-        losses = np.asarray(jax.device_get(step_losses), dtype=np.float64)
-        skipped = int(np.count_nonzero(np.isnan(losses)))
-        host["loss_sum"] += float(np.nansum(losses))
-        host["loss_count"] += len(losses) - skipped
-        host["skipped_steps"] += skipped
+        host["loss_sum"] += float(np.sum(jax.device_get(step_losses), dtype=np.float64))
+        host["loss_count"] += len(step_losses)
         step_losses.clear()
 
     def checkpoint() -> None:
@@ -286,7 +263,7 @@ def train(
         return bool(limit) and not vloss <= limit * host["best_valid_loss"]
 
     def validate() -> dict:
-        nonlocal opt_state, params, ema, last_good, valid_step
+        nonlocal opt_state, params, ema, last_good
         ema_params = unravel(ema)
         e, f = predict_dataset(valid_predict, ema_params, valid_graphs)
         de, df = label_errors(valid_set, e, f)
@@ -294,23 +271,14 @@ def train(
         vloss = errors_loss(de, df, tcfg)
         train_loss = host["loss_sum"] / host["loss_count"] if host["loss_count"] else float("nan")
         host["loss_sum"], host["loss_count"] = 0.0, 0
-        skipped, host["skipped_steps"] = host["skipped_steps"], 0
-        if skipped:
-            console.print(f"step {step}: skipped {skipped} of {step - valid_step} steps "
-                          "(non-finite loss or gradient)")
-        # Most steps skipped: the parameters sit where gradients are not finite.
-        stuck = bool(tcfg.divergence_factor) and 2 * skipped > step - valid_step
-        valid_step = step
-        rolled_back = last_good is not None and (diverged(vloss) or stuck)
+        rolled_back = last_good is not None and diverged(vloss)
         if rolled_back:
             # A loss spike threw the model far from its optimum (Adam at a high learning
             # rate can collapse to near-zero forces and never recover): go back and go slower.
             params, good_opt_state, ema = last_good
             opt_state = with_moments_of(opt_state, good_opt_state)  # the schedule goes on
-            why = ("most steps skipped" if stuck and not diverged(vloss) else
-                   f"validation loss {vloss:.3g} > {tcfg.divergence_factor:g} x best "
-                   f"{host['best_valid_loss']:.3g}")
-            console.print(f"step {step}: {why}; restored the last good state, learning "
+            console.print(f"step {step}: validation loss {vloss:.3g} > {tcfg.divergence_factor:g} x best "
+                          f"{host['best_valid_loss']:.3g}; restored the last good state, learning "
                           f"rate x {tcfg.plateau_factor:g}")
         if vloss < host["best_valid_loss"]:
             host["best_valid_loss"] = vloss
@@ -336,7 +304,6 @@ def train(
             "valid_energy_rmse": m["energy_rmse"],
             "valid_forces_mae": m["forces_mae"],
             "valid_forces_rmse": m["forces_rmse"],
-            "skipped_steps": skipped,
         }
         _append_metrics(output / METRICS_FILE, row)
         return row
@@ -465,7 +432,7 @@ def _best_row(path: Path) -> dict:
     if not rows:
         return {}
     best = min(rows, key=lambda r: float(r["valid_loss"]))
-    return {k: float(v) for k, v in best.items() if v not in ("", None)}  # "": older columns
+    return {k: float(v) for k, v in best.items()}
 
 
 def _finish_plots(output: Path, valid_set: Dataset, valid_graphs: GraphDataset, predict) -> None:
