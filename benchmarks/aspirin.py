@@ -129,9 +129,10 @@ def machine_speed(reps: int = 30) -> dict[str, float]:
     thread settings): the float32 matmul rate of XLA on the default device (1,024 x 1,024,
     GFLOP/s, median of ``reps``) and the median latency of a trivial jitted call (µs).
 
-    The development VM's speed drifts between days by up to 2.5x (matmul 90-220 GFLOP/s on
-    two cores), and all timings with it: record the probe with every timing, so that numbers
-    from different days can be compared.
+    The development VM's speed drifts between days (one core's matmul: 204-219 GFLOP/s in one
+    session, 89 in another), and timings with it: record the probe with every timing, so that
+    numbers from different days can be compared. It does not track memory-bound work (training
+    steps ran 27 % faster in one run than in another with the same reading).
     """
     import jax
     import jax.numpy as jnp

@@ -61,7 +61,7 @@ matmul_with_transpose.defvjp(_matmul_with_transpose_fwd, _matmul_with_transpose_
 
 
 def derived_param(module: nn.Module, name: str) -> jnp.ndarray:
-    """A parameter that :func:`inference_params` derives from the network's (inference)."""
+    """A parameter that ``so3krates.model.inference_params`` derives from the network's (inference)."""
     value = module.get_variable("params", name)
     if value is None:
         raise ValueError(f"{module.name or type(module).__name__}: no parameter {name!r}; a "
@@ -73,7 +73,7 @@ def derived_param(module: nn.Module, name: str) -> jnp.ndarray:
 class Dense(nn.Module):
     """``x @ kernel + bias`` (parameters as in ``flax.linen.Dense``); with ``transposed`` the
     kernel's transpose is a parameter ``kernel_t`` as well (inference, see
-    :func:`matmul_with_transpose` and :func:`inference_params`)."""
+    :func:`matmul_with_transpose` and ``so3krates.model.inference_params``)."""
 
     features: int
     dtype: Any = jnp.float32
