@@ -105,9 +105,10 @@ class TrainingConfig(_Strict):
         "learning rate; biases, embeddings and per-element scales/shifts are not decayed")
     grad_clip: float | None = Field(10.0, gt=0)
     divergence_factor: float | None = Field(
-        10.0, gt=1, description="a validation loss above this multiple of the best restores the "
-        "state of the last good validation and multiplies the learning rate by plateau_factor; "
-        "None disables"
+        10.0, gt=1, description="a validation loss above this multiple of the best, or a mean "
+        "training loss between validations that is not finite or above this multiple of the "
+        "lowest, restores the last proven-good state and multiplies the learning rate by "
+        "plateau_factor (so3krates.training.guard); None disables"
     )
     ema_decay: float | None = Field(0.99, ge=0, lt=1)
     max_epochs: int = Field(2000, gt=0)

@@ -46,6 +46,7 @@ from so3krates.training.optimizer import (
     with_moments_of,
 )
 from so3krates.training.plots import plot_learning_curves, plot_parity
+from so3krates.training.guard import DivergenceGuard
 from so3krates.training.statistics import fit_reference_energies, force_scale
 
 CONFIG_FILE = "train_config.yaml"
@@ -228,10 +229,9 @@ def train(
     rate_anchor: tuple[int, float] | None = None  # (step, time) once the step is compiled
     last_valid: dict = {}
     stop_reason = ""
-    # (params, opt_state, ema) after the last validation that was not a divergence: arrays are
-    # immutable, so keeping references costs nothing. Not checkpointed: after a resume, the
-    # first good validation sets it again.
-    last_good = None
+    # Keeps (params, opt_state, ema) of the last proven-good validation: arrays are immutable,
+    # so keeping references costs nothing. Not checkpointed: a resumed run starts it anew.
+    guard = DivergenceGuard(tcfg.divergence_factor)
 
     def flush_loss() -> None:
         # The running training loss lives on the device between validations; fold it into the
@@ -258,27 +258,27 @@ def train(
         if horizon is not None:
             opt_state = set_decay_horizon(opt_state, horizon)
 
-    def diverged(vloss: float) -> bool:
-        limit = tcfg.divergence_factor
-        return bool(limit) and not vloss <= limit * host["best_valid_loss"]
-
     def validate() -> dict:
-        nonlocal opt_state, params, ema, last_good
+        nonlocal opt_state, params, ema
         ema_params = unravel(ema)
         e, f = predict_dataset(valid_predict, ema_params, valid_graphs)
         de, df = label_errors(valid_set, e, f)
         m = metrics_of_errors(valid_set, de, df)
         vloss = errors_loss(de, df, tcfg)
-        train_loss = host["loss_sum"] / host["loss_count"] if host["loss_count"] else float("nan")
+        train_loss = host["loss_sum"] / host["loss_count"] if host["loss_count"] else None
         host["loss_sum"], host["loss_count"] = 0.0, 0
-        rolled_back = last_good is not None and diverged(vloss)
+        shown_train_loss = float("nan") if train_loss is None else train_loss
+        restore = guard.validate((params, opt_state, ema), vloss, host["best_valid_loss"], train_loss)
+        rolled_back = restore is not None
         if rolled_back:
             # A loss spike threw the model far from its optimum (Adam at a high learning
-            # rate can collapse to near-zero forces and never recover): go back and go slower.
-            params, good_opt_state, ema = last_good
+            # rate can collapse to near-zero forces, or the network's activations explode):
+            # go back and go slower.
+            params, good_opt_state, ema = restore
             opt_state = with_moments_of(opt_state, good_opt_state)  # the schedule goes on
-            console.print(f"step {step}: validation loss {vloss:.3g} > {tcfg.divergence_factor:g} x best "
-                          f"{host['best_valid_loss']:.3g}; restored the last good state, learning "
+            console.print(f"step {step}: diverged (validation loss {vloss:.3g}, best "
+                          f"{host['best_valid_loss']:.3g}; training loss {shown_train_loss:.3g}, lowest "
+                          f"{guard.best_train_loss:.3g}); restored the last good state, learning "
                           f"rate x {tcfg.plateau_factor:g}")
         if vloss < host["best_valid_loss"]:
             host["best_valid_loss"] = vloss
@@ -291,14 +291,12 @@ def train(
         if rolled_back or (tcfg.plateau_patience and host["plateau_bad"] >= tcfg.plateau_patience):
             opt_state = set_plateau_factor(opt_state, plateau_factor(opt_state) * tcfg.plateau_factor)
             host["plateau_bad"] = 0
-        if not diverged(vloss):
-            last_good = (params, opt_state, ema)
         row = {
             "step": step,
             "epoch": step / n_batches,
             "elapsed_s": elapsed0 + time.monotonic() - t_start,
             "learning_rate": current_learning_rate(tcfg, step, opt_state),
-            "train_loss": train_loss,
+            "train_loss": shown_train_loss,
             "valid_loss": vloss,
             "valid_energy_mae": m["energy_mae"],
             "valid_energy_rmse": m["energy_rmse"],
