@@ -33,6 +33,7 @@ from so3krates.fileio import atomic_write_bytes
 from so3krates.model_io import build_module, init_params, reference_table, save_model
 from so3krates.potential import make_predict_fn
 from so3krates.training.checkpoint import load_checkpoint, save_checkpoint
+from so3krates.training.guard import DivergenceGuard
 from so3krates.training.loss import energy_forces_loss, errors_loss, huber_delta
 from so3krates.training.optimizer import (
     budget_horizon,
@@ -46,7 +47,6 @@ from so3krates.training.optimizer import (
     with_moments_of,
 )
 from so3krates.training.plots import plot_learning_curves, plot_parity
-from so3krates.training.guard import DivergenceGuard
 from so3krates.training.statistics import fit_reference_energies, force_scale
 
 CONFIG_FILE = "train_config.yaml"
