@@ -45,6 +45,7 @@ def test_the_first_interval_is_judged_only_by_finiteness():
     loss and recover (aspirin: 33 against 0.61); only a non-finite mean is a divergence there."""
     g = DivergenceGuard(10.0)
     g.validate("s0", 0.61, math.inf, None)
+    assert g.diverged(0.017, 0.61, math.inf) and g.diverged(0.017, 0.61, math.nan)
     assert g.validate("s1", 0.017, 0.61, 33.0) is None
     assert g.best_train_loss == 33.0
     assert g.validate("s2", 0.008, 0.017, 0.0037) is None

@@ -48,7 +48,9 @@ class DivergenceGuard:
             return False
         if not valid_loss <= self.factor * best_valid_loss:
             return True
-        return train_loss is not None and not train_loss <= self.factor * self.best_train_loss
+        if train_loss is None:
+            return False
+        return not (math.isfinite(train_loss) and train_loss <= self.factor * self.best_train_loss)
 
     def validate(
         self, state: Any, valid_loss: float, best_valid_loss: float, train_loss: float | None
