@@ -15,8 +15,9 @@ those raw parameters. The training loss sees them at once.
 The state to return to is one that has proven itself: a state validated without either signal
 is a *candidate*, and becomes the *good* state only when the interval trained from it was
 healthy as well, since a state wrecked by the last step before a validation shows only in the
-next interval's losses. The state at the start (before any step, or as resumed) is good
-without that proof: there is nothing older to go back to.
+next interval's losses. The state at the start of a run (validated before any step) is good
+without that proof: there is nothing older to go back to. A resumed run starts with no good
+state (the guard is not checkpointed) and proves one as above.
 """
 
 from __future__ import annotations
