@@ -49,6 +49,13 @@ def init_model(config: ModelConfig, graph, seed: int = 0):
     params = dict(params)
     params["element_scale"] = params["element_scale"] + jax.random.normal(key, params["element_scale"].shape, params["element_scale"].dtype)
     params["element_shift"] = 0.1 * jax.random.normal(key, params["element_shift"].shape, params["element_shift"].dtype)
+    # A random last kernel whatever ``output_init`` says: with zeros the energy would not depend
+    # on the positions, and symmetry and gradient tests would compare zeros.
+    head = dict(params["Dense_1"])
+    fan_in = head["kernel"].shape[0]
+    head["kernel"] = jax.random.normal(jax.random.PRNGKey(seed + 2), head["kernel"].shape,
+                                       head["kernel"].dtype) / np.sqrt(fan_in)
+    params["Dense_1"] = head
     return module, params
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from conftest import ethanol_frames, predict_single
-from so3krates.batching import Capacity, pack, round_up
+from conftest import ethanol_frames, predict_single, small_config
+from so3krates.batching import Capacity, pack, round_up, single_graph
+from so3krates.model_io import build_module, init_params
 from so3krates.neighbours import neighbour_list
+from so3krates.potential import make_predict_fn
 
 
 def random_orthogonal(seed: int, reflect: bool) -> np.ndarray:
@@ -154,3 +157,26 @@ def test_smooth_at_cutoff(tiny_predict, cutoff_fn):
     assert jumps[1][0] < 1e-8
     assert jumps[1][0] <= jumps[0][0] / 50 or jumps[1][0] < 1e-12
     assert jumps[1][1] <= jumps[0][1] / 50
+
+
+def test_zero_output_init_starts_from_reference_energies():
+    """``output_init="zeros"``: the untrained model predicts the reference energies exactly and
+    zero forces; the default starts from a random, position-dependent energy."""
+    data = ethanol_frames(1)
+    z, r = data.numbers[0], data.positions[0]
+    reference = np.zeros(119)
+    reference[[1, 6, 8]] = [-13.6, -1029.5, -2041.3]
+    e_ref = reference[z].sum()
+    for init in ("zeros", "lecun_normal"):
+        cfg = small_config("float64", output_init=init)
+        graph, _ = single_graph(z, r, np.zeros((3, 3)), np.zeros(3, bool), cfg.cutoff,
+                                dtype=np.float64)
+        module = build_module(cfg, energy_scale=1.0)
+        out = jax.jit(make_predict_fn(module, reference))(init_params(module, graph, 0), graph)
+        forces = np.asarray(out.forces[: len(z)])
+        if init == "zeros":
+            assert abs(float(out.energy[0]) - e_ref) <= 1e-14 * abs(e_ref)
+            assert np.all(forces == 0.0)
+        else:
+            assert abs(float(out.energy[0]) - e_ref) > 1e-3
+            assert np.abs(forces).max() > 1e-3

@@ -53,6 +53,7 @@ def build_module(
         num_elements=NUM_ELEMENTS,
         dtype=jnp.dtype(dtype or config.dtype),
         radial_knots=radial_knots,
+        output_init=config.output_init,
     )
 
 

@@ -78,10 +78,11 @@ class Dense(nn.Module):
     features: int
     dtype: Any = jnp.float32
     transposed: bool = False
+    kernel_init: Any = nn.initializers.lecun_normal()
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features),
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features),
                             self.dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.dtype)
         if self.transposed:

@@ -251,6 +251,13 @@ class Exchange(nn.Module):
         return x, chi
 
 
+# Initialisers of the energy head's last kernel (``ModelConfig.output_init``). "zeros" starts
+# training from E = sum_i e_Z (the fitted reference energies) and zero forces instead of the
+# random network's: on rMD17 aspirin about 400 eV off and forces of 34 eV/Å rms, against
+# 1.3 eV/Å in the data. The kernel's gradient is not zero, so the rest learns from step 2 on.
+OUTPUT_INITS = {"lecun_normal": nn.initializers.lecun_normal(), "zeros": nn.initializers.zeros}
+
+
 class So3krates(nn.Module):
     """SO3krates: padded graph -> per-atom energy contributions (N,) in eV (without e_Z).
 
@@ -278,6 +285,7 @@ class So3krates(nn.Module):
     num_elements: int = 119
     dtype: Any = jnp.float32
     radial_knots: int = 0
+    output_init: str = "zeros"
 
     @nn.compact
     @full_precision_matmuls
@@ -344,7 +352,7 @@ class So3krates(nn.Module):
 
         tr = self.radial_knots > 0
         h = nn.silu(Dense(f, dt, tr)(x))
-        out = Dense(1, dt, tr)(h)[:, 0]
+        out = Dense(1, dt, tr, kernel_init=OUTPUT_INITS[self.output_init])(h)[:, 0]
         scale = self.param(
             "element_scale", nn.initializers.constant(self.energy_scale), (self.num_elements,), dt
         )
