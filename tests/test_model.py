@@ -168,7 +168,8 @@ def test_zero_output_init_starts_from_reference_energies():
     reference[[1, 6, 8]] = [-13.6, -1029.5, -2041.3]
     e_ref = reference[z].sum()
     for init in ("zeros", "lecun_normal"):
-        cfg = small_config("float64", output_init=init)
+        cfg = small_config("float64", output_init=init, features=16, num_layers=1,
+                           degrees=[1, 2], num_radial=8)
         graph, _ = single_graph(z, r, np.zeros((3, 3)), np.zeros(3, bool), cfg.cutoff,
                                 dtype=np.float64)
         module = build_module(cfg, energy_scale=1.0)
