@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(VENV)/bin/so3krates demo --output demo_output
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -ra --durations=15
+	$(VENV)/bin/python -m pytest -q -ra --durations=15 -n 2
 
 clean:
 	rm -rf $(VENV) demo_output

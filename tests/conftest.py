@@ -10,6 +10,9 @@ from pathlib import Path
 # process, kill-and-resume) need XLA's deterministic mode; CPUs are deterministic anyway. Set
 # before JAX starts its backends; subprocesses inherit it.
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_gpu_deterministic_ops=true".strip()
+# `make test` runs two pytest workers (pytest-xdist); on a GPU each would otherwise reserve 75 %
+# of its memory at start.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax
 import numpy as np
