@@ -216,11 +216,15 @@ def evaluate_test(model, path: Path, n_test: int | None) -> dict[str, float]:
 
 
 def fresh_model(model_config, molecule, directory: Path, seed: int):
-    """An untrained :class:`~so3krates.model_io.Model` (H, C, O; zero reference energies)."""
+    """An untrained :class:`~so3krates.model_io.Model` (H, C, O; zero reference energies) with
+    random weights throughout: the energy head's last kernel too, which the package starts at
+    zero (``output_init``), so that its forces are not zero (``md.py`` runs dynamics on them)."""
     from so3krates import model_io
     from so3krates.batching import single_graph
     from so3krates.model_io import Model, build_module
 
+    if "output_init" in type(model_config).model_fields:
+        model_config = model_config.model_copy(update={"output_init": "lecun_normal"})
     module = build_module(model_config, 1.0)
     g, _ = single_graph(molecule.numbers, molecule.positions, molecule.cell[:], molecule.pbc,
                         model_config.cutoff, dtype=np.dtype(model_config.dtype))
