@@ -10,7 +10,7 @@ Run from the repository root::
 
 Each measurement runs in a fresh process (the heap setting is process-wide); the rounds
 interleave all variants so that a noisy machine affects them alike. The step is the trainer's
-own (``so3krates.training.trainer.make_train_step``) with the reference model (F=128, 2 layers,
+own (``so3krates.training.step.make_train_step``) with the reference model (F=128, 2 layers,
 4 heads, degrees 1-4, 5 Å) and the default training settings, both changed by ``--set``
 overrides (the aspirin benchmark's model has ``model.num_layers=3``). Progress goes to stderr;
 one JSON object goes to stdout.
@@ -57,7 +57,7 @@ def time_steps(
     from so3krates.potential import make_predict_fn
     from so3krates.training.optimizer import make_optimizer, weight_decay_mask
     from so3krates.training.statistics import fit_reference_energies, force_scale
-    from so3krates.training.trainer import flat_training_state, make_train_step
+    from so3krates.training.step import flat_training_state, make_train_step
 
     cfg = load_config(None, [*MODEL_OVERRIDES, *overrides, f"training.batch_size={batch_size}"])
     data = read_dataset(data_path).subset(np.arange(200))

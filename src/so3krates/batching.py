@@ -262,11 +262,21 @@ class GraphDataset:
         labels = pack_labels(d.energy[np.asarray(indices, dtype=np.int64)], [d.forces[k] for k in indices], cap)
         return graph, labels
 
-    def batches(self, order: Sequence[int] | None = None, start: int = 0):
-        """Yield ``(graph, labels)`` for consecutive chunks of ``order``, from chunk ``start``."""
-        order = np.arange(len(self)) if order is None else np.asarray(order)
-        for s in range(start * self.batch_size, len(order), self.batch_size):
-            yield self.batch(order[s : s + self.batch_size])
+    def batches(self, order: Sequence[int] | None = None, start: int = 0,
+                shard: tuple[int, int] = (0, 1)):
+        """Yield ``(graph, labels)`` for consecutive chunks of ``order``, from chunk ``start``.
 
-    def num_batches(self) -> int:
-        return -(-len(self) // self.batch_size)
+        With ``shard=(rank, size)`` the chunks hold ``size * batch_size`` structures, and of
+        each this yields the ``rank``-th ``batch_size`` (fewer, or none, at the end): the share
+        of one process of a data-parallel run.
+        """
+        rank, size = shard
+        order = np.arange(len(self)) if order is None else np.asarray(order)
+        chunk = size * self.batch_size
+        for s in range(start * chunk, len(order), chunk):
+            lo = s + rank * self.batch_size
+            yield self.batch(order[lo : min(lo + self.batch_size, s + chunk)])
+
+    def num_batches(self, shards: int = 1) -> int:
+        """Chunks in an epoch (see :meth:`batches`)."""
+        return -(-len(self) // (shards * self.batch_size))

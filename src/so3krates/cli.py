@@ -23,6 +23,9 @@ def _train_parser(sub) -> None:
     p.add_argument("--n-valid", type=int)
     p.add_argument("--max-time", type=float, metavar="MINUTES", help="wall-clock budget")
     p.add_argument("--output", default="runs/model", help="model directory (default runs/model)")
+    p.add_argument("--processes", type=int, metavar="N",
+                   help="train in N processes, one per CPU core, each with a share of every "
+                        "batch (training.processes; small molecules on a multi-core CPU)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config entry, e.g. --set model.features=64")
 
@@ -58,6 +61,8 @@ def cmd_train(args) -> int:
         overrides.append(f"data.n_valid={args.n_valid}")
     if args.max_time:
         overrides.append(f"training.max_time_minutes={args.max_time}")
+    if args.processes:
+        overrides.append(f"training.processes={args.processes}")
     config = load_config(args.config, overrides)
     result = train(config, args.output, console=console)
     console.print(f"model directory: [bold]{result.output}[/bold]")
@@ -149,11 +154,16 @@ def main(argv: list[str] | None = None) -> int:
     from so3krates.data import DataError
     from so3krates.model_io import ModelFileError
 
+    from so3krates.training.data_parallel import DataParallelError
+
     try:
         return handlers[args.command](args)
     except (DataError, ModelFileError, ValidationError, ValueError, FileNotFoundError) as err:
         console.print(f"[bold red]error:[/bold red] {err}")
         return 2
+    except DataParallelError as err:  # a training process was killed: resume by rerunning
+        console.print(f"[bold red]error:[/bold red] {err}")
+        return 1
 
 
 if __name__ == "__main__":

@@ -124,7 +124,18 @@ class TrainingConfig(_Strict):
     checkpoint_every: int | None = Field(None, gt=0, description="steps; default valid_every")
     early_stopping_patience: int | None = Field(None, gt=0, description="validations")
     buckets: int = Field(3, gt=0)
+    processes: int = Field(
+        1, gt=0, description="training processes, one per CPU core (or group of cores), each "
+        "with batch_size / processes structures of every batch (so3krates.training.data_parallel)"
+    )
     progress: bool = True
+
+    @model_validator(mode="after")
+    def _batch_splits_over_processes(self):
+        if self.batch_size % self.processes:
+            raise ValueError(f"batch_size={self.batch_size} does not split evenly over "
+                             f"processes={self.processes}")
+        return self
 
     @field_validator("decay_steps")
     @classmethod

@@ -18,14 +18,12 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import optax
 import yaml
-from jax.flatten_util import ravel_pytree
 
 from so3krates.batching import GraphDataset
 from so3krates.allocator import keep_freed_memory
 from so3krates.compile import jit
-from so3krates.config import Config, TrainingConfig, dump_yaml
+from so3krates.config import Config, dump_yaml
 from so3krates.data import DataError, Dataset, read_dataset
 from so3krates.data.split import SPLIT_FILE, load_split, make_split, save_split
 from so3krates.evaluate import label_errors, metrics_of_errors, predict_dataset
@@ -33,8 +31,9 @@ from so3krates.fileio import atomic_write_bytes
 from so3krates.model_io import build_module, init_params, reference_table, save_model
 from so3krates.potential import make_predict_fn
 from so3krates.training.checkpoint import load_checkpoint, save_checkpoint
+from so3krates.training.data_parallel import GradientExchange, run_data_parallel
 from so3krates.training.guard import DivergenceGuard
-from so3krates.training.loss import energy_forces_loss, errors_loss, huber_delta
+from so3krates.training.loss import errors_loss
 from so3krates.training.optimizer import (
     budget_horizon,
     current_learning_rate,
@@ -48,6 +47,7 @@ from so3krates.training.optimizer import (
 )
 from so3krates.training.plots import plot_learning_curves, plot_parity
 from so3krates.training.statistics import fit_reference_energies, force_scale
+from so3krates.training.step import DataParallelStep, flat_training_state, make_train_step
 
 CONFIG_FILE = "train_config.yaml"
 METRICS_FILE = "metrics.csv"
@@ -57,7 +57,9 @@ METRIC_COLUMNS = [
     "valid_energy_mae", "valid_energy_rmse", "valid_forces_mae", "valid_forces_rmse",
 ]
 # Fields that may change between a run and its resumption (budgets, not the optimisation).
-RESUMABLE_FIELDS = {"max_epochs", "max_steps", "max_time_minutes", "progress", "early_stopping_patience"}
+# The number of processes changes neither: they share each batch and average its gradient.
+RESUMABLE_FIELDS = {"max_epochs", "max_steps", "max_time_minutes", "progress", "early_stopping_patience",
+                    "processes"}
 
 
 @dataclass
@@ -107,77 +109,66 @@ def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def flat_training_state(predict, params):
-    """The layout the training loop keeps: ``(flat, flat_predict, unravel)``.
-
-    Parameters (and so the EMA and the optimiser moments built from them) become one flat
-    vector; ``flat_predict(flat, graph)`` is ``predict(unravel(flat), graph)``. The update is
-    then a handful of kernels instead of a few per parameter array (on 2 CPU cores the
-    per-array update took 1.6 of the 11.6 ms of an aspirin training step).
-    """
-    flat, unravel = ravel_pytree(params)
-    return flat, (lambda p, graph: predict(unravel(p), graph)), unravel
-
-
-def make_train_step(predict, optimizer: optax.GradientTransformation, tcfg: TrainingConfig):
-    """One jitted optimisation step on a batch.
-
-    ``train_step(params, opt_state, ema, graph, labels) -> (params, opt_state, ema, loss)``:
-    the weighted energy/force loss of ``predict(params, graph)`` (see ``energy_forces_loss``),
-    an ``optimizer`` update, and the exponential moving average of the parameters.
-    """
-    ema_decay = tcfg.ema_decay or 0.0
-
-    @jit
-    def train_step(params, opt_state, ema, graph, labels):
-        def loss_fn(p):
-            return energy_forces_loss(predict(p, graph), labels, tcfg.energy_weight,
-                                      tcfg.forces_weight, huber_delta(tcfg))
-
-        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
-        return params, opt_state, ema, loss
-
-    return train_step
-
-
 def train(
-    config: Config, output: str | os.PathLike, data: Dataset | None = None, console=None
+    config: Config,
+    output: str | os.PathLike,
+    data: Dataset | None = None,
+    console=None,
+    exchange: GradientExchange | None = None,
 ) -> TrainResult:
     """Train (or resume training) an SO3krates model; the model directory is ``output``.
 
     Writes into ``output``: ``model.yaml`` + ``params.msgpack`` (best EMA weights),
     ``train_config.yaml``, ``split.npz``, ``metrics.csv``, ``checkpoints/latest.msgpack``
-    and ``plots/*.png``.
+    and ``plots/*.png``. ``console``: a ``rich`` console for messages and the progress bar,
+    or ``"stdout"`` / ``"stderr"`` (default stdout).
+
+    With ``training.processes > 1`` it runs in that many new processes, one per CPU core
+    (:mod:`so3krates.training.data_parallel`), each of which calls it again with its
+    ``exchange``; every process shares each batch and rank 0 writes the files.
     """
     from rich.console import Console
 
-    console = console or Console()
+    tcfg = config.training
+    if exchange is None and tcfg.processes > 1:
+        stream = console if isinstance(console, str) else (
+            "stderr" if getattr(console, "stderr", False) else "stdout")
+        return run_data_parallel(train, tcfg.processes, (config, output),
+                                 {"data": data, "console": stream})
+    root = exchange is None or exchange.rank == 0  # the process that writes files and reports
+    if not root:
+        console = Console(quiet=True)
+    elif console is None or isinstance(console, str):
+        console = Console(stderr=console == "stderr")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    mcfg, dcfg, tcfg = config.model, config.data, config.training
+    mcfg, dcfg = config.model, config.data
     data = data if data is not None else load_training_data(config)
+    if exchange is not None and jax.default_backend() != "cpu":
+        raise ValueError(f"training.processes={tcfg.processes}: data parallelism runs over CPU "
+                         f"cores, and JAX computes on {jax.default_backend()}; set it to 1")
+    shard = (0, 1) if exchange is None else (exchange.rank, exchange.size)
 
     resume = (output / LATEST).exists()
     if resume:
         _check_resume_config(output, config)
-    else:
+    elif root:
         dump_yaml(config.model_dump(), output / CONFIG_FILE)
     if (output / SPLIT_FILE).exists():
         split = load_split(output, len(data))
     else:
         split = make_split(len(data), dcfg.n_train, dcfg.n_valid, dcfg.n_test,
                            dcfg.split_seed, dcfg.shuffle_split)
-        save_split(output, split, len(data))
+        if root:
+            save_split(output, split, len(data))
     train_set, valid_set = data.subset(split["train"]), data.subset(split["valid"])
 
     refs = fit_reference_energies(train_set)
     scale = force_scale(train_set)
     module = build_module(mcfg, scale)
     np_dtype = np.dtype(mcfg.dtype)
-    train_graphs = GraphDataset(train_set, mcfg.cutoff, tcfg.batch_size, tcfg.buckets, np_dtype)
+    train_graphs = GraphDataset(train_set, mcfg.cutoff, tcfg.batch_size // shard[1], tcfg.buckets,
+                                np_dtype)
     valid_graphs = GraphDataset(valid_set, mcfg.cutoff, tcfg.batch_size, tcfg.buckets, np_dtype)
     predict = make_predict_fn(module, reference_table(refs))
     valid_predict = jit(predict)
@@ -186,7 +177,7 @@ def train(
     tree_params = init_params(module, g0, tcfg.seed)
     params, flat_predict, unravel = flat_training_state(predict, tree_params)
     decay_mask = weight_decay_mask(tree_params, flat=True)
-    n_batches = train_graphs.num_batches()
+    n_batches = train_graphs.num_batches(shards=shard[1])
     epoch_steps = tcfg.max_epochs * n_batches
     max_steps = min(tcfg.max_steps or epoch_steps, epoch_steps)
     limit_reason = "max_steps" if tcfg.max_steps and tcfg.max_steps <= epoch_steps else "max_epochs"
@@ -212,9 +203,9 @@ def train(
             raise ValueError(f"{output / LATEST} does not match this version's training state "
                              f"({err}); use another --output to start a new run") from err
     start_step = int(state["host"]["step"])
-    _truncate_metrics(output / METRICS_FILE, start_step)
+    if root:
+        _truncate_metrics(output / METRICS_FILE, start_step)
 
-    train_step = make_train_step(flat_predict, optimizer, tcfg)
     checkpoint_every = tcfg.checkpoint_every or tcfg.valid_every
     budget_s = tcfg.max_time_minutes * 60.0 if tcfg.max_time_minutes else math.inf
     fit_decay_to_budget = tcfg.decay_steps == "budget" and math.isfinite(budget_s)
@@ -225,8 +216,21 @@ def train(
     step = start_step
     t_start = time.monotonic()
     elapsed0 = host["elapsed_s"]
+
+    def clock() -> float:
+        return time.monotonic() - t_start
+
+    if exchange is None:
+        train_step = make_train_step(flat_predict, optimizer, tcfg)
+    else:  # all processes take their time-based decisions on rank 0's clock
+        train_step = DataParallelStep(flat_predict, optimizer, tcfg, exchange, params.size,
+                                      np_dtype, clock)
+        local_clock = clock
+
+        def clock() -> float:
+            return local_clock() if train_step.elapsed is None else train_step.elapsed
     step_losses: list = []  # device scalars: adding them eagerly would cost a dispatch per step
-    rate_anchor: tuple[int, float] | None = None  # (step, time) once the step is compiled
+    rate_anchor: tuple[int, float] | None = None  # (step, clock()) once the step is compiled
     last_valid: dict = {}
     stop_reason = ""
     # Keeps (params, opt_state, ema) of the last proven-good validation: arrays are immutable,
@@ -243,18 +247,19 @@ def train(
     def checkpoint() -> None:
         flush_loss()
         host["step"] = step
-        host["elapsed_s"] = elapsed0 + time.monotonic() - t_start
-        save_checkpoint(output / LATEST, {"params": params, "opt_state": opt_state, "ema": ema,
-                                          "host": {k: np.asarray(v) for k, v in host.items()}})
+        host["elapsed_s"] = elapsed0 + clock()
+        if root:
+            save_checkpoint(output / LATEST, {"params": params, "opt_state": opt_state, "ema": ema,
+                                              "host": {k: np.asarray(v) for k, v in host.items()}})
 
     def fit_decay_horizon() -> None:
         # The decay ends when the budget does: steps so far plus what the remaining time
         # holds at the rate measured since the first (compiled) step, validations included.
         nonlocal opt_state
-        now = time.monotonic()
+        now = clock()
         if rate_anchor is None:
             return
-        horizon = budget_horizon(step, rate_anchor, now, budget_s - (now - t_start), max_steps)
+        horizon = budget_horizon(step, rate_anchor, now, budget_s - now, max_steps)
         if horizon is not None:
             opt_state = set_decay_horizon(opt_state, horizon)
 
@@ -283,7 +288,8 @@ def train(
         if vloss < host["best_valid_loss"]:
             host["best_valid_loss"] = vloss
             host["bad_validations"] = host["plateau_bad"] = 0
-            save_model(output, mcfg, ema_params, refs, scale, extra=_model_extra(config, step, m))
+            if root:
+                save_model(output, mcfg, ema_params, refs, scale, extra=_model_extra(config, step, m))
         else:
             host["bad_validations"] += 1
             host["plateau_bad"] += 1
@@ -294,7 +300,7 @@ def train(
         row = {
             "step": step,
             "epoch": step / n_batches,
-            "elapsed_s": elapsed0 + time.monotonic() - t_start,
+            "elapsed_s": elapsed0 + clock(),
             "learning_rate": current_learning_rate(tcfg, step, opt_state),
             "train_loss": shown_train_loss,
             "valid_loss": vloss,
@@ -303,10 +309,11 @@ def train(
             "valid_forces_mae": m["forces_mae"],
             "valid_forces_rmse": m["forces_rmse"],
         }
-        _append_metrics(output / METRICS_FILE, row)
+        if root:
+            _append_metrics(output / METRICS_FILE, row)
         return row
 
-    progress = _make_progress(console, enabled=tcfg.progress)
+    progress = _make_progress(console, enabled=tcfg.progress and root)
     task = progress.add_task("training", total=max_steps, completed=step, info="")
     with progress:
         if start_step:
@@ -319,23 +326,23 @@ def train(
                 stop_reason = limit_reason
                 break
             order = _epoch_order(tcfg.seed, epoch, len(train_set))
-            for graph, labels in train_graphs.batches(order, start=step % n_batches):
+            for graph, labels in train_graphs.batches(order, start=step % n_batches, shard=shard):
                 params, opt_state, ema, loss = train_step(params, opt_state, ema, graph, labels)
                 step_losses.append(loss)
                 step += 1
                 if rate_anchor is None:  # the first step is compiled
                     keep_freed_memory()  # larger batches otherwise page-fault at every step
-                    rate_anchor = (step, time.monotonic())
+                    rate_anchor = (step, clock())
                 if kill_at and step == kill_at:
                     os.kill(os.getpid(), signal.SIGKILL)
                 end = step >= max_steps
-                over_time = time.monotonic() - t_start > budget_s
+                over_time = clock() > budget_s
                 if step % tcfg.valid_every == 0 or end or over_time:
                     flush_loss()
                     last_valid = validate()
                     if fit_decay_to_budget:
                         fit_decay_horizon()
-                    elapsed = time.monotonic() - t_start
+                    elapsed = clock()
                     progress.update(task, info=(
                         f"epoch {step / n_batches:.1f} | {(step - start_step) / max(elapsed, 1e-9):.1f} steps/s | "
                         f"loss {last_valid['train_loss']:.3g} | valid E {last_valid['valid_energy_mae'] * 1e3:.2f} meV "
@@ -353,9 +360,10 @@ def train(
                 if stop_reason:
                     break
 
-    elapsed = time.monotonic() - t_start
-    _finish_plots(output, valid_set, valid_graphs, valid_predict)
-    best = _best_row(output / METRICS_FILE)
+    elapsed = clock()
+    if root:
+        _finish_plots(output, valid_set, valid_graphs, valid_predict)
+    best = _best_row(output / METRICS_FILE) if root else {}  # rank 0 may still be writing it
     console.print(
         f"[bold]training stopped[/bold] ({stop_reason}) after {step} steps, "
         f"{step / n_batches:.1f} epochs; best valid: energy MAE {best.get('valid_energy_mae', float('nan')) * 1e3:.2f} meV, "
