@@ -108,9 +108,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpu", type=int, metavar="CORE",
                    help="with --timing-only: compute on this CPU core only, one XLA thread "
                         "(as `so3krates md --cpu`; small molecules run faster so)")
+    p.add_argument("--processes", type=int, default=None, metavar="N",
+                   help="training processes (training.processes); default: on a CPU one per "
+                        "available core, at most the batch size and dividing it; else 1")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config override, e.g. --set model.features=64 (repeatable)")
     return p.parse_args(argv)
+
+
+def default_processes(batch_size: int) -> int:
+    """One training process per available CPU core, as many as divide ``batch_size``; 1
+    where JAX computes on an accelerator."""
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(n for n in range(1, batch_size + 1) if batch_size % n == 0 and n <= (cores or 1))
 
 
 def cpu_model() -> str | None:
@@ -166,19 +180,24 @@ def machine_info() -> dict[str, Any]:
 
 
 def build_config(args: argparse.Namespace, budget: bool = True):
-    """Reference hyperparameters + fixed split + budget (without it: the reference model),
-    then the user's ``--set`` overrides."""
+    """Reference hyperparameters + fixed split + budget, then the user's ``--set`` overrides;
+    without ``budget``: the reference model (with the ``--set`` overrides of ``model.*``)."""
     from so3krates.config import load_config
+
+    if not budget:
+        return load_config(None, [*REFERENCE_OVERRIDES,
+                                  *(o for o in args.set if o.strip().startswith("model."))])
 
     overrides = [
         *REFERENCE_OVERRIDES,
-        *(BUDGET_OVERRIDES if budget else []),
+        *BUDGET_OVERRIDES,
         *SPLIT_OVERRIDES,
         f"data.path={args.data_dir / TRAIN_FILE}",
         f"training.max_time_minutes={args.max_time}",
-        *args.set,
     ]
-    return load_config(None, overrides)
+    batch_size = load_config(None, [*overrides, *args.set]).training.batch_size
+    processes = args.processes or default_processes(batch_size)
+    return load_config(None, [*overrides, f"training.processes={processes}", *args.set])
 
 
 def prepare_output(output: Path, resume: bool) -> None:
