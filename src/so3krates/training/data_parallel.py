@@ -70,6 +70,9 @@ class GradientExchange:
                 fh.truncate(int(np.prod(shape)) * np.dtype(dtype).itemsize)
         self.barrier()
         self._buf = np.memmap(self._path, dtype=dtype, mode="r+", shape=shape)
+        self.barrier()
+        if self.rank == 0:  # the mappings stay; nothing is left behind if all are killed
+            self._path.unlink()
 
     def gather(self, row: np.ndarray) -> np.ndarray:
         """Every process's ``row``, stacked in rank order: ``(size, length)``.
