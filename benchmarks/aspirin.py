@@ -121,10 +121,12 @@ def default_processes(batch_size: int) -> int:
     where JAX computes on an accelerator."""
     import jax
 
+    from so3krates.training.data_parallel import available_cores
+
     if jax.default_backend() != "cpu":
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(n for n in range(1, batch_size + 1) if batch_size % n == 0 and n <= (cores or 1))
+    cores = len(available_cores()) or os.cpu_count() or 1
+    return max(n for n in range(1, batch_size + 1) if batch_size % n == 0 and n <= cores)
 
 
 def cpu_model() -> str | None:

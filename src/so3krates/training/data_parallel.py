@@ -99,12 +99,15 @@ class GradientExchange:
         self._buf = None
 
 
+def available_cores() -> list[int]:
+    """The CPU cores this process may run on (empty where the platform does not say)."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
 def core_groups(size: int, cores: Sequence[int] | None = None) -> list[list[int]]:
     """Split the CPU cores available to this process (or ``cores``) into ``size`` disjoint
     groups, as evenly as possible; with fewer cores than processes, cores are shared."""
-    if cores is None:
-        cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    cores = list(cores)
+    cores = available_cores() if cores is None else list(cores)
     if not cores:
         return [[] for _ in range(size)]
     if len(cores) < size:

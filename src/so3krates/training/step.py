@@ -77,7 +77,7 @@ def make_train_step(predict, optimizer: optax.GradientTransformation, tcfg: Trai
 
 
 # Layout of the row each process contributes to a data-parallel step (after the gradient).
-_LOSS, _WEIGHT, _CHECKSUM, _CLOCK = range(4)
+_LOSS, _WEIGHT, _CHECKSUM, _CLOCK, _TAIL = range(5)
 
 
 class DataParallelStep:
@@ -86,9 +86,9 @@ class DataParallelStep:
     Each process computes the loss gradient of its share of the batch; the gradients are
     averaged over the processes, weighted by their number of structures (a share can be
     smaller, or empty, at the end of an epoch), and every process applies the same update
-    to its copy of the state. Called like :func:`make_train_step`'s step; after a call,
-    :attr:`elapsed` is rank 0's ``clock()`` reading (None before the first call), so that every process takes the same
-    time-based decisions (budget, decay horizon).
+    to its copy of the state. Called like :func:`make_train_step`'s step. :meth:`clock` is
+    rank 0's ``clock()`` reading at the last step (this process's own before the first), so
+    that every process takes the same time-based decisions (budget, decay horizon).
 
     Raises RuntimeError if the processes' parameters ever differ.
     """
@@ -96,9 +96,9 @@ class DataParallelStep:
     def __init__(self, predict, optimizer: optax.GradientTransformation, tcfg: TrainingConfig,
                  exchange: GradientExchange, n_params: int, dtype, clock: Callable[[], float]):
         grad_fn, update_fn = loss_and_gradients(predict, tcfg), update(optimizer, tcfg)
-        self.exchange, self.clock, self.n = exchange, clock, n_params
-        self.elapsed: float | None = None  # before the first step
-        exchange.open(n_params + 4, dtype)
+        self.exchange, self.local_clock, self.n = exchange, clock, n_params
+        self.elapsed: float | None = None  # rank 0's clock at the last step
+        exchange.open(n_params + _TAIL, dtype)
 
         @jit
         def local_row(params, graph, labels, clock):
@@ -115,7 +115,7 @@ class DataParallelStep:
 
     def __call__(self, params, opt_state, ema, graph, labels):
         n = self.n
-        row = self._local_row(params, graph, labels, self.clock())
+        row = self._local_row(params, graph, labels, self.local_clock())
         rows = self.exchange.gather(np.asarray(row))
         checksums = rows[:, n + _CHECKSUM]
         if not np.array_equal(checksums, np.full_like(checksums, checksums[0]), equal_nan=True):
@@ -125,3 +125,7 @@ class DataParallelStep:
         total = rows[:, : n + _CHECKSUM].sum(axis=0)  # the same sum, in the same order, everywhere
         params, opt_state, ema = self._apply(params, opt_state, ema, total)
         return params, opt_state, ema, total[n + _LOSS] / total[n + _WEIGHT]
+
+    def clock(self) -> float:
+        """Seconds as rank 0 measured them at the last step (before it: this process's)."""
+        return self.local_clock() if self.elapsed is None else self.elapsed

@@ -225,10 +225,7 @@ def train(
     else:  # all processes take their time-based decisions on rank 0's clock
         train_step = DataParallelStep(flat_predict, optimizer, tcfg, exchange, params.size,
                                       np_dtype, clock)
-        local_clock = clock
-
-        def clock() -> float:
-            return local_clock() if train_step.elapsed is None else train_step.elapsed
+        clock = train_step.clock
     step_losses: list = []  # device scalars: adding them eagerly would cost a dispatch per step
     rate_anchor: tuple[int, float] | None = None  # (step, clock()) once the step is compiled
     last_valid: dict = {}
