@@ -164,7 +164,7 @@ class EuclideanAttention(nn.Module):
                 w = [w[b] + ev_mlp(c, b) for b in range(2)]
             return w
 
-        def messages(cut, radial, ylm, centers, neighbors):
+        def messages(cut, radial, ylm, centers, neighbors, in_chunks=False):
             """Sums over pairs [first half | reverses] per center: (N, F + D)."""
             n = cut.shape[0]
             h = n // 2
@@ -188,6 +188,12 @@ class EuclideanAttention(nn.Module):
             ]
             v = at(v_atoms, neighbors).reshape(n, heads[0], -1)
             msg_x = (alpha[0][:, :, None] * v).reshape(n, f)
+            if in_chunks:
+                # Else XLA:CPU fuses the per-degree weights into their expansion to the 2l+1
+                # components and recomputes each (P, F) product-sum once per component (6x
+                # for degrees 1-4): 1,008 atoms 72.7 -> 66.8 ms, interleaved; for one aspirin
+                # (no chunks) the barrier's scatter cost more than it saved (1.98 -> 2.05 ms).
+                alpha[1] = materialize(alpha[1])
             msg = jnp.concatenate([msg_x, alpha[1][:, deg_idx] * ylm], axis=1)
             out = jnp.zeros((n_atoms, msg.shape[1]), dt)
             return out.at[centers].add(msg, mode="promise_in_bounds")
@@ -213,7 +219,7 @@ class EuclideanAttention(nn.Module):
 
             @jax.checkpoint
             def body(acc, chunk):
-                return acc + messages(*pair_fn(*chunk)), None
+                return acc + messages(*pair_fn(*chunk), in_chunks=True), None
 
             upd = jax.lax.scan(body, jnp.zeros((n_atoms, f + len(deg_idx)), dt), chunks)[0]
 
