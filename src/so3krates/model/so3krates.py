@@ -189,10 +189,10 @@ class EuclideanAttention(nn.Module):
             v = at(v_atoms, neighbors).reshape(n, heads[0], -1)
             msg_x = (alpha[0][:, :, None] * v).reshape(n, f)
             if in_chunks:
-                # Else XLA:CPU fuses the per-degree weights into their expansion to the 2l+1
-                # components and recomputes each (P, F) product-sum once per component (6x
-                # for degrees 1-4): 1,008 atoms 72.7 -> 66.8 ms, interleaved; for one aspirin
-                # (no chunks) the barrier's scatter cost more than it saved (1.98 -> 2.05 ms).
+                # Without this barrier XLA:CPU fuses the per-degree weights into their
+                # expansion to the 2l+1 components and recomputes each (P, F) product-sum once
+                # per component (6x for degrees 1-4): 1,008 atoms 72.7 -> 66.8 ms,
+                # interleaved. One aspirin (no chunks) got slower with it (1.98 -> 2.05 ms).
                 alpha[1] = materialize(alpha[1])
             msg = jnp.concatenate([msg_x, alpha[1][:, deg_idx] * ylm], axis=1)
             out = jnp.zeros((n_atoms, msg.shape[1]), dt)
