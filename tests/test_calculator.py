@@ -14,7 +14,7 @@ from ase import units
 
 import so3krates
 from so3krates.batching import single_graph
-from so3krates.calculator import So3kratesCalculator
+from so3krates.calculator import So3kratesCalculator, changed_properties
 from so3krates.data import read_dataset
 from so3krates.datasets import shipped_dataset_path
 from so3krates.model_io import ModelFileError, load_model
@@ -35,6 +35,32 @@ def test_calculator_results_consistent(trained_model_dir):
     assert abs(energies.sum() - e) < 1e-9 * abs(e)
     assert atoms.get_forces().shape == (len(atoms), 3)
     assert abs(e - (-309.8)) < 5.0  # the reference energies put it near the data
+
+
+def test_changed_properties_match_ase():
+    from ase.calculators.calculator import compare_atoms
+
+    base = ethanol_atoms()
+    edits = {
+        "same": lambda a: None,
+        "positions": lambda a: a.positions.__iadd__(1e-3),
+        "positions within tol": lambda a: a.positions.__iadd__(1e-17),
+        "positions NaN": lambda a: a.positions.__setitem__((0, 0), np.nan),
+        "numbers": lambda a: a.numbers.__setitem__(0, 7),
+        "cell": lambda a: a.set_cell(np.eye(3) * 10.0),
+        "pbc": lambda a: a.set_pbc(True),
+        "charges added": lambda a: a.set_initial_charges(np.ones(len(a))),
+        "magmoms and positions": lambda a: (a.set_initial_magnetic_moments(np.ones(len(a))),
+                                            a.positions.__isub__(0.5)),
+        "fewer atoms": lambda a: a.pop(),
+    }
+    for name, edit in edits.items():
+        new = base.copy()
+        edit(new)
+        for excluded in ((), ("positions",), ("cell", "initial_charges")):
+            expected = compare_atoms(base, new, 1e-15, set(excluded))
+            assert changed_properties(base, new, 1e-15, excluded) == expected, (name, excluded)
+    assert changed_properties(None, base) == compare_atoms(None, base)
 
 
 def test_float32_resolves_mev_on_large_totals(trained_model_dir):
