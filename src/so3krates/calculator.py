@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
@@ -157,11 +156,10 @@ class So3kratesCalculator(Calculator):
             atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc, self.model.cutoff,
             self._capacity, dtype=np.dtype(self.model.dtype),
         )
-        # One device-to-host transfer for all outputs, then slice off the padding on the host.
-        pred = jax.device_get(self.model.predict(graph_))
+        # Outputs to the host as they are, then slice off the padding there.
+        energy, forces, energies = (np.asarray(a) for a in self.model.predict(graph_))
         n = len(atoms)
-        return (float(pred.energy[0]), pred.forces[:n].astype(np.float64),
-                pred.atomic_energies[:n].astype(np.float64))
+        return float(energy[0]), forces[:n].astype(np.float64), energies[:n].astype(np.float64)
 
     def compiled_variants(self) -> int:
         """Shapes this calculator's evaluation has been compiled for: the molecule evaluator's,
