@@ -181,3 +181,32 @@ def test_zero_output_init_starts_from_reference_energies():
         else:
             assert abs(float(out.energy[0]) - e_ref) > 1e-3
             assert np.abs(forces).max() > 1e-3
+
+
+@pytest.mark.parametrize("knots", [0, 256])
+def test_pairs_in_any_order_give_the_same_results(tiny_predict, knots):
+    """Sorted full lists take the shortcut of evaluating the filters once per couple of pairs
+    (``reverse_pair_order``); shuffled pairs and a half list doubled the other way round cannot,
+    and must give the same energy and forces (with tables: through the branch whose backward
+    pass is recomputed, ``zero_unless``)."""
+    predict, params, cfg = tiny_predict("float64", radial_knots=knots)
+    data = ethanol_frames(1)
+    z, r = data.numbers[0], data.positions[0]
+    graph, _ = single_graph(z, r, np.zeros((3, 3)), np.zeros(3, bool), cfg.cutoff,
+                            dtype=np.float64)
+    ref = predict(params, graph)
+    n_real = int(np.sum(graph.pair_mask))
+    rng = np.random.default_rng(3)
+    shuffled = rng.permutation(len(graph.pair_mask))
+    first_of_couples = np.flatnonzero(np.asarray(graph.centers)[:n_real]
+                                      < np.asarray(graph.neighbors)[:n_real])
+    others = np.setdiff1d(np.arange(len(graph.pair_mask)), first_of_couples)
+    # all i<j pairs, then the rest; each (j, i) swapped into place of its (i, j) partner
+    halves = np.concatenate([first_of_couples, others[::-1]])
+    for order in (shuffled, halves):
+        g = graph._replace(**{k: getattr(graph, k)[order]
+                              for k in ("centers", "neighbors", "shifts", "pair_mask")})
+        out = predict(params, g)
+        assert abs(float(out.energy[0] - ref.energy[0])) <= 1e-12 * abs(float(ref.energy[0]))
+        np.testing.assert_allclose(np.asarray(out.forces), np.asarray(ref.forces), rtol=0,
+                                   atol=1e-12 * np.abs(np.asarray(ref.forces)).max())

@@ -4,7 +4,7 @@ backward pass on stored transposed kernels (inference), and block-diagonal kerne
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -58,6 +58,48 @@ def _matmul_with_transpose_bwd(res, g):
 
 
 matmul_with_transpose.defvjp(_matmul_with_transpose_fwd, _matmul_with_transpose_bwd)
+
+
+def zero_unless(skip: jnp.ndarray, fn: Callable, *args, fixed: tuple = ()):
+    """``fn(*args, *fixed)``, or zeros shaped like it if ``skip`` (a scalar bool), where the
+    backward pass recomputes ``fn`` (only if not skipped) instead of keeping residuals.
+
+    A plain ``lax.cond`` keeps the residuals of its untaken branch as zero-filled buffers,
+    and ``jax.checkpoint`` around the branch makes its inputs residuals, copied out of the
+    cond, constants included (a spline table: megabytes). Here the residuals are the inputs
+    themselves. ``fn`` must not close over traced values (pass them in ``args`` or
+    ``fixed``); ``fixed`` (e.g. parameters of a model being evaluated) and integer or boolean
+    ``args`` get no gradient.
+    """
+    leaves, tree = jax.tree.flatten((args, fixed))
+    n_args = len(jax.tree.leaves(args))
+    wants_grad = [k < n_args and jnp.issubdtype(x.dtype, jnp.inexact) for k, x in enumerate(leaves)]
+
+    def apply(leaves):
+        args, fixed = tree.unflatten(leaves)
+        return fn(*args, *fixed)
+
+    def call(skip, leaves):
+        shapes = jax.eval_shape(apply, leaves)
+        zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        return jax.lax.cond(skip, zeros, lambda: apply(leaves))
+
+    def bwd(res, g):
+        skip, leaves = res
+        diff = [x for x, d in zip(leaves, wants_grad) if d]
+
+        def of_diff(*xs):
+            it = iter(xs)
+            return apply([next(it) if d else x for x, d in zip(leaves, wants_grad)])
+
+        grads = jax.lax.cond(skip, lambda: [jnp.zeros_like(x) for x in diff],
+                             lambda: list(jax.vjp(of_diff, *diff)[1](g)))
+        it = iter(grads)
+        return None, [next(it) if d else None for d in wants_grad]
+
+    wrapped = jax.custom_vjp(call)
+    wrapped.defvjp(lambda skip, leaves: (call(skip, leaves), (skip, leaves)), bwd)
+    return wrapped(skip, leaves)
 
 
 def derived_param(module: nn.Module, name: str) -> jnp.ndarray:

@@ -47,6 +47,7 @@ from so3krates.model.layers import (
     full_precision_matmuls,
     matmul_with_transpose,
     with_transposed_kernels,
+    zero_unless,
 )
 from so3krates.model.pairs import pair_chunk, reverse_pair_order
 from so3krates.model.radial_table import evaluate_table, radial_filter_table, spline_coordinate
@@ -132,52 +133,61 @@ class EuclideanAttention(nn.Module):
         bias = b2_r + self.param("ev_filter_bias_2", zeros, (2, f), dt)
         if chi is None:  # C(0) = 0: the EV-difference MLP is a constant
             bias = bias + jnp.einsum("bh,bhf->bf", nn.silu(b1_s), w2_s)
-        contract = jnp.asarray(degree_contraction_matrix(self.degrees), dt)
+        contract = np.asarray(degree_contraction_matrix(self.degrees), dt)  # a constant, not traced
         deg_idx = degree_index(self.degrees)
         scale = [np.asarray(1.0 / np.sqrt(f // h), dt) for h in heads]
 
         def at(a, idx):
             return a.at[idx].get(mode="promise_in_bounds")
 
+        # The filters' parameters, passed explicitly (see ``zero_unless``).
+        weights = {"bias": bias, "w1_s": w1_s, "b1_s": b1_s, "w2_s": w2_s}
         if self.radial_knots:  # inference: transposed kernels stored, see ``Dense``
-            table = derived_param(self, "radial_table")
-            w1_s_t = derived_param(self, "ev_filter_kernel_1_t")
-            w2_s_t = derived_param(self, "ev_filter_kernel_2_t")
-
-            def ev_mlp(c, b):
-                h = nn.silu(matmul_with_transpose(c, w1_s[b], w1_s_t[b]) + b1_s[b])
-                return matmul_with_transpose(h, w2_s[b], w2_s_t[b])
+            weights.update(table=derived_param(self, "radial_table"),
+                           w1_s_t=derived_param(self, "ev_filter_kernel_1_t"),
+                           w2_s_t=derived_param(self, "ev_filter_kernel_2_t"))
         else:
-            def ev_mlp(c, b):
-                return nn.silu(c @ w1_s[b] + b1_s[b]) @ w2_s[b]
+            weights.update(w1_r=w1_r, b1_r=b1_r, w2_r=w2_r)
 
-        def filters(radial, centers, neighbors):
+        def ev_mlp(c, b, p):
+            if self.radial_knots:
+                h = nn.silu(matmul_with_transpose(c, p["w1_s"][b], p["w1_s_t"][b]) + p["b1_s"][b])
+                return matmul_with_transpose(h, p["w2_s"][b], p["w2_s_t"][b])
+            return nn.silu(c @ p["w1_s"][b] + p["b1_s"][b]) @ p["w2_s"][b]
+
+        def filters(radial, centers, neighbors, chi, p):
             """Both branches' filters of a set of pairs: two (P, F) arrays."""
             if self.radial_knots:
-                w_r = evaluate_table(table, radial)  # (P, 2, F)
-                w = [w_r[:, b] + bias[b] for b in range(2)]
+                w_r = evaluate_table(p["table"], radial)  # (P, 2, F)
+                w = [w_r[:, b] + p["bias"][b] for b in range(2)]
             else:
-                w = [nn.silu(radial @ w1_r[b] + b1_r[b]) @ w2_r[b] + bias[b] for b in range(2)]
+                w = [nn.silu(radial @ p["w1_r"][b] + p["b1_r"][b]) @ p["w2_r"][b] + p["bias"][b]
+                     for b in range(2)]
             if chi is not None:
                 dchi = at(chi, neighbors) - at(chi, centers)
                 c = (dchi * dchi) @ contract
-                w = [w[b] + ev_mlp(c, b) for b in range(2)]
+                w = [w[b] + ev_mlp(c, b, p) for b in range(2)]
             return w
 
         def messages(cut, radial, ylm, centers, neighbors, in_chunks=False):
             """Sums over pairs [first half | reverses] per center: (N, F + D)."""
             n = cut.shape[0]
             h = n // 2
-            first = filters(radial[:h], centers[:h], neighbors[:h])
-            # Without exact reverses, the second half's filters are evaluated. The branch's
-            # residuals cost zero-filled buffers when it is not taken; rematerialised, they
-            # are its inputs, which is cheaper unless those include a spline table.
-            second_filters = filters if self.radial_knots else jax.checkpoint(filters)
-            second = jax.lax.cond(
-                valid,
-                lambda: [jnp.zeros_like(a) for a in first],
-                lambda: second_filters(radial[h:], centers[h:], neighbors[h:]),
-            )
+            first = filters(radial[:h], centers[:h], neighbors[:h], chi, weights)
+            # Without exact reverses, the second half's filters are evaluated. A plain cond
+            # keeps its untaken branch's residuals as zero-filled buffers: for training
+            # (the parameters are differentiated too) the branch is rematerialised, for
+            # inference it is recomputed in the backward pass only if it was taken.
+            if self.radial_knots:
+                second = zero_unless(valid, filters, radial[h:], centers[h:], neighbors[h:], chi,
+                                     fixed=(weights,))
+            else:
+                second = jax.lax.cond(
+                    valid,
+                    lambda: [jnp.zeros_like(a) for a in first],
+                    lambda: jax.checkpoint(filters)(radial[h:], centers[h:], neighbors[h:], chi,
+                                                    weights),
+                )
             w = [jnp.concatenate([a, jnp.where(valid, a, b)]) for a, b in zip(first, second)]
             alpha = [
                 (at(q_atoms[b], centers) * w[b] * at(k_atoms[b], neighbors))
