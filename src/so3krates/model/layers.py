@@ -71,35 +71,32 @@ def zero_unless(skip: jnp.ndarray, fn: Callable, *args, fixed: tuple = ()):
     ``fixed``); ``fixed`` (e.g. parameters of a model being evaluated) and integer or boolean
     ``args`` get no gradient.
     """
-    leaves, tree = jax.tree.flatten((args, fixed))
-    n_args = len(jax.tree.leaves(args))
-    wants_grad = [k < n_args and jnp.issubdtype(x.dtype, jnp.inexact) for k, x in enumerate(leaves)]
+    leaves, tree = jax.tree.flatten(args)
+    wants_grad = [jnp.issubdtype(x.dtype, jnp.inexact) for x in leaves]
 
-    def apply(leaves):
-        args, fixed = tree.unflatten(leaves)
-        return fn(*args, *fixed)
+    def apply(leaves, fixed):
+        return fn(*tree.unflatten(leaves), *fixed)
 
-    def call(skip, leaves):
-        shapes = jax.eval_shape(apply, leaves)
+    def call(skip, leaves, fixed):
+        shapes = jax.eval_shape(apply, leaves, fixed)
         zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-        return jax.lax.cond(skip, zeros, lambda: apply(leaves))
+        return jax.lax.cond(skip, zeros, lambda: apply(leaves, fixed))
 
     def bwd(res, g):
-        skip, leaves = res
-        diff = [x for x, d in zip(leaves, wants_grad) if d]
+        skip, leaves, fixed = res
+        floats = [x for x, d in zip(leaves, wants_grad) if d]
 
-        def of_diff(*xs):
+        def of_floats(*xs):
             it = iter(xs)
-            return apply([next(it) if d else x for x, d in zip(leaves, wants_grad)])
+            return apply([next(it) if d else x for x, d in zip(leaves, wants_grad)], fixed)
 
-        grads = jax.lax.cond(skip, lambda: [jnp.zeros_like(x) for x in diff],
-                             lambda: list(jax.vjp(of_diff, *diff)[1](g)))
-        it = iter(grads)
-        return None, [next(it) if d else None for d in wants_grad]
+        grads = iter(jax.lax.cond(skip, lambda: [jnp.zeros_like(x) for x in floats],
+                                  lambda: list(jax.vjp(of_floats, *floats)[1](g))))
+        return None, [next(grads) if d else None for d in wants_grad], None
 
     wrapped = jax.custom_vjp(call)
-    wrapped.defvjp(lambda skip, leaves: (call(skip, leaves), (skip, leaves)), bwd)
-    return wrapped(skip, leaves)
+    wrapped.defvjp(lambda *primals: (call(*primals), primals), bwd)
+    return wrapped(skip, leaves, fixed)
 
 
 def derived_param(module: nn.Module, name: str) -> jnp.ndarray:
