@@ -7,6 +7,7 @@ Run from the repository root::
     .venv/bin/python benchmarks/train_step.py --batch-sizes 2 5 --rounds 3
     .venv/bin/python benchmarks/train_step.py --batch-sizes 2 --heaps keep --layouts flat arrays
     .venv/bin/python benchmarks/train_step.py --batch-sizes 2 --heaps keep --set model.num_layers=3
+    .venv/bin/python benchmarks/train_step.py --batch-sizes 2 --heaps keep --pairs halves sorted
 
 Each measurement runs in a fresh process (the heap setting is process-wide); the rounds
 interleave all variants so that a noisy machine affects them alike. The step is the trainer's
@@ -39,13 +40,15 @@ MODEL_OVERRIDES = [o for o in _aspirin.REFERENCE_OVERRIDES if o.startswith("mode
 
 def time_steps(
     data_path: Path, batch_size: int, keep_memory: bool, steps: int, warmup: int, flat: bool = True,
-    overrides: list[str] = (),
+    overrides: list[str] = (), halves: bool = True,
 ) -> dict:
     """Median wall time (ms) and minor page faults of ``steps`` training steps on successive
     batches, in this process; with ``keep_memory``, ``keep_freed_memory`` after the first.
     ``flat``: parameters, EMA and Adam moments as one vector each, as the trainer keeps them;
     otherwise as the model's parameter arrays (the layout before). ``overrides``: config
-    ``key=value`` strings applied after the reference model's."""
+    ``key=value`` strings applied after the reference model's. ``halves``: batches in the
+    halves pair layout and the network told so, as the trainer does; otherwise pairs sorted
+    by (centre, neighbour), reordered by the network at every step (the layout before)."""
     import jax
     import numpy as np
 
@@ -61,9 +64,11 @@ def time_steps(
 
     cfg = load_config(None, [*MODEL_OVERRIDES, *overrides, f"training.batch_size={batch_size}"])
     data = read_dataset(data_path).subset(np.arange(200))
-    graphs = GraphDataset(data, cfg.model.cutoff, batch_size, cfg.training.buckets, np.float32)
+    graphs = GraphDataset(data, cfg.model.cutoff, batch_size, cfg.training.buckets, np.float32,
+                          pair_halves=halves)
     module = build_module(cfg.model, force_scale(data))
-    predict = make_predict_fn(module, reference_table(fit_reference_energies(data)))
+    predict = make_predict_fn(module, reference_table(fit_reference_energies(data)),
+                              pair_halves=graphs.pair_halves)
     params = init_params(module, graphs.batch([0])[0], 0)
     # The weight-decay mask exists for the trainer's flat layout only (needed when it is on).
     decay_mask = weight_decay_mask(params, flat=True) if flat else None
@@ -91,8 +96,9 @@ def time_steps(
             "structures_per_s": round(batch_size * 1e3 / ms, 1)}
 
 
-def variant_name(batch_size: int, keep: bool, layout: str) -> str:
-    return f"batch{batch_size}_{'keep_freed_memory' if keep else 'glibc_default'}_{layout}"
+def variant_name(batch_size: int, keep: bool, layout: str, pairs: str = "halves") -> str:
+    suffix = "" if pairs == "halves" else f"_{pairs}_pairs"
+    return f"batch{batch_size}_{'keep_freed_memory' if keep else 'glibc_default'}_{layout}{suffix}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,16 +113,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layouts", nargs="+", choices=("flat", "arrays"), default=["flat"],
                    help="training-state layouts timed: flat vectors (the trainer's) and/or "
                         "per-parameter arrays (default flat)")
+    p.add_argument("--pairs", nargs="+", choices=("halves", "sorted"), default=["halves"],
+                   help="pair layouts timed: halves (the trainer's) and/or sorted (default "
+                        "halves)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override after the reference model's, e.g. --set "
                         "model.num_layers=3 or --set training.weight_decay=0.01 (repeatable)")
-    p.add_argument("--worker", nargs=3, type=int, metavar=("BATCH_SIZE", "KEEP_MEMORY", "FLAT"),
-                   help=argparse.SUPPRESS)
+    p.add_argument("--worker", nargs=4, type=int,
+                   metavar=("BATCH_SIZE", "KEEP_MEMORY", "FLAT", "HALVES"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        bs, keep, flat = args.worker
+        bs, keep, flat, halves = args.worker
         print(json.dumps(time_steps(args.data, bs, bool(keep), args.steps, args.warmup, bool(flat),
-                                    args.set)))
+                                    args.set, bool(halves))))
         return 0
     if not args.data.exists():
         print(f"data file {args.data} not found (pass --data)", file=sys.stderr)
@@ -133,15 +142,16 @@ def main(argv: list[str] | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     runs: dict[str, list[dict]] = {}
     for r in range(args.rounds):
-        for bs, keep, layout in itertools.product(
-            args.batch_sizes, [h == "keep" for h in args.heaps], args.layouts
+        for bs, keep, layout, pairs in itertools.product(
+            args.batch_sizes, [h == "keep" for h in args.heaps], args.layouts, args.pairs
         ):
-            name = variant_name(bs, keep, layout)
+            name = variant_name(bs, keep, layout, pairs)
             print(f"[train-step] round {r + 1}: {name}", file=sys.stderr, flush=True)
             out = subprocess.run(
                 [sys.executable, __file__, "--data", str(args.data), "--steps", str(args.steps),
                  "--warmup", str(args.warmup), "--worker", str(bs), str(int(keep)),
-                 str(int(layout == "flat")), *(f"--set={o}" for o in args.set)],
+                 str(int(layout == "flat")), str(int(pairs == "halves")),
+                 *(f"--set={o}" for o in args.set)],
                 env=env, check=True, capture_output=True, text=True,
             ).stdout
             runs.setdefault(name, []).append(json.loads(out.strip().splitlines()[-1]))
@@ -158,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         if len(args.heaps) == 2:  # keep_freed_memory's speed-up
             results[f"batch{bs}_{layout}_speedup"] = ratio(
                 variant_name(bs, False, layout), variant_name(bs, True, layout))
+    for bs, keep, layout in itertools.product(
+        args.batch_sizes, [h == "keep" for h in args.heaps], args.layouts
+    ):
+        if len(args.pairs) == 2:  # the halves pair layout's speed-up
+            results[f"batch{bs}_{'keep' if keep else 'default'}_{layout}_halves_speedup"] = ratio(
+                variant_name(bs, keep, layout, "sorted"), variant_name(bs, keep, layout))
     for bs, keep in itertools.product(args.batch_sizes, [h == "keep" for h in args.heaps]):
         if len(args.layouts) == 2:  # the flat training state's speed-up
             results[f"batch{bs}_{'keep' if keep else 'default'}_flat_speedup"] = ratio(

@@ -80,8 +80,10 @@ def predict_single(predict, params, numbers, positions, cell, pbc, cutoff, dtype
 def tiny_predict():
     """``(predict, params, dtype)`` factory for a tiny random model."""
 
-    def make(dtype: str = "float64", seed: int = 0, radial_knots: int = 0, **kw):
-        """``radial_knots`` > 0: the same network with spline-tabulated radial filters."""
+    def make(dtype: str = "float64", seed: int = 0, radial_knots: int = 0,
+             pair_halves: bool = False, **kw):
+        """``radial_knots`` > 0: the same network with spline-tabulated radial filters;
+        ``pair_halves``: for graphs in the halves layout (see ``so3krates.batching.pack``)."""
         cfg = small_config(dtype, **kw)
         data = ethanol_frames(1)
         graph, _ = single_graph(data.numbers[0], data.positions[0], data.cells[0], data.pbc[0],
@@ -90,7 +92,7 @@ def tiny_predict():
         if radial_knots:
             module = build_module(cfg, energy_scale=1.0, radial_knots=radial_knots)
             params = inference_params(module, params)
-        return jax.jit(make_predict_fn(module, np.zeros(119))), params, cfg
+        return jax.jit(make_predict_fn(module, np.zeros(119), pair_halves)), params, cfg
 
     return make
 

@@ -10,7 +10,7 @@ from scipy.spatial.transform import Rotation
 from conftest import ethanol_frames, predict_single, small_config
 from so3krates.batching import Capacity, pack, round_up, single_graph
 from so3krates.model_io import build_module, init_params
-from so3krates.neighbours import neighbour_list
+from so3krates.neighbours import NeighbourList, neighbour_list, reverse_halves
 from so3krates.potential import make_predict_fn
 
 
@@ -211,3 +211,51 @@ def test_pairs_in_any_order_give_the_same_results(tiny_predict, knots):
         assert abs(float(out.energy[0] - ref.energy[0])) <= 1e-12 * abs(float(ref.energy[0]))
         np.testing.assert_allclose(np.asarray(out.forces), np.asarray(ref.forces), rtol=0,
                                    atol=1e-12 * np.abs(np.asarray(ref.forces)).max())
+
+
+def test_halves_layout_gives_the_same_results(tiny_predict):
+    """A batch packed in the halves layout (pair P/2 + k the reverse of pair k) gives the
+    results of the sorted layout, through the default network (which recognises the layout)
+    and through the one told so (``pair_halves``, no fallback compiled). The batch holds a
+    small triclinic cell (several images of one pair: reverses differ in their shifts), a
+    molecule and padding. Told so about pairs that are not in that layout, it returns NaN."""
+    predict, params, cfg = tiny_predict("float64")
+    predict_halves, _, _ = tiny_predict("float64", pair_halves=True)
+    data = ethanol_frames(1)
+    rng = np.random.default_rng(5)
+    cell = np.array([[3.2, 0.0, 0.0], [0.8, 3.0, 0.0], [0.3, 0.5, 3.4]])
+    numbers = [np.array([6, 8, 1, 1]), data.numbers[0]]
+    positions = [rng.uniform(size=(4, 3)) @ cell, data.positions[0]]
+    cells = np.stack([cell, np.zeros((3, 3))])
+    pbcs = [np.ones(3, bool), np.zeros(3, bool)]
+    nls = [neighbour_list(r, c, p, cfg.cutoff) for r, c, p in zip(positions, cells, pbcs)]
+    halves = [reverse_halves(nl) for nl in nls]
+    for nl, order in zip(nls, halves):
+        h = len(order) // 2
+        first, second = order[:h], order[h:]
+        assert sorted(order) == list(range(len(nl.centers)))
+        np.testing.assert_array_equal(nl.centers[first], nl.neighbors[second])
+        np.testing.assert_array_equal(nl.neighbors[first], nl.centers[second])
+        np.testing.assert_array_equal(nl.shifts[first], -nl.shifts[second])
+    assert np.any(nls[0].shifts != 0) and np.any(np.bincount(
+        nls[0].centers * 4 + nls[0].neighbors) > 1)  # several images of one pair
+    cap = Capacity(atoms=24, pairs=round_up(sum(len(n.centers) for n in nls) + 10, 64), structures=3)
+    sorted_graph = pack(numbers, positions, cells, nls, cap, dtype=np.float64)
+    halves_graph = pack(numbers, positions, cells, nls, cap, dtype=np.float64, halves=halves)
+    ref = predict(params, sorted_graph)
+    scale = np.abs(np.asarray(ref.forces)).max()
+    for out in (predict(params, halves_graph), predict_halves(params, halves_graph)):
+        np.testing.assert_allclose(np.asarray(out.energy), np.asarray(ref.energy), rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(out.forces), np.asarray(ref.forces), rtol=0,
+                                   atol=1e-12 * scale)
+    assert np.all(np.isnan(np.asarray(predict_halves(params, sorted_graph).energy[:2])))
+
+
+def test_reverse_halves_needs_every_reverse():
+    """A half list (each couple once) has no halves layout."""
+    data = ethanol_frames(1)
+    nl = neighbour_list(data.positions[0], np.zeros((3, 3)), np.zeros(3, bool), 4.0)
+    assert reverse_halves(nl) is not None
+    keep = nl.centers < nl.neighbors
+    half = NeighbourList(nl.centers[keep], nl.neighbors[keep], nl.shifts[keep])
+    assert reverse_halves(half) is None

@@ -12,7 +12,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from so3krates.neighbours import NeighbourList, neighbour_list
+from so3krates.neighbours import NeighbourList, neighbour_list, reverse_halves
 
 
 class Graph(NamedTuple):
@@ -22,8 +22,9 @@ class Graph(NamedTuple):
         positions: Cartesian positions in Å, (N, 3).
         numbers: atomic numbers, 0 for padding atoms, (N,) int32.
         structure: structure index of each atom, (N,) int32.
-        centers: atom ``i`` of each pair, (P,) int32, sorted ascending (padding pairs point at
-            the last atom, a padding atom).
+        centers: atom ``i`` of each pair, (P,) int32 (padding pairs point at the last atom,
+            a padding atom). Pairs are sorted by (centre, neighbour), or in the halves layout
+            (see :func:`pack`).
         neighbors: atom ``j`` of each pair, (P,) int32.
         shifts: lattice shift of each pair in cell-vector units, (P, 3) float.
         cells: lattice vectors as rows in Å, (S, 3, 3).
@@ -112,11 +113,17 @@ def pack(
     neighbour_lists: Sequence[NeighbourList],
     capacity: Capacity,
     dtype=np.float32,
+    halves: Sequence[np.ndarray] | None = None,
 ) -> Graph:
     """Concatenate structures into one padded :class:`Graph` of the given capacity.
 
     The last atom (index ``capacity.atoms - 1``) and the last structure are padding, so every
     padded array has at least one slot to point at.
+
+    ``halves``: per structure, the pair order of :func:`so3krates.neighbours.reverse_halves`.
+    Pairs are then laid out as [first halves, padding, their reverses in the same order,
+    padding]: pair ``P/2 + k`` is the reverse of pair ``k``, which the model can be told
+    (``pair_halves``, see ``so3krates.potential``). Without it, pairs stay in list order.
     """
     n_struct = len(numbers)
     counts = np.array([len(z) for z in numbers])
@@ -143,12 +150,18 @@ def pack(
     centers = np.full(capacity.pairs, pad_atom, dtype=np.int32)
     neighbors = np.full(capacity.pairs, pad_atom, dtype=np.int32)
     shifts = np.zeros((capacity.pairs, 3), dtype=dtype)
+    pair_mask = np.zeros(capacity.pairs, dtype=bool)
     if n_pairs:
-        centers[:n_pairs] = np.concatenate([nl.centers + o for nl, o in zip(neighbour_lists, offsets)])
-        neighbors[:n_pairs] = np.concatenate(
-            [nl.neighbors + o for nl, o in zip(neighbour_lists, offsets)]
-        )
-        shifts[:n_pairs] = np.concatenate([nl.shifts for nl in neighbour_lists])
+        c = np.concatenate([nl.centers + o for nl, o in zip(neighbour_lists, offsets)])
+        j = np.concatenate([nl.neighbors + o for nl, o in zip(neighbour_lists, offsets)])
+        s = np.concatenate([nl.shifts for nl in neighbour_lists])
+        if halves is None:
+            slots = np.arange(n_pairs)
+        else:
+            order, slots = _halves_layout(neighbour_lists, halves, capacity.pairs)
+            c, j, s = c[order], j[order], s[order]
+        pair_mask[slots] = True
+        centers[slots], neighbors[slots], shifts[slots] = c, j, s
     cell = np.zeros((capacity.structures, 3, 3), dtype=dtype)
     cell[:n_struct] = cells
 
@@ -161,9 +174,25 @@ def pack(
         shifts=shifts,
         cells=cell,
         atom_mask=np.arange(capacity.atoms) < n_atoms,
-        pair_mask=np.arange(capacity.pairs) < n_pairs,
+        pair_mask=pair_mask,
         structure_mask=np.arange(capacity.structures) < n_struct,
     )
+
+
+def _halves_layout(neighbour_lists, halves, capacity: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(order, slots)``: the concatenated pairs of ``neighbour_lists`` taken in ``order``
+    go to ``slots`` of a pair array of size ``capacity``, in the halves layout of :func:`pack`."""
+    n_pairs = sum(len(nl.centers) for nl in neighbour_lists)
+    if (capacity - n_pairs) % 2:
+        raise ValueError(f"{n_pairs} pairs in {capacity} slots: an odd number of padding pairs "
+                         "cannot be split between the halves")
+    starts = np.cumsum([0] + [len(nl.centers) for nl in neighbour_lists])
+    order = [o + start for o, start in zip(halves, starts)]
+    first = np.concatenate([o[: len(o) // 2] for o in order])
+    second = np.concatenate([o[len(o) // 2 :] for o in order])
+    h = n_pairs // 2
+    slots = np.concatenate([np.arange(h), capacity // 2 + np.arange(h)])
+    return np.concatenate([first, second]), slots
 
 
 def pack_labels(
@@ -226,15 +255,24 @@ class GraphDataset:
     Capacities come from a short ladder (``n_buckets``) sized for the largest possible batch
     of ``batch_size`` structures, so training compiles at most ``n_buckets`` shapes whatever
     the molecule sizes and neighbour counts.
+
+    With ``pair_halves`` (the default), batches come in the halves layout of :func:`pack`
+    if every structure's list has all its reverses (full lists do): then the attribute
+    ``pair_halves`` is True, and a model evaluating them may be told so
+    (``so3krates.potential.make_predict_fn``).
     """
 
-    def __init__(self, data, cutoff: float, batch_size: int, n_buckets: int = 3, dtype=np.float32):
+    def __init__(self, data, cutoff: float, batch_size: int, n_buckets: int = 3, dtype=np.float32,
+                 pair_halves: bool = True):
         self.data = data
         self.batch_size = batch_size
         self.dtype = dtype
         self.neighbour_lists = [
             neighbour_list(r, c, p, cutoff) for r, c, p in zip(data.positions, data.cells, data.pbc)
         ]
+        halves = [reverse_halves(nl) for nl in self.neighbour_lists] if pair_halves else [None]
+        self.pair_halves = all(h is not None for h in halves)
+        self._halves = halves if self.pair_halves else None
         n_atoms = np.sort(data.n_atoms)[::-1]
         n_pairs = np.sort([len(nl.centers) for nl in self.neighbour_lists])[::-1]
         b = min(batch_size, len(data))
@@ -258,6 +296,7 @@ class GraphDataset:
             nls,
             cap,
             self.dtype,
+            halves=None if self._halves is None else [self._halves[k] for k in indices],
         )
         labels = pack_labels(d.energy[np.asarray(indices, dtype=np.int64)], [d.forces[k] for k in indices], cap)
         return graph, labels

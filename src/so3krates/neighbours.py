@@ -53,3 +53,32 @@ def neighbour_list(
         neighbors=j[order].astype(np.int32),
         shifts=s[order].astype(np.int32),
     )
+
+
+def reverse_halves(nl: NeighbourList) -> np.ndarray | None:
+    """A pair order whose second half holds the reverses of its first half, or None.
+
+    Returns ``order`` (P,), indices into ``nl``: pair ``order[P/2 + k]`` is ``(j, i, -S)`` for
+    pair ``order[k]`` = ``(i, j, S)``, the first half in the list's own order. None if some
+    pair has no reverse (not a full list). The model evaluates functions of the distance on
+    the first half only (see ``so3krates.model.pairs``); batches laid out this way on the host
+    spare it finding the reverses at every call.
+    """
+    i, j, s = nl.centers, nl.neighbors, nl.shifts
+    n = len(i)
+    if n % 2:
+        return None
+    # Sorting the pairs by (i, j, S) and by their reverses' keys (j, i, -S) lines up each
+    # pair with its reverse, if every reverse is there.
+    fwd = np.lexsort((s[:, 2], s[:, 1], s[:, 0], j, i))
+    rev = np.lexsort((-s[:, 2], -s[:, 1], -s[:, 0], i, j))
+    if not (np.array_equal(i[fwd], j[rev]) and np.array_equal(j[fwd], i[rev])
+            and np.array_equal(s[fwd], -s[rev])):
+        return None
+    partner = np.empty(n, dtype=np.int64)
+    partner[fwd] = rev
+    idx = np.arange(n)
+    if np.any(partner == idx) or np.any(partner[partner] != idx):  # duplicates
+        return None
+    first = np.flatnonzero(idx < partner)
+    return np.concatenate([first, partner[first]])

@@ -38,7 +38,7 @@ def pair_vectors(graph: Graph) -> jnp.ndarray:
 
 
 def make_atomic_energy_fn(
-    model: So3krates, reference_energies: np.ndarray
+    model: So3krates, reference_energies: np.ndarray, pair_halves: bool = False
 ) -> Callable[[dict, Graph], jnp.ndarray]:
     """``atomic_energy_fn(params, graph) -> (N,)`` float64 per-atom energies.
 
@@ -46,6 +46,8 @@ def make_atomic_energy_fn(
         model: the network.
         reference_energies: per-element reference energies e_Z in eV, indexed by atomic
             number, shape (num_elements,); kept in float64.
+        pair_halves: the graphs' pairs are in the halves layout (``GraphDataset.pair_halves``;
+            faster, NaN energies for graphs that are not, see ``So3krates``).
     """
     ref = jnp.asarray(np.asarray(reference_energies, dtype=np.float64))
 
@@ -57,6 +59,7 @@ def make_atomic_energy_fn(
             graph.centers,
             graph.neighbors,
             graph.pair_mask,
+            pair_halves,
         )
         e = e.astype(jnp.float64) + ref[graph.numbers]
         return jnp.where(graph.atom_mask, e, 0.0)
@@ -64,9 +67,10 @@ def make_atomic_energy_fn(
     return atomic_energy_fn
 
 
-def make_energy_fn(model: So3krates, reference_energies: np.ndarray):
-    """``energy_fn(params, graph) -> (S,)`` float64 total energies per structure."""
-    atomic_energy_fn = make_atomic_energy_fn(model, reference_energies)
+def make_energy_fn(model: So3krates, reference_energies: np.ndarray, pair_halves: bool = False):
+    """``energy_fn(params, graph) -> (S,)`` float64 total energies per structure
+    (``pair_halves``: see :func:`make_atomic_energy_fn`)."""
+    atomic_energy_fn = make_atomic_energy_fn(model, reference_energies, pair_halves)
 
     def energy_fn(params: dict, graph: Graph) -> jnp.ndarray:
         e = atomic_energy_fn(params, graph)
@@ -75,9 +79,10 @@ def make_energy_fn(model: So3krates, reference_energies: np.ndarray):
     return energy_fn
 
 
-def make_predict_fn(model: So3krates, reference_energies: np.ndarray):
-    """``predict(params, graph) -> Prediction`` with forces = -dE/dR (one backward pass)."""
-    atomic_energy_fn = make_atomic_energy_fn(model, reference_energies)
+def make_predict_fn(model: So3krates, reference_energies: np.ndarray, pair_halves: bool = False):
+    """``predict(params, graph) -> Prediction`` with forces = -dE/dR (one backward pass)
+    (``pair_halves``: see :func:`make_atomic_energy_fn`)."""
+    atomic_energy_fn = make_atomic_energy_fn(model, reference_energies, pair_halves)
 
     def predict(params: dict, graph: Graph) -> Prediction:
         def total(positions):

@@ -26,6 +26,18 @@ def pair_chunk() -> int:
 COMPARE_ALL_MAX_PAIRS = 1024
 
 
+def is_halves_layout(
+    centers: jnp.ndarray, neighbors: jnp.ndarray, vectors: jnp.ndarray, pair_mask: jnp.ndarray,
+) -> jnp.ndarray:
+    """True (scalar bool) if pairs [P/2, P) are the exact reverses of pairs [0, P/2), padding
+    opposite padding: the layout :func:`reverse_pair_order` makes (and ``so3krates.batching``
+    can make on the host). O(P)."""
+    h = centers.shape[0] // 2
+    return (jnp.all(centers[:h] == neighbors[h:]) & jnp.all(neighbors[:h] == centers[h:])
+            & jnp.all(pair_mask[:h] == pair_mask[h:])
+            & jnp.all((vectors[:h] == -vectors[h:]) | ~pair_mask[:h, None]))
+
+
 def reverse_pair_order(
     centers: jnp.ndarray, neighbors: jnp.ndarray, vectors: jnp.ndarray, pair_mask: jnp.ndarray,
     n_atoms: int,
@@ -36,7 +48,8 @@ def reverse_pair_order(
     same distance, which moreover is the same function of the positions: functions of d_ij
     need only be evaluated on the first half, gradients stay exact. Reverses are looked up
     assuming pairs sorted by (center, neighbour) and then checked exactly, so nothing is
-    assumed about the input. Padding pairs are split between both halves.
+    assumed about the input. Padding pairs are split between both halves. Pairs already in
+    that layout (:func:`is_halves_layout`) keep their order.
 
     Returns ``order`` (P,), indices into the pairs, and ``valid`` (scalar bool), False unless
     every real pair has exactly one exact reverse (not so for half lists, or for several
@@ -61,4 +74,5 @@ def reverse_pair_order(
     pos = jnp.where(pair_mask, jnp.where(first, rank, half + rank[partner]), pad_pos)
     valid = jnp.all(found | ~pair_mask) & (2 * n_first + n_pad == n_pairs) & (n_pad % 2 == 0)
     order = jnp.zeros_like(idx).at[jnp.where(valid, pos, idx)].set(idx, unique_indices=True)
-    return order, valid
+    already = is_halves_layout(centers, neighbors, vectors, pair_mask)
+    return jnp.where(already, idx, order), valid | already

@@ -49,7 +49,7 @@ from so3krates.model.layers import (
     with_transposed_kernels,
     zero_unless,
 )
-from so3krates.model.pairs import pair_chunk, reverse_pair_order
+from so3krates.model.pairs import is_halves_layout, pair_chunk, reverse_pair_order
 from so3krates.model.radial_table import evaluate_table, radial_filter_table, spline_coordinate
 
 
@@ -78,7 +78,8 @@ class EuclideanAttention(nn.Module):
             padding pairs), the radial basis (P, K) or, with ``radial_knots``, the distances'
             spline coordinates (P,) (see ``radial_table``), harmonics (P, D), atoms i and j (P,);
         valid: scalar bool, True if pairs [P/2, P) are the exact reverses of pairs [0, P/2)
-            (see ``reverse_pair_order``), so that the filters need only be evaluated once.
+            (see ``reverse_pair_order``), so that the filters need only be evaluated once;
+            the Python constant True when the caller guarantees it (no fallback traced).
         With more than :func:`pair_chunk` pairs, pair_fn is applied chunk by chunk, each chunk
         taking the same rows of both halves.
 
@@ -174,21 +175,11 @@ class EuclideanAttention(nn.Module):
             n = cut.shape[0]
             h = n // 2
             first = filters(radial[:h], centers[:h], neighbors[:h], chi, weights)
-            # Without exact reverses, the second half's filters are evaluated. A plain cond
-            # keeps its untaken branch's residuals as zero-filled buffers: for training
-            # (the parameters are differentiated too) the branch is rematerialised, for
-            # inference it is recomputed in the backward pass only if it was taken.
-            if self.radial_knots:
-                second = zero_unless(valid, filters, radial[h:], centers[h:], neighbors[h:], chi,
-                                     fixed=(weights,))
+            if valid is True:  # the caller's layout (``pair_halves``): no fallback needed
+                w = [jnp.concatenate([a, a]) for a in first]
             else:
-                second = jax.lax.cond(
-                    valid,
-                    lambda: [jnp.zeros_like(a) for a in first],
-                    lambda: jax.checkpoint(filters)(radial[h:], centers[h:], neighbors[h:], chi,
-                                                    weights),
-                )
-            w = [jnp.concatenate([a, jnp.where(valid, a, b)]) for a, b in zip(first, second)]
+                w = self._with_second_half(first, valid, filters, weights, chi,
+                                           radial[h:], centers[h:], neighbors[h:])
             alpha = [
                 (at(q_atoms[b], centers) * w[b] * at(k_atoms[b], neighbors))
                 .reshape(n, heads[b], -1)
@@ -240,6 +231,22 @@ class EuclideanAttention(nn.Module):
         if self.residual_mlp:
             x = ResidualMLP(dtype=dt, transposed=self.radial_knots > 0)(x)
         return x, chi
+
+    def _with_second_half(self, first, valid, filters, weights, chi, *second_half):
+        """Both halves' filters: the first half's twice if ``valid`` (a traced bool), else the
+        second half's evaluated. A plain cond keeps its untaken branch's residuals as
+        zero-filled buffers: for training (the parameters are differentiated too) the branch
+        is rematerialised, for inference it is recomputed in the backward pass only if it
+        was taken."""
+        if self.radial_knots:
+            second = zero_unless(valid, filters, *second_half, chi, fixed=(weights,))
+        else:
+            second = jax.lax.cond(
+                valid,
+                lambda: [jnp.zeros_like(a) for a in first],
+                lambda: jax.checkpoint(filters)(*second_half, chi, weights),
+            )
+        return [jnp.concatenate([a, jnp.where(valid, a, b)]) for a, b in zip(first, second)]
 
 
 class Exchange(nn.Module):
@@ -305,11 +312,16 @@ class So3krates(nn.Module):
 
     @nn.compact
     @full_precision_matmuls
-    def __call__(self, numbers, vectors, centers, neighbors, pair_mask):
+    def __call__(self, numbers, vectors, centers, neighbors, pair_mask, pair_halves: bool = False):
         """numbers (N,), vectors r_ij (P, 3) in Å, centers/neighbors (P,), pair_mask (P,).
 
         Padding pairs are masked by ``pair_mask``. Full neighbour lists sorted by (center,
         neighbour) are fastest (see ``reverse_pair_order``), but any pairs give the same result.
+
+        ``pair_halves=True`` promises pairs in the halves layout (pair P/2 + k the exact
+        reverse of pair k, padding opposite padding; ``so3krates.batching.pack`` makes it):
+        nothing is reordered and no fallback is compiled, which spares a training step of
+        aspirin ~10 %. If the promise does not hold, every energy is NaN.
         """
         if self.features % self.num_heads or self.features % len(self.degrees):
             raise ValueError("features must be divisible by num_heads and by len(degrees)")
@@ -318,18 +330,24 @@ class So3krates(nn.Module):
         centers, neighbors = jnp.asarray(centers, jnp.int32), jnp.asarray(neighbors, jnp.int32)
         pair_mask = jnp.asarray(pair_mask)
         vectors = jnp.asarray(vectors, dt)
-        if pair_mask.shape[0] % 2:  # one null pair more, so that the pairs split into halves
-            centers, neighbors = (jnp.append(a, n_atoms - 1) for a in (centers, neighbors))
-            vectors = jnp.concatenate([vectors, jnp.zeros((1, 3), dt)])
-            pair_mask = jnp.append(pair_mask, False)
-        if n_atoms * n_atoms < 2**31:  # reorder: the second half reverses the first
-            order, valid = reverse_pair_order(centers, neighbors, vectors, pair_mask, n_atoms)
-            centers, neighbors, vectors, pair_mask = (
-                a.at[order].get(mode="promise_in_bounds", unique_indices=True)
-                for a in (centers, neighbors, vectors, pair_mask)
-            )
+        if pair_halves:  # the caller's promise, checked at the end
+            if pair_mask.shape[0] % 2:
+                raise ValueError("pair_halves needs an even number of pairs")
+            layout_holds = is_halves_layout(centers, neighbors, vectors, pair_mask)
+            valid = True
         else:
-            valid = jnp.asarray(False)
+            if pair_mask.shape[0] % 2:  # one null pair more, so that the pairs split into halves
+                centers, neighbors = (jnp.append(a, n_atoms - 1) for a in (centers, neighbors))
+                vectors = jnp.concatenate([vectors, jnp.zeros((1, 3), dt)])
+                pair_mask = jnp.append(pair_mask, False)
+            if n_atoms * n_atoms < 2**31:  # reorder: the second half reverses the first
+                order, valid = reverse_pair_order(centers, neighbors, vectors, pair_mask, n_atoms)
+                centers, neighbors, vectors, pair_mask = (
+                    a.at[order].get(mode="promise_in_bounds", unique_indices=True)
+                    for a in (centers, neighbors, vectors, pair_mask)
+                )
+            else:
+                valid = jnp.asarray(False)
 
         def geometry(vectors, pair_mask, centers, neighbors):
             """(cut, radial, ylm, centers, neighbors) of (a chunk of) pairs, see EuclideanAttention."""
@@ -373,7 +391,8 @@ class So3krates(nn.Module):
             "element_scale", nn.initializers.constant(self.energy_scale), (self.num_elements,), dt
         )
         shift = self.param("element_shift", nn.initializers.zeros, (self.num_elements,), dt)
-        return scale[numbers] * out + shift[numbers]
+        energies = scale[numbers] * out + shift[numbers]
+        return jnp.where(layout_holds, energies, jnp.nan) if pair_halves else energies
 
     @property
     def basis(self):

@@ -170,7 +170,10 @@ def train(
     train_graphs = GraphDataset(train_set, mcfg.cutoff, tcfg.batch_size // shard[1], tcfg.buckets,
                                 np_dtype)
     valid_graphs = GraphDataset(valid_set, mcfg.cutoff, tcfg.batch_size, tcfg.buckets, np_dtype)
-    predict = make_predict_fn(module, reference_table(refs))
+    # Batches in the halves layout (always, for full neighbour lists): the network then
+    # neither reorders pairs nor compiles a fallback for lists without reverses.
+    predict = make_predict_fn(module, reference_table(refs),
+                              pair_halves=train_graphs.pair_halves and valid_graphs.pair_halves)
     valid_predict = jit(predict)
 
     g0, _ = train_graphs.batch([0])
