@@ -51,8 +51,13 @@ def test_neighbour_list_matches_vesin(name):
         assert pair_set(lst, len(atoms)) == set(zip(ref.centers, ref.neighbors, map(tuple, ref.shifts)))
         c = np.asarray(lst.centers)
         m = c < len(atoms)
-        key = c[m] * len(atoms) + np.asarray(lst.neighbors)[m]
-        assert np.all(np.diff(key) >= 0), "pairs must be sorted by (centre, neighbour)"
+        # The halves layout: pair P/2 + k is the reverse of pair k, padding opposite padding.
+        h = len(c) // 2
+        j, s = np.asarray(lst.neighbors), np.asarray(lst.shifts)
+        np.testing.assert_array_equal(m[:h], m[h:])
+        np.testing.assert_array_equal(c[:h][m[:h]], j[h:][m[h:]])
+        np.testing.assert_array_equal(j[:h][m[:h]], c[h:][m[h:]])
+        np.testing.assert_array_equal(s[:h][m[:h]], -s[h:][m[h:]])
         # The vectors implied by the shifts are the true separations.
         pos, cell = atoms.positions, system.cell
         vec = pos[np.asarray(lst.neighbors)[m]] - pos[c[m]] + np.asarray(lst.shifts)[m] @ cell

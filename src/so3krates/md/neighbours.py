@@ -17,9 +17,12 @@ build costs about as much as one force call and happens every ~20 steps). Period
 plane spacings all exceed twice the list radius use the minimum image, one candidate per pair.
 
 Pair ``(i, j, S)`` means ``r_ij = R_j - R_i + S @ cell`` as in :mod:`so3krates.neighbours`;
-the list is full (both directions) and sorted by (centre, neighbour), which the model's
-pair-couple fast path expects. Padding pairs point at atom index ``N`` (a padding atom that
-the graph appends).
+the lists are full (both directions) and in the halves layout: pair ``P/2 + k`` is the
+reverse of pair ``k`` (padding opposite padding), so that the model evaluates functions of
+the distance once per couple without looking for reverses (``pair_halves``, see
+``so3krates.model.pairs``). The Verlet list is reordered so at each build; the per-step
+selection keeps the layout, as a pair and its reverse have bitwise the same distance.
+Padding pairs point at atom index ``N`` (a padding atom that the graph appends).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from so3krates.model.pairs import reverse_pair_order_by_shifts
 from so3krates.neighbours import neighbour_list
 
 ROW_BLOCK = 128  # centres per block of the all-pairs search (bounds its temporary memory)
@@ -62,10 +66,10 @@ class NeighbourSpec(NamedTuple):
 
 
 class VerletList(NamedTuple):
-    """All pairs within ``cutoff + skin`` at the last build.
+    """All pairs within ``cutoff + skin`` at the last build, in the halves layout.
 
     Attributes:
-        centers: (P_v,) int32, sorted; padding pairs hold ``N``.
+        centers: (P_v,) int32; padding pairs hold ``N``.
         neighbors: (P_v,) int32.
         shifts: (P_v, 3) lattice shifts of the pairs, float (same dtype as positions).
         reference: positions at the build, (N, 3) Å (for the displacement test).
@@ -88,7 +92,7 @@ class Neighbours(NamedTuple):
     from (a pytree that lives in the MD state).
 
     Attributes:
-        centers: (P,) int32, sorted by (centre, neighbour); padding pairs hold ``N``.
+        centers: (P,) int32, in the halves layout; padding pairs hold ``N``.
         neighbors: (P,) int32.
         shifts: (P, 3) lattice shifts, float.
         n_pairs: the largest number of pairs within the cutoff seen (for re-allocation).
@@ -273,6 +277,9 @@ def build_verlet(positions: jnp.ndarray, cell: jnp.ndarray, spec: NeighbourSpec)
     real = centers < n
     ci, cj = jnp.minimum(centers, n - 1), jnp.minimum(neighbors, n - 1)
     shifts = jnp.where(real[:, None], shifts + wrap[ci] - wrap[cj], 0.0)
+    # The halves layout (a full list always has it; an overflowing one is redone anyway).
+    order, _ = reverse_pair_order_by_shifts(centers, neighbors, shifts, real)
+    centers, neighbors, shifts = (a[order] for a in (centers, neighbors, shifts))
     n_pairs = jnp.sum(counts).astype(jnp.int32)
     max_count = jnp.max(counts).astype(jnp.int32)
     overflow = (n_pairs > spec.verlet_capacity) | (max_count > m)
@@ -281,12 +288,15 @@ def build_verlet(positions: jnp.ndarray, cell: jnp.ndarray, spec: NeighbourSpec)
 
 def select(positions: jnp.ndarray, cell: jnp.ndarray, verlet: VerletList, spec: NeighbourSpec):
     """The pairs of ``verlet`` within ``cutoff`` now: ``(centers, neighbors, shifts, count)``
-    of fixed size ``spec.capacity``, in the same (sorted) order."""
+    of fixed size ``spec.capacity``, each half compacted into its half (the halves layout)."""
     n = positions.shape[0]
     pos = jnp.concatenate([positions, jnp.zeros((1, 3), positions.dtype)])
     vec = pos[verlet.neighbors] - pos[verlet.centers] + verlet.shifts @ cell
     keep = (verlet.centers < n) & (jnp.sum(vec * vec, axis=-1) < spec.cutoff**2)
-    dest = jnp.where(keep, jnp.cumsum(keep) - 1, spec.capacity)
+    half, cap_half = keep.shape[0] // 2, spec.capacity // 2
+    rank = jnp.cumsum(keep.reshape(2, half), axis=1).reshape(-1) - 1
+    start = jnp.where(jnp.arange(keep.shape[0]) < half, 0, cap_half)
+    dest = jnp.where(keep & (rank < cap_half), start + rank, spec.capacity)
     centers = jnp.full(spec.capacity, n, jnp.int32).at[dest].set(verlet.centers, mode="drop")
     neighbors = jnp.full(spec.capacity, n, jnp.int32).at[dest].set(verlet.neighbors, mode="drop")
     shifts = jnp.zeros((spec.capacity, 3), verlet.shifts.dtype).at[dest].set(verlet.shifts, mode="drop")

@@ -104,7 +104,9 @@ def model_prediction_fn(model, system: System):
         system: the structure being simulated.
     """
     model.check_elements(system.numbers)
-    predict = make_predict_fn(model.module, reference_table(model.reference_energies))
+    # The device neighbour lists are in the halves layout (see ``so3krates.md.neighbours``).
+    predict = make_predict_fn(model.module, reference_table(model.reference_energies),
+                              pair_halves=True)
     params, n = model.inference_params, system.n_atoms
     dtype = jnp.dtype(model.dtype)
 

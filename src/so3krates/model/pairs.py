@@ -56,7 +56,6 @@ def reverse_pair_order(
     periodic images of one (i, j)); ``order`` is then the identity.
     """
     n_pairs = centers.shape[0]
-    half = n_pairs // 2
     idx = jnp.arange(n_pairs, dtype=centers.dtype)
     key = centers * n_atoms + neighbors
     reverse_key = neighbors * n_atoms + centers
@@ -66,6 +65,50 @@ def reverse_pair_order(
     partner = jnp.minimum(partner, n_pairs - 1)
     found = (key[partner] == reverse_key) & (partner[partner] == idx) & pair_mask[partner]
     found &= jnp.all(vectors[partner] == -vectors, axis=1)
+    order, valid = halves_order(partner, found, pair_mask)
+    already = is_halves_layout(centers, neighbors, vectors, pair_mask)
+    return jnp.where(already, idx, order), valid | already
+
+
+def reverse_pair_order_by_shifts(
+    centers: jnp.ndarray, neighbors: jnp.ndarray, shifts: jnp.ndarray, pair_mask: jnp.ndarray,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """:func:`reverse_pair_order` for pairs in any order, several periodic images of one
+    (i, j) included: the reverse of (i, j, S) is (j, i, -S), found by sorting (O(P log P)).
+
+    ``shifts`` (P, 3) hold integers (any dtype). Returns ``(order, valid)`` as
+    :func:`reverse_pair_order`, ``valid`` False unless every real pair's reverse is there.
+    """
+    s = jnp.rint(shifts).astype(jnp.int32)
+    # Sorted by (i, j, S) and by the reverses' keys (j, i, -S): the k-th of each are partners.
+    fwd = jnp.lexsort((s[:, 2], s[:, 1], s[:, 0], neighbors, centers, ~pair_mask))
+    rev = jnp.lexsort((-s[:, 2], -s[:, 1], -s[:, 0], centers, neighbors, ~pair_mask))
+    partner = jnp.zeros_like(fwd).at[fwd].set(rev, unique_indices=True)
+    idx = jnp.arange(centers.shape[0], dtype=partner.dtype)
+    found = ((centers[partner] == neighbors) & (neighbors[partner] == centers)
+             & jnp.all(s[partner] == -s, axis=1) & pair_mask[partner] & (partner != idx)
+             & (partner[partner] == idx))
+    return halves_order(partner, found, pair_mask)
+
+
+def halves_order(
+    partner: jnp.ndarray, found: jnp.ndarray, pair_mask: jnp.ndarray
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """The halves layout from each pair's reverse: ``(order, valid)``.
+
+    Args:
+        partner: (P,) index of each pair's reverse; found: (P,) bool, True where it is one
+            and is paired back (``partner[partner] == index``), checked by the caller;
+            pair_mask: (P,) True for real pairs.
+
+    Returns ``order`` (P,): the first member of each couple (the one with the lower index)
+    in [0, P/2) in their order, its reverse at the same place in [P/2, P), padding split
+    between the halves; and ``valid`` (scalar bool), False if some real pair has no
+    reverse or the padding cannot be split, ``order`` then the identity.
+    """
+    n_pairs = partner.shape[0]
+    half = n_pairs // 2
+    idx = jnp.arange(n_pairs, dtype=partner.dtype)
     first = pair_mask & (idx < partner)
     # Ranks among the first members and among the padding pairs (one cumsum for both).
     rank, pad_rank = jnp.cumsum(jnp.stack([first, ~pair_mask]), axis=1, dtype=idx.dtype) - 1
@@ -74,5 +117,4 @@ def reverse_pair_order(
     pos = jnp.where(pair_mask, jnp.where(first, rank, half + rank[partner]), pad_pos)
     valid = jnp.all(found | ~pair_mask) & (2 * n_first + n_pad == n_pairs) & (n_pad % 2 == 0)
     order = jnp.zeros_like(idx).at[jnp.where(valid, pos, idx)].set(idx, unique_indices=True)
-    already = is_halves_layout(centers, neighbors, vectors, pair_mask)
-    return jnp.where(already, idx, order), valid | already
+    return order, valid
