@@ -320,8 +320,9 @@ class So3krates(nn.Module):
 
         ``pair_halves=True`` promises pairs in the halves layout (pair P/2 + k the exact
         reverse of pair k, padding opposite padding; ``so3krates.batching.pack`` makes it):
-        nothing is reordered and no fallback is compiled, which spares a training step of
-        aspirin ~10 %. If the promise does not hold, every energy is NaN.
+        nothing is reordered and no fallback is compiled (a training step of 2 aspirins
+        compiles ~30 % faster; 1,008 atoms through the MD neighbour list run ~10 % faster).
+        If the promise does not hold, every energy is NaN.
         """
         if self.features % self.num_heads or self.features % len(self.degrees):
             raise ValueError("features must be divisible by num_heads and by len(degrees)")
