@@ -47,7 +47,7 @@ def make_atomic_energy_fn(
         reference_energies: per-element reference energies e_Z in eV, indexed by atomic
             number, shape (num_elements,); kept in float64.
         pair_halves: the graphs' pairs are in the halves layout (``GraphDataset.pair_halves``;
-            faster, NaN energies for graphs that are not, see ``So3krates``).
+            faster; NaN energies and forces for graphs that are not, see ``So3krates``).
     """
     ref = jnp.asarray(np.asarray(reference_energies, dtype=np.float64))
 

@@ -322,7 +322,7 @@ class So3krates(nn.Module):
         reverse of pair k, padding opposite padding; ``so3krates.batching.pack`` makes it):
         nothing is reordered and no fallback is compiled (a training step of 2 aspirins
         compiles ~30 % faster; 1,008 atoms through the MD neighbour list run ~10 % faster).
-        If the promise does not hold, every energy is NaN.
+        If the promise does not hold, every energy and force is NaN.
         """
         if self.features % self.num_heads or self.features % len(self.degrees):
             raise ValueError("features must be divisible by num_heads and by len(degrees)")
@@ -393,7 +393,9 @@ class So3krates(nn.Module):
         )
         shift = self.param("element_shift", nn.initializers.zeros, (self.num_elements,), dt)
         energies = scale[numbers] * out + shift[numbers]
-        return jnp.where(layout_holds, energies, jnp.nan) if pair_halves else energies
+        if pair_halves:  # a factor, not a where: forces (the gradient) become NaN as well
+            energies = energies * jnp.where(layout_holds, 1.0, jnp.nan).astype(dt)
+        return energies
 
     @property
     def basis(self):
