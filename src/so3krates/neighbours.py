@@ -58,7 +58,7 @@ def neighbour_list(
 def reverse_halves(nl: NeighbourList) -> np.ndarray | None:
     """A pair order whose second half holds the reverses of its first half, or None.
 
-    Returns ``order`` (P,), indices into ``nl``: pair ``order[P/2 + k]`` is ``(j, i, -S)`` for
+    Returns ``order`` (P,) int32, indices into ``nl``: pair ``order[P/2 + k]`` is ``(j, i, -S)`` for
     pair ``order[k]`` = ``(i, j, S)``, the first half in the list's own order. None if some
     pair has no reverse (not a full list). The model evaluates functions of the distance on
     the first half only (see ``so3krates.model.pairs``); batches laid out this way on the host
@@ -81,4 +81,4 @@ def reverse_halves(nl: NeighbourList) -> np.ndarray | None:
     if np.any(partner == idx) or np.any(partner[partner] != idx):  # duplicates
         return None
     first = np.flatnonzero(idx < partner)
-    return np.concatenate([first, partner[first]])
+    return np.concatenate([first, partner[first]]).astype(np.int32)  # kept per structure
