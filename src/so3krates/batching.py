@@ -271,8 +271,7 @@ class GraphDataset:
             neighbour_list(r, c, p, cutoff) for r, c, p in zip(data.positions, data.cells, data.pbc)
         ]
         halves = [reverse_halves(nl) for nl in self.neighbour_lists] if pair_halves else [None]
-        self.pair_halves = all(h is not None for h in halves)
-        self._halves = halves if self.pair_halves else None
+        self._halves = halves if all(h is not None for h in halves) else None
         n_atoms = np.sort(data.n_atoms)[::-1]
         n_pairs = np.sort([len(nl.centers) for nl in self.neighbour_lists])[::-1]
         b = min(batch_size, len(data))
@@ -282,6 +281,11 @@ class GraphDataset:
 
     def __len__(self) -> int:
         return len(self.data)
+
+    @property
+    def pair_halves(self) -> bool:
+        """True if the batches come in the halves layout (see :func:`pack`)."""
+        return self._halves is not None
 
     def batch(self, indices: Sequence[int]) -> tuple[Graph, Labels]:
         """Structures ``indices`` (at most ``batch_size``) as a padded graph with labels."""

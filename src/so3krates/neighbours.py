@@ -55,30 +55,39 @@ def neighbour_list(
     )
 
 
+def reverse_partners(centers, neighbors, shifts, pair_mask, xp=np):
+    """Each pair's reverse: ``(partner, found)``, both (P,).
+
+    The reverse of pair (i, j, S) is (j, i, -S); ``partner[k]`` is its index and ``found[k]``
+    True if it is one (a distinct real pair that names k back). Sorting the pairs by (i, j, S)
+    and by their reverses' keys (j, i, -S) lines them up; O(P log P), any pair order, several
+    periodic images of one (i, j) included. ``shifts`` (P, 3) hold integers (any dtype).
+    ``xp``: ``numpy`` (host) or ``jax.numpy`` (jittable).
+    """
+    s = xp.rint(shifts).astype(xp.int32)
+    padding = ~pair_mask  # a primary key: real pairs first in both orders
+    fwd = xp.lexsort((s[:, 2], s[:, 1], s[:, 0], neighbors, centers, padding))
+    rev = xp.lexsort((-s[:, 2], -s[:, 1], -s[:, 0], centers, neighbors, padding))
+    partner = rev[xp.argsort(fwd)]  # partner[fwd[k]] = rev[k]
+    idx = xp.arange(len(centers))
+    found = ((centers[partner] == neighbors) & (neighbors[partner] == centers)
+             & xp.all(s[partner] == -s, axis=1) & pair_mask[partner] & (partner != idx)
+             & (partner[partner] == idx))
+    return partner, found
+
+
 def reverse_halves(nl: NeighbourList) -> np.ndarray | None:
     """A pair order whose second half holds the reverses of its first half, or None.
 
-    Returns ``order`` (P,) int32, indices into ``nl``: pair ``order[P/2 + k]`` is ``(j, i, -S)`` for
-    pair ``order[k]`` = ``(i, j, S)``, the first half in the list's own order. None if some
-    pair has no reverse (not a full list). The model evaluates functions of the distance on
-    the first half only (see ``so3krates.model.pairs``); batches laid out this way on the host
-    spare it finding the reverses at every call.
+    Returns ``order`` (P,) int32, indices into ``nl``: pair ``order[P/2 + k]`` is ``(j, i, -S)``
+    for pair ``order[k]`` = ``(i, j, S)``, the first half in the list's own order. None if
+    some pair has no reverse (not a full list). The model evaluates functions of the
+    distance on the first half only (see ``so3krates.model.pairs``); batches laid out this
+    way on the host spare it finding the reverses at every call.
     """
-    i, j, s = nl.centers, nl.neighbors, nl.shifts
-    n = len(i)
-    if n % 2:
+    partner, found = reverse_partners(nl.centers, nl.neighbors, nl.shifts,
+                                      np.ones(len(nl.centers), dtype=bool))
+    if not found.all():
         return None
-    # Sorting the pairs by (i, j, S) and by their reverses' keys (j, i, -S) lines up each
-    # pair with its reverse, if every reverse is there.
-    fwd = np.lexsort((s[:, 2], s[:, 1], s[:, 0], j, i))
-    rev = np.lexsort((-s[:, 2], -s[:, 1], -s[:, 0], i, j))
-    if not (np.array_equal(i[fwd], j[rev]) and np.array_equal(j[fwd], i[rev])
-            and np.array_equal(s[fwd], -s[rev])):
-        return None
-    partner = np.empty(n, dtype=np.int64)
-    partner[fwd] = rev
-    idx = np.arange(n)
-    if np.any(partner == idx) or np.any(partner[partner] != idx):  # duplicates
-        return None
-    first = np.flatnonzero(idx < partner)
+    first = np.flatnonzero(np.arange(len(partner)) < partner)
     return np.concatenate([first, partner[first]]).astype(np.int32)  # kept per structure

@@ -7,6 +7,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from so3krates.neighbours import reverse_partners
+
 # Up to this many pairs, a block's pair work runs in one piece; above it, in chunks of at most
 # this many pairs. CPUs: small chunks keep intermediates in cache and spare fresh large buffers'
 # page faults. GPUs: every chunk is a round of small kernels, run one after another; on an H100
@@ -74,20 +76,13 @@ def reverse_pair_order_by_shifts(
     centers: jnp.ndarray, neighbors: jnp.ndarray, shifts: jnp.ndarray, pair_mask: jnp.ndarray,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """:func:`reverse_pair_order` for pairs in any order, several periodic images of one
-    (i, j) included: the reverse of (i, j, S) is (j, i, -S), found by sorting (O(P log P)).
+    (i, j) included: the reverse of (i, j, S) is (j, i, -S), found by sorting (O(P log P),
+    :func:`so3krates.neighbours.reverse_partners`).
 
     ``shifts`` (P, 3) hold integers (any dtype). Returns ``(order, valid)`` as
     :func:`reverse_pair_order`, ``valid`` False unless every real pair's reverse is there.
     """
-    s = jnp.rint(shifts).astype(jnp.int32)
-    # Sorted by (i, j, S) and by the reverses' keys (j, i, -S): the k-th of each are partners.
-    fwd = jnp.lexsort((s[:, 2], s[:, 1], s[:, 0], neighbors, centers, ~pair_mask))
-    rev = jnp.lexsort((-s[:, 2], -s[:, 1], -s[:, 0], centers, neighbors, ~pair_mask))
-    partner = jnp.zeros_like(fwd).at[fwd].set(rev, unique_indices=True)
-    idx = jnp.arange(centers.shape[0], dtype=partner.dtype)
-    found = ((centers[partner] == neighbors) & (neighbors[partner] == centers)
-             & jnp.all(s[partner] == -s, axis=1) & pair_mask[partner] & (partner != idx)
-             & (partner[partner] == idx))
+    partner, found = reverse_partners(centers, neighbors, shifts, pair_mask, xp=jnp)
     return halves_order(partner, found, pair_mask)
 
 
