@@ -57,7 +57,7 @@ def init_model(config: ModelConfig, graph, seed: int = 0):
     head = dict(params["Dense_1"])
     fan_in = head["kernel"].shape[0]
     head["kernel"] = jax.random.normal(jax.random.PRNGKey(seed + 2), head["kernel"].shape,
-                                       head["kernel"].dtype) / np.sqrt(fan_in)
+                                       head["kernel"].dtype) / float(np.sqrt(fan_in))
     params["Dense_1"] = head
     return module, params
 
@@ -81,9 +81,10 @@ def tiny_predict():
     """``(predict, params, dtype)`` factory for a tiny random model."""
 
     def make(dtype: str = "float64", seed: int = 0, radial_knots: int = 0,
-             pair_halves: bool = False, **kw):
-        """``radial_knots`` > 0: the same network with spline-tabulated radial filters;
-        ``pair_halves``: for graphs in the halves layout (see ``so3krates.batching.pack``)."""
+             pair_halves: bool = False, fused_kernels: bool = True, **kw):
+        """``radial_knots`` > 0: the same network with spline-tabulated radial filters (and,
+        with ``fused_kernels``, the CPU kernels where available); ``pair_halves``: for graphs
+        in the halves layout (see ``so3krates.batching.pack``)."""
         cfg = small_config(dtype, **kw)
         data = ethanol_frames(1)
         graph, _ = single_graph(data.numbers[0], data.positions[0], data.cells[0], data.pbc[0],
@@ -91,6 +92,7 @@ def tiny_predict():
         module, params = init_model(cfg, graph, seed)
         if radial_knots:
             module = build_module(cfg, energy_scale=1.0, radial_knots=radial_knots)
+            module = module.clone(fused_kernels=fused_kernels)
             params = inference_params(module, params)
         return jax.jit(make_predict_fn(module, np.zeros(119), pair_halves)), params, cfg
 

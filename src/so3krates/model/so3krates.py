@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from so3krates.compile import materialize
+from so3krates.model import cpu_kernels
 from so3krates.model.basis import (
     cutoff_function,
     degree_index,
@@ -67,6 +68,39 @@ def qkv_kernel(inv_qkv: jnp.ndarray, ev_qk: jnp.ndarray) -> jnp.ndarray:
     return jnp.concatenate([block_diagonal(inv_qkv), block_diagonal(ev_qk)], 1)
 
 
+def pair_messages(q, k, v, w, cut, ylm, centers, neighbors, n_atoms: int, component_degree,
+                  heads: Sequence[int], scales: Sequence, barrier: bool = False) -> jnp.ndarray:
+    """One block's messages summed per center atom, (N, F + D) (pure JAX; the reference of
+    ``cpu_kernels.pair_attention``).
+
+    Args (P pairs, N atoms, branch 0 invariant, branch 1 EV):
+        q, k: per branch (N, F) activated queries and keys; v: (N, F) values;
+        w: per branch (P, F) filters; cut: (P,) cutoff weights; ylm: (P, D);
+        centers, neighbors: (P,); component_degree: (D,) the EV head of each component;
+        heads: heads per branch; scales: their attention scales;
+        barrier: keep the EV weights in memory (see ``EuclideanAttention``).
+
+    ``upd_i = sum_{pairs (i, j)} [alpha0_h v_j | alpha1_l ylm_ij]`` with
+    ``alpha_bh = cut scale_b sum_{f in head h} q_ib w_ijb k_jb``.
+    """
+    def at(a, idx):
+        return a.at[idx].get(mode="promise_in_bounds")
+
+    n, f = cut.shape[0], v.shape[1]
+    alpha = [
+        (at(q[b], centers) * w[b] * at(k[b], neighbors)).reshape(n, heads[b], -1).sum(-1)
+        * (cut * scales[b])[:, None]
+        for b in range(2)
+    ]
+    vj = at(v, neighbors).reshape(n, heads[0], -1)
+    msg_x = (alpha[0][:, :, None] * vj).reshape(n, f)
+    if barrier:
+        alpha[1] = materialize(alpha[1])
+    msg = jnp.concatenate([msg_x, alpha[1][:, component_degree] * ylm], axis=1)
+    out = jnp.zeros((n_atoms, msg.shape[1]), msg.dtype)
+    return out.at[centers].add(msg, mode="promise_in_bounds")
+
+
 class EuclideanAttention(nn.Module):
     """One SO3krates transformer block: filters, two attention branches, updates.
 
@@ -99,6 +133,7 @@ class EuclideanAttention(nn.Module):
     residual_mlp: bool = True
     dtype: Any = jnp.float32
     radial_knots: int = 0  # > 0: inference, reads the parameters of ``inference_params``
+    fused_kernels: bool = False  # messages from ``cpu_kernels.pair_attention`` (radial_knots > 0)
 
     @nn.compact
     def __call__(self, x, chi, pair_inputs, pair_fn, valid):
@@ -137,6 +172,7 @@ class EuclideanAttention(nn.Module):
         contract = np.asarray(degree_contraction_matrix(self.degrees), dt)  # a constant, not traced
         deg_idx = degree_index(self.degrees)
         scale = [np.asarray(1.0 / np.sqrt(f // h), dt) for h in heads]
+        fused = self.fused_kernels  # inference on the CPU: see ``So3krates.fused_kernels``
 
         def at(a, idx):
             return a.at[idx].get(mode="promise_in_bounds")
@@ -157,8 +193,11 @@ class EuclideanAttention(nn.Module):
             return nn.silu(c @ p["w1_s"][b] + p["b1_s"][b]) @ p["w2_s"][b]
 
         def filters(radial, centers, neighbors, chi, p):
-            """Both branches' filters of a set of pairs: two (P, F) arrays."""
-            if self.radial_knots:
+            """Both branches' filters of a set of pairs: two (P, F) arrays; without ``radial``
+            (the fused kernel adds it) their EV-difference parts and biases only."""
+            if radial is None:
+                w = [p["bias"][b] for b in range(2)]
+            elif self.radial_knots:
                 w_r = evaluate_table(p["table"], radial)  # (P, 2, F)
                 w = [w_r[:, b] + p["bias"][b] for b in range(2)]
             else:
@@ -174,30 +213,30 @@ class EuclideanAttention(nn.Module):
             """Sums over pairs [first half | reverses] per center: (N, F + D)."""
             n = cut.shape[0]
             h = n // 2
+            if fused:  # the kernel evaluates the radial filters (spline table) for every pair
+                if chi is None:
+                    ev = weights["bias"][None]  # the same for every pair
+                else:  # the EV parts of the first half's pairs, or of all if not in halves
+                    rows = h if valid is True else n
+                    ev = jnp.stack(filters(None, centers[:rows], neighbors[:rows], chi,
+                                           weights), axis=1)
+                qkv_act = jnp.concatenate([q_atoms[0], k_atoms[0], v_atoms, q_atoms[1],
+                                           k_atoms[1]], axis=1)
+                return cpu_kernels.pair_attention(qkv_act, ev, weights["table"], radial, cut, ylm,
+                                                  centers, neighbors, deg_idx, heads, scale,
+                                                  halves=valid is True)
             first = filters(radial[:h], centers[:h], neighbors[:h], chi, weights)
             if valid is True:  # the caller's layout (``pair_halves``): no fallback needed
                 w = [jnp.concatenate([a, a]) for a in first]
             else:
                 w = self._with_second_half(first, valid, filters, weights, chi,
                                            radial[h:], centers[h:], neighbors[h:])
-            alpha = [
-                (at(q_atoms[b], centers) * w[b] * at(k_atoms[b], neighbors))
-                .reshape(n, heads[b], -1)
-                .sum(-1)
-                * (cut * scale[b])[:, None]
-                for b in range(2)
-            ]
-            v = at(v_atoms, neighbors).reshape(n, heads[0], -1)
-            msg_x = (alpha[0][:, :, None] * v).reshape(n, f)
-            if in_chunks:
-                # Without this barrier XLA:CPU fuses the per-degree weights into their
-                # expansion to the 2l+1 components and recomputes each (P, F) product-sum once
-                # per component (6x for degrees 1-4): 1,008 atoms 72.7 -> 66.8 ms,
-                # interleaved. One aspirin (no chunks) got slower with it (1.98 -> 2.05 ms).
-                alpha[1] = materialize(alpha[1])
-            msg = jnp.concatenate([msg_x, alpha[1][:, deg_idx] * ylm], axis=1)
-            out = jnp.zeros((n_atoms, msg.shape[1]), dt)
-            return out.at[centers].add(msg, mode="promise_in_bounds")
+            # Without the barrier (in chunks) XLA:CPU fuses the per-degree weights into their
+            # expansion to the 2l+1 components and recomputes each (P, F) product-sum once
+            # per component (6x for degrees 1-4): 1,008 atoms 72.7 -> 66.8 ms,
+            # interleaved. One aspirin (no chunks) got slower with it (1.98 -> 2.05 ms).
+            return pair_messages(q_atoms, k_atoms, v_atoms, w, cut, ylm, centers, neighbors,
+                                 n_atoms, deg_idx, heads, scale, barrier=in_chunks)
 
         n_half = jax.tree.leaves(pair_inputs)[0].shape[0] // 2
         chunk = pair_chunk()
@@ -292,6 +331,10 @@ class So3krates(nn.Module):
     intervals (``so3krates.model.radial_table``): for inference, where the parameters are
     fixed; the tables (and the q/k/v kernels) are then parameters of each block, see
     :func:`inference_params`. 0 (the default, and what training uses) runs the network.
+    With ``fused_kernels`` (the default) such an inference model on the CPU takes each block's
+    messages and their gradients from a fused C++ kernel (``so3krates.model.cpu_kernels``)
+    when the pairs fit in one chunk (``pair_chunk``): one aspirin's energy + forces 1.49 ->
+    1.26 ms (reference model, interleaved in one process on the 2-core EPYC VM).
     """
 
     features: int = 128
@@ -309,6 +352,7 @@ class So3krates(nn.Module):
     dtype: Any = jnp.float32
     radial_knots: int = 0
     output_init: str = "zeros"
+    fused_kernels: bool = True
 
     @nn.compact
     @full_precision_matmuls
@@ -331,6 +375,11 @@ class So3krates(nn.Module):
         centers, neighbors = jnp.asarray(centers, jnp.int32), jnp.asarray(neighbors, jnp.int32)
         pair_mask = jnp.asarray(pair_mask)
         vectors = jnp.asarray(vectors, dt)
+        # Inference on the CPU, up to one chunk of pairs: messages from the fused kernel (the
+        # kernel is single-threaded; larger systems keep XLA's two-threaded chunks).
+        fused = (self.radial_knots > 0 and self.fused_kernels
+                 and pair_mask.shape[0] + pair_mask.shape[0] % 2 <= pair_chunk()
+                 and cpu_kernels.enabled())
         if pair_halves:  # the caller's promise, checked at the end
             if pair_mask.shape[0] % 2:
                 raise ValueError("pair_halves needs an even number of pairs")
@@ -341,7 +390,9 @@ class So3krates(nn.Module):
                 centers, neighbors = (jnp.append(a, n_atoms - 1) for a in (centers, neighbors))
                 vectors = jnp.concatenate([vectors, jnp.zeros((1, 3), dt)])
                 pair_mask = jnp.append(pair_mask, False)
-            if n_atoms * n_atoms < 2**31:  # reorder: the second half reverses the first
+            if fused:  # the kernel takes the pairs in any order (filters of every pair)
+                valid = None
+            elif n_atoms * n_atoms < 2**31:  # reorder: the second half reverses the first
                 order, valid = reverse_pair_order(centers, neighbors, vectors, pair_mask, n_atoms)
                 centers, neighbors, vectors, pair_mask = (
                     a.at[order].get(mode="promise_in_bounds", unique_indices=True)
@@ -378,7 +429,7 @@ class So3krates(nn.Module):
         for t in range(self.num_layers):
             x, chi = EuclideanAttention(
                 self.num_heads, self.degrees, self.num_radial, self.layer_norm,
-                self.residual_mlp, dt, self.radial_knots, name=f"attention_{t}",
+                self.residual_mlp, dt, self.radial_knots, fused, name=f"attention_{t}",
             )(x, chi, pair_inputs, pair_fn, valid)
             x, chi = Exchange(
                 self.degrees, self.layer_norm, self.residual_mlp, dt, self.radial_knots > 0,
