@@ -301,14 +301,15 @@ def median_ms(fn: Callable[[], None], reps: int, warmup: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def device_graph(model, atoms):
-    """``atoms`` as a padded graph for ``model``, already on the device."""
+def device_graph(model, atoms, pair_halves: bool = True):
+    """``atoms`` as a padded graph for ``model``, already on the device; ``pair_halves``: in
+    the halves layout (for ``model.predict_halves_fn``), else sorted (for ``predict_fn``)."""
     import jax
 
     from so3krates.batching import single_graph
 
     graph, _ = single_graph(atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc,
-                            model.cutoff, dtype=np.dtype(model.dtype))
+                            model.cutoff, dtype=np.dtype(model.dtype), pair_halves=pair_halves)
     return jax.device_put(graph)
 
 
@@ -318,15 +319,17 @@ def timed_systems(molecule, args: argparse.Namespace):
     return (("aspirin", molecule, args.reps_small), (f"atoms{len(grid)}", grid, args.reps_large))
 
 
-def time_jit(model, atoms, reps: int, warmup: int) -> float:
-    """Median ms of the jitted ``predict_fn`` on a prebuilt, device-resident padded graph."""
+def time_jit(model, atoms, reps: int, warmup: int, pair_halves: bool = True) -> float:
+    """Median ms of the jitted ``predict_halves_fn`` (``pair_halves``) or ``predict_fn`` (pairs
+    sorted) on a prebuilt, device-resident padded graph."""
     import jax
 
-    graph = device_graph(model, atoms)
+    graph = device_graph(model, atoms, pair_halves)
     params = model.inference_params
+    fn = model.predict_halves_fn if pair_halves else model.predict_fn
 
     def call() -> None:
-        jax.block_until_ready(model.predict_fn(params, graph))
+        jax.block_until_ready(fn(params, graph))
 
     return median_ms(call, reps, warmup)
 
@@ -337,7 +340,7 @@ def time_jit_vs_xla_defaults(model, atoms, reps: int, warmup: int) -> dict[str, 
     that a noisy machine affects both alike."""
     import jax
 
-    graph = device_graph(model, atoms)
+    graph = device_graph(model, atoms, pair_halves=False)
     fns = {"package": model.predict_fn, "xla_defaults": jax.jit(model.predict_fn.__wrapped__)}
     times: dict[str, list[float]] = {k: [] for k in fns}
     for k in range(warmup + reps):
@@ -366,11 +369,14 @@ def time_ase(model, atoms, reps: int, warmup: int, seed: int) -> float:
 
 
 def time_model(model, molecule, args: argparse.Namespace) -> dict[str, float]:
-    """The four timings: one aspirin and 48 aspirins, jitted function and ASE calculator."""
+    """One aspirin and 48 aspirins: the jitted function on a graph in the halves layout
+    (``predict_halves_fn``), on sorted pairs (``predict_fn``, ``_jit_sorted``), and the ASE
+    calculator."""
     out = {}
     for name, atoms, reps in timed_systems(molecule, args):
-        log(f"timing {name} ({len(atoms)} atoms): jit, {reps} calls")
+        log(f"timing {name} ({len(atoms)} atoms): jit, {reps} calls, halves layout and sorted")
         out[f"{name}_jit"] = time_jit(model, atoms, reps, args.warmup)
+        out[f"{name}_jit_sorted"] = time_jit(model, atoms, reps, args.warmup, pair_halves=False)
         log(f"timing {name} ({len(atoms)} atoms): ASE calculator, {reps} calls")
         out[f"{name}_ase"] = time_ase(model, atoms, reps, args.warmup, args.seed)
     return {k: round(v, 4) for k, v in out.items()}

@@ -6,8 +6,8 @@ Run from the repository root::
     .venv/bin/python benchmarks/op_profile.py --model runs/bench_aspirin --system grid
     taskset -c 0 .venv/bin/python benchmarks/op_profile.py           # one core
 
-Times ``model.predict_fn`` on the first rMD17 aspirin test configuration (``--system
-aspirin``) or on the benchmark's grid of 48 aspirins (``grid``, 1,008 atoms), then records
+Times ``model.predict_halves_fn`` (``--sorted``: ``model.predict_fn`` on sorted pairs) on
+the first rMD17 aspirin test configuration (``--system aspirin``) or on the benchmark's grid of 48 aspirins (``grid``, 1,008 atoms), then records
 ``--calls`` calls with ``jax.profiler`` and sums the events of XLA's executor threads per
 compiled operation (on the CPU, one event per thunk: a fusion, a dot, a scatter, ...). Prints
 one JSON object: the median wall time without the profiler, XLA's own FLOP count, the number
@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=200, help="timed calls without profiler")
     p.add_argument("--top", type=int, default=25, help="operations listed (default 25)")
     p.add_argument("--seed", type=int, default=0, help="seed of a fresh model's parameters")
+    p.add_argument("--sorted", action="store_true",
+                   help="profile predict_fn on sorted pairs (default: predict_halves_fn on "
+                        "the halves layout)")
     return p.parse_args(argv)
 
 
@@ -89,10 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model = load_model(args.model)
     atoms = molecule if args.system == "aspirin" else _aspirin.molecule_grid(molecule)
-    graph = _aspirin.device_graph(model, atoms)
+    graph = _aspirin.device_graph(model, atoms, pair_halves=not args.sorted)
+    predict_fn = model.predict_fn if args.sorted else model.predict_halves_fn
 
     def call() -> None:
-        jax.block_until_ready(model.predict_fn(model.inference_params, graph))
+        jax.block_until_ready(predict_fn(model.inference_params, graph))
 
     wall_ms = _aspirin.median_ms(call, args.reps, warmup=5)
     with tempfile.TemporaryDirectory() as trace_dir:
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             call()
         jax.profiler.stop_trace()
         ops = operation_events(trace_dir)
-    compiled = model.predict_fn.lower(model.inference_params, graph).compile()
+    compiled = predict_fn.lower(model.inference_params, graph).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     hlo = hlo_lines(compiled.as_text())
@@ -125,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         "top_ops": [{"name": k, "us_per_call": round(us, 1), "count_per_call": c,
                      "hlo": hlo.get(k, "")[:200]} for k, (c, us) in top],
         "model": str(args.model) if args.model else "fresh reference model",
+        "layout": "sorted" if args.sorted else "halves",
     }
     print(json.dumps(report, indent=2))
     return 0

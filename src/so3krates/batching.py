@@ -229,13 +229,20 @@ def single_graph(
     cutoff: float,
     capacity: Capacity | None = None,
     dtype=np.float32,
+    pair_halves: bool = False,
 ) -> tuple[Graph, Capacity]:
     """One structure as a :class:`Graph`; the capacity grows (with headroom) only when needed.
 
     Reusing the returned capacity on the next call keeps the compiled shape while atoms move
-    and the pair count fluctuates.
+    and the pair count fluctuates. ``pair_halves``: pairs in the halves layout of :func:`pack`
+    (for ``Model.predict_halves_fn``); otherwise sorted by (centre, neighbour).
     """
     nl = neighbour_list(positions, cell, pbc, cutoff)
+    halves = None
+    if pair_halves:
+        halves = [reverse_halves(nl)]
+        if halves[0] is None:  # cannot happen for full lists; guards a changed neighbour_list
+            raise ValueError("the neighbour list lacks reverse pairs: no halves layout")
     n, p = len(numbers), len(nl.centers)
     if capacity is None or n >= capacity.atoms or p > capacity.pairs:
         # Padding pairs cost as much as real ones, so the headroom is small; a capacity that
@@ -245,7 +252,8 @@ def single_graph(
             pairs = max(pairs, round_up(math.ceil(capacity.pairs * PAIR_HEADROOM), 16))
         capacity = Capacity(atoms=max(round_up(n + 1, 8), capacity.atoms if capacity else 0),
                             pairs=pairs, structures=2)
-    graph = pack([numbers], [positions], np.asarray(cell)[None], [nl], capacity, dtype=dtype)
+    graph = pack([numbers], [positions], np.asarray(cell)[None], [nl], capacity, dtype=dtype,
+                 halves=halves)
     return graph, capacity
 
 

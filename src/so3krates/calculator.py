@@ -155,16 +155,17 @@ class So3kratesCalculator(Calculator):
     def _periodic(self, atoms) -> tuple[float, np.ndarray, np.ndarray]:
         graph_, self._capacity = single_graph(
             atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc, self.model.cutoff,
-            self._capacity, dtype=np.dtype(self.model.dtype),
+            self._capacity, dtype=np.dtype(self.model.dtype), pair_halves=True,
         )
         # Outputs to the host as they are, then slice off the padding there.
-        energy, forces, energies = (np.asarray(a) for a in self.model.predict(graph_))
+        energy, forces, energies = (np.asarray(a)
+                                    for a in self.model.predict(graph_, pair_halves=True))
         n = len(atoms)
         return float(energy[0]), forces[:n].astype(np.float64), energies[:n].astype(np.float64)
 
     def compiled_variants(self) -> int:
         """Shapes this calculator's evaluation has been compiled for: the molecule evaluator's,
-        or for periodic systems the model's ``predict_fn`` (shared by its calculators)."""
+        or for periodic systems the model's ``predict_halves_fn`` (shared by its calculators)."""
         if self._molecule is not None:
             return self._molecule.compiled_variants()
-        return self.model.predict_fn._cache_size()
+        return self.model.predict_halves_fn._cache_size()

@@ -75,5 +75,6 @@ def evaluate_model(model, data: Dataset, batch_size: int = 16) -> tuple[dict, np
     for zs in data.numbers:
         model.check_elements(zs)
     graphs = GraphDataset(data, model.cutoff, batch_size, n_buckets=2, dtype=np.dtype(model.dtype))
-    energy, forces = predict_dataset(model.predict_fn, model.inference_params, graphs)
+    predict_fn = model.predict_halves_fn if graphs.pair_halves else model.predict_fn
+    energy, forces = predict_dataset(predict_fn, model.inference_params, graphs)
     return error_metrics(data, energy, forces), energy, forces

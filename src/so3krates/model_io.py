@@ -114,6 +114,11 @@ class Model:
     """A trained model: config, parameters and the jitted prediction function.
 
     Use :meth:`calculator` for an ASE calculator, or ``predict(graph)`` on padded graphs.
+    ``predict_fn(params, graph)`` takes pairs in any order; ``predict_halves_fn`` takes graphs
+    in the halves layout (``single_graph(..., pair_halves=True)``, ``GraphDataset`` batches;
+    see ``so3krates.batching.pack``) and is faster: the filters of a pair and its reverse are
+    evaluated once, with nothing to reorder (one aspirin on the CPU: see the README). Given a
+    graph in another layout it returns NaN.
 
     ``params`` are the network's parameters (what is saved); ``module`` and ``predict_fn``
     take ``inference_params``: the same plus, with ``radial_knots`` > 0, the spline tables of
@@ -135,7 +140,9 @@ class Model:
             self.radial_knots = default_radial_knots(self.dtype)
         self.module = build_module(self.config, self.energy_scale, self.dtype, self.radial_knots)
         self.inference_params = inference_params(self.module, self.params)
-        self.predict_fn = jit(make_predict_fn(self.module, reference_table(self.reference_energies)))
+        refs = reference_table(self.reference_energies)
+        self.predict_fn = jit(make_predict_fn(self.module, refs))
+        self.predict_halves_fn = jit(make_predict_fn(self.module, refs, pair_halves=True))
 
     @property
     def elements(self) -> list[int]:
@@ -145,9 +152,11 @@ class Model:
     def cutoff(self) -> float:
         return self.config.cutoff
 
-    def predict(self, graph):
-        """``Prediction`` (energy, forces, atomic energies) for a padded graph."""
-        return self.predict_fn(self.inference_params, graph)
+    def predict(self, graph, pair_halves: bool = False):
+        """``Prediction`` (energy, forces, atomic energies) for a padded graph; with
+        ``pair_halves``, of a graph in the halves layout (see :attr:`predict_halves_fn`)."""
+        fn = self.predict_halves_fn if pair_halves else self.predict_fn
+        return fn(self.inference_params, graph)
 
     def check_elements(self, numbers: np.ndarray) -> None:
         """Raise ``ValueError`` naming any element the model was not trained on."""
