@@ -320,16 +320,14 @@ def timed_systems(molecule, args: argparse.Namespace):
 
 
 def time_jit(model, atoms, reps: int, warmup: int, pair_halves: bool = True) -> float:
-    """Median ms of the jitted ``predict_halves_fn`` (``pair_halves``) or ``predict_fn`` (pairs
-    sorted) on a prebuilt, device-resident padded graph."""
+    """Median ms of the jitted ``model.predict`` (parameters compiled in) on a prebuilt,
+    device-resident padded graph in the halves layout (``pair_halves``) or sorted."""
     import jax
 
     graph = device_graph(model, atoms, pair_halves)
-    params = model.inference_params
-    fn = model.predict_halves_fn if pair_halves else model.predict_fn
 
     def call() -> None:
-        jax.block_until_ready(fn(params, graph))
+        jax.block_until_ready(model.predict(graph, pair_halves=pair_halves))
 
     return median_ms(call, reps, warmup)
 
@@ -369,9 +367,8 @@ def time_ase(model, atoms, reps: int, warmup: int, seed: int) -> float:
 
 
 def time_model(model, molecule, args: argparse.Namespace) -> dict[str, float]:
-    """One aspirin and 48 aspirins: the jitted function on a graph in the halves layout
-    (``predict_halves_fn``), on sorted pairs (``predict_fn``, ``_jit_sorted``), and the ASE
-    calculator."""
+    """One aspirin and 48 aspirins: the jitted ``model.predict`` on a graph in the halves
+    layout, on sorted pairs (``_jit_sorted``), and the ASE calculator."""
     out = {}
     for name, atoms, reps in timed_systems(molecule, args):
         log(f"timing {name} ({len(atoms)} atoms): jit, {reps} calls, halves layout and sorted")

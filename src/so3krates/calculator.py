@@ -165,7 +165,7 @@ class So3kratesCalculator(Calculator):
 
     def compiled_variants(self) -> int:
         """Shapes this calculator's evaluation has been compiled for: the molecule evaluator's,
-        or for periodic systems the model's ``predict_halves_fn`` (shared by its calculators)."""
+        or for periodic systems the model's ``predict`` (shared by its calculators)."""
         if self._molecule is not None:
             return self._molecule.compiled_variants()
-        return self.model.predict_halves_fn._cache_size()
+        return self.model.compiled_variants(pair_halves=True)
