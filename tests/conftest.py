@@ -69,6 +69,22 @@ def ethanol_frames(n: int = 3):
     return read_dataset(shipped_dataset_path()).subset(np.arange(n))
 
 
+def cell_and_molecule(cutoff: float):
+    """A small triclinic cell (4 atoms: several images of one pair) and an ethanol molecule:
+    ``(numbers, positions, cells (2, 3, 3), pbcs, neighbour lists)``."""
+    from so3krates.neighbours import neighbour_list
+
+    data = ethanol_frames(1)
+    rng = np.random.default_rng(5)
+    cell = np.array([[3.2, 0.0, 0.0], [0.8, 3.0, 0.0], [0.3, 0.5, 3.4]])
+    numbers = [np.array([6, 8, 1, 1]), data.numbers[0]]
+    positions = [rng.uniform(size=(4, 3)) @ cell, data.positions[0]]
+    cells = np.stack([cell, np.zeros((3, 3))])
+    pbcs = [np.ones(3, bool), np.zeros(3, bool)]
+    nls = [neighbour_list(r, c, p, cutoff) for r, c, p in zip(positions, cells, pbcs)]
+    return numbers, positions, cells, pbcs, nls
+
+
 def predict_single(predict, params, numbers, positions, cell, pbc, cutoff, dtype):
     graph, _ = single_graph(numbers, positions, cell, pbc, cutoff, dtype=dtype)
     out = predict(params, graph)

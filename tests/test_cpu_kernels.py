@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ethanol_frames
+from conftest import cell_and_molecule, ethanol_frames
 from so3krates.batching import Capacity, pack, round_up
 from so3krates.model import cpu_kernels
 from so3krates.model.basis import degree_index
@@ -96,16 +96,8 @@ def test_kernel_rejects_rows_that_do_not_divide_the_pairs():
 
 
 def mixed_batch(cutoff: float):
-    """A small triclinic cell (several images of one pair) and a molecule with padding, as
-    (sorted graph, halves graph)."""
-    data = ethanol_frames(1)
-    rng = np.random.default_rng(5)
-    cell = np.array([[3.2, 0.0, 0.0], [0.8, 3.0, 0.0], [0.3, 0.5, 3.4]])
-    numbers = [np.array([6, 8, 1, 1]), data.numbers[0]]
-    positions = [rng.uniform(size=(4, 3)) @ cell, data.positions[0]]
-    cells = np.stack([cell, np.zeros((3, 3))])
-    pbcs = [np.ones(3, bool), np.zeros(3, bool)]
-    nls = [neighbour_list(r, c, pb, cutoff) for r, c, pb in zip(positions, cells, pbcs)]
+    """A small triclinic cell and a molecule with padding, as (sorted graph, halves graph)."""
+    numbers, positions, cells, _, nls = cell_and_molecule(cutoff)
     cap = Capacity(atoms=24, pairs=round_up(sum(len(n.centers) for n in nls) + 10, 64),
                    structures=3)
     assert cap.pairs <= 1024  # one chunk: the fused path

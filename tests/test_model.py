@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from conftest import ethanol_frames, predict_single, small_config
+from conftest import cell_and_molecule, ethanol_frames, predict_single, small_config
 from so3krates.batching import Capacity, pack, round_up, single_graph
 from so3krates.model_io import build_module, init_params
 from so3krates.neighbours import NeighbourList, neighbour_list, reverse_halves
@@ -222,14 +222,7 @@ def test_halves_layout_gives_the_same_results(tiny_predict):
     energies and forces."""
     predict, params, cfg = tiny_predict("float64")
     predict_halves, _, _ = tiny_predict("float64", pair_halves=True)
-    data = ethanol_frames(1)
-    rng = np.random.default_rng(5)
-    cell = np.array([[3.2, 0.0, 0.0], [0.8, 3.0, 0.0], [0.3, 0.5, 3.4]])
-    numbers = [np.array([6, 8, 1, 1]), data.numbers[0]]
-    positions = [rng.uniform(size=(4, 3)) @ cell, data.positions[0]]
-    cells = np.stack([cell, np.zeros((3, 3))])
-    pbcs = [np.ones(3, bool), np.zeros(3, bool)]
-    nls = [neighbour_list(r, c, p, cfg.cutoff) for r, c, p in zip(positions, cells, pbcs)]
+    numbers, positions, cells, _, nls = cell_and_molecule(cfg.cutoff)
     halves = [reverse_halves(nl) for nl in nls]
     for nl, order in zip(nls, halves):
         h = len(order) // 2
