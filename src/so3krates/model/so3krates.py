@@ -19,7 +19,10 @@ cost of (P, F) kernels, and large ones by memory traffic):
 - for inference (``radial_knots`` > 0, fixed parameters) the radial filters come from spline
   tables, and the q/k/v kernels and the transposes of all kernels are stored (see
   :func:`inference_params`): the forces' backward pass then never multiplies by a transposed
-  operand, which XLA:CPU does several times slower.
+  operand, which XLA:CPU does several times slower;
+- for inference on the CPU with up to one chunk of pairs, each block's pair work (spline
+  filters, attention, messages and their gradients) is one fused C++ kernel
+  (``so3krates.model.cpu_kernels``); :func:`pair_messages` is its pure-JAX reference.
 """
 
 from __future__ import annotations
@@ -113,7 +116,8 @@ class EuclideanAttention(nn.Module):
             spline coordinates (P,) (see ``radial_table``), harmonics (P, D), atoms i and j (P,);
         valid: scalar bool, True if pairs [P/2, P) are the exact reverses of pairs [0, P/2)
             (see ``reverse_pair_order``), so that the filters need only be evaluated once;
-            the Python constant True when the caller guarantees it (no fallback traced).
+            the Python constant True when the caller guarantees it (no fallback traced);
+            None with ``fused_kernels`` for pairs in any order (every pair's filters).
         With more than :func:`pair_chunk` pairs, pair_fn is applied chunk by chunk, each chunk
         taking the same rows of both halves.
 
