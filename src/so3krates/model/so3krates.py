@@ -379,8 +379,8 @@ class So3krates(nn.Module):
         centers, neighbors = jnp.asarray(centers, jnp.int32), jnp.asarray(neighbors, jnp.int32)
         pair_mask = jnp.asarray(pair_mask)
         vectors = jnp.asarray(vectors, dt)
-        # Inference on the CPU, up to one chunk of pairs: messages from the fused kernel (the
-        # kernel is single-threaded; larger systems keep XLA's two-threaded chunks).
+        # Inference on the CPU, up to one chunk of pairs: messages from the fused kernel. On
+        # larger systems XLA's chunks stayed faster (1,008 atoms, kernel per chunk: 66 vs 58 ms).
         fused = (self.radial_knots > 0 and self.fused_kernels
                  and pair_mask.shape[0] + pair_mask.shape[0] % 2 <= pair_chunk()
                  and cpu_kernels.enabled())

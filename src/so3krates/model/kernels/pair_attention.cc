@@ -27,9 +27,13 @@
 // gradients in qkv, ev_w, s, cut and ylm (none in the table: inference
 // holds the parameters fixed).
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <thread>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -199,8 +203,34 @@ inline void BackwardPair(const Pairs<T>& a, int64_t p, const T* w, const T* raw,
   }
 }
 
+// Runs work(part) for part in [0, parts) on the calling thread and one task on XLA's intra-op
+// thread pool. Parts are claimed atomically, so the caller never waits for a task that has not
+// started (it then does that part itself); a late task finds nothing left and never touches
+// ``work``, which the caller keeps alive until every claimed part is done.
+template <typename F>
+void InParallel(ffi::ThreadPool& pool, int64_t parts, const F& work) {
+  struct Claims {
+    std::atomic<int64_t> next{0}, done{0};
+  };
+  auto claims = std::make_shared<Claims>();
+  auto run = [claims, parts, &work]() {
+    for (int64_t part; (part = claims->next.fetch_add(1)) < parts;) {
+      work(part);
+      claims->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  if (parts > 1 && pool.num_threads() > 0) pool.Schedule(decltype(run)(run));  // a copy
+  run();
+  while (claims->done.load(std::memory_order_acquire) < parts) std::this_thread::yield();
+}
+
+// How many parts a loop over ``n`` couples of pairs is split into: two from 64 on (fewer are
+// not worth a task).
+inline int64_t Parts(int64_t n) { return n >= 64 ? 2 : 1; }
+
 template <ffi::DataType DT>
-ffi::Error Forward(ffi::Buffer<DT> qkv, ffi::Buffer<DT> ev, ffi::Buffer<DT> table,
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<DT> qkv, ffi::Buffer<DT> ev,
+                   ffi::Buffer<DT> table,
                    ffi::Buffer<DT> s, ffi::Buffer<DT> cut, ffi::Buffer<DT> ylm,
                    ffi::Buffer<ffi::S32> centers, ffi::Buffer<ffi::S32> neighbors,
                    ffi::Buffer<ffi::S32> degree, int64_t heads0, int64_t heads1, double scale0,
@@ -214,20 +244,26 @@ ffi::Error Forward(ffi::Buffer<DT> qkv, ffi::Buffer<DT> ev, ffi::Buffer<DT> tabl
     return e;
   T* out = upd->typed_data();
   T* r = raw->typed_data();
-  const int64_t nh = a.heads0 + a.heads1;
-  std::memset(out, 0, sizeof(T) * a.n * (a.f + a.d));
-  std::vector<T> w(2 * a.f);
-  const int64_t h = a.halves ? a.p / 2 : a.p;
-  for (int64_t p = 0; p < h; ++p) {
-    Filters(a, p, w.data(), static_cast<T*>(nullptr));
-    ForwardPair(a, p, w.data(), out, r + p * nh);
-    if (a.halves) ForwardPair(a, p + h, w.data(), out, r + (p + h) * nh);
-  }
+  const int64_t nh = a.heads0 + a.heads1, size = a.n * (a.f + a.d);
+  const int64_t h = a.halves ? a.p / 2 : a.p, parts = Parts(h);
+  std::vector<T> extra((parts - 1) * size);  // the second part's messages, added at the end
+  std::memset(out, 0, sizeof(T) * size);
+  InParallel(pool, parts, [&](int64_t part) {
+    T* o = part ? extra.data() : out;
+    std::vector<T> w(2 * a.f);
+    for (int64_t p = part * h / parts; p < (part + 1) * h / parts; ++p) {
+      Filters(a, p, w.data(), static_cast<T*>(nullptr));
+      ForwardPair(a, p, w.data(), o, r + p * nh);
+      if (a.halves) ForwardPair(a, p + h, w.data(), o, r + (p + h) * nh);
+    }
+  });
+  for (int64_t x = 0; x < static_cast<int64_t>(extra.size()); ++x) out[x] += extra[x];
   return ffi::Error::Success();
 }
 
 template <ffi::DataType DT>
-ffi::Error Backward(ffi::Buffer<DT> qkv, ffi::Buffer<DT> ev, ffi::Buffer<DT> table,
+ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<DT> qkv, ffi::Buffer<DT> ev,
+                    ffi::Buffer<DT> table,
                     ffi::Buffer<DT> s, ffi::Buffer<DT> cut, ffi::Buffer<DT> ylm,
                     ffi::Buffer<ffi::S32> centers, ffi::Buffer<ffi::S32> neighbors,
                     ffi::Buffer<ffi::S32> degree, ffi::Buffer<DT> raw, ffi::Buffer<DT> g_upd,
@@ -247,25 +283,39 @@ ffi::Error Backward(ffi::Buffer<DT> qkv, ffi::Buffer<DT> ev, ffi::Buffer<DT> tab
   const T* r = raw.typed_data();
   T *gq = g_qkv->typed_data(), *gev = g_ev->typed_data(), *gs = g_s->typed_data();
   T *gc = g_cut->typed_data(), *gy = g_ylm->typed_data();
-  std::memset(gq, 0, sizeof(T) * a.n * 5 * a.f);
-  std::memset(gev, 0, sizeof(T) * a.r * f2);
+  const int64_t h = a.halves ? a.p / 2 : a.p, parts = Parts(h);
+  // The second part accumulates the atoms' gradients (and the filter rows', when pairs share
+  // rows) apart, added at the end; the per-pair ones are disjoint.
+  const int64_t nq = a.n * 5 * a.f, nev = a.r * f2;
+  const bool shared_rows = a.r != h;
+  std::vector<T> extra((parts - 1) * (nq + (shared_rows ? nev : 0)));
+  std::memset(gq, 0, sizeof(T) * nq);
+  std::memset(gev, 0, sizeof(T) * nev);
   std::memset(gs, 0, sizeof(T) * a.p);
-  std::vector<T> w(f2), slope(f2), gw(f2);
-  Scratch<T> scratch(a);
-  const int64_t h = a.halves ? a.p / 2 : a.p;
-  for (int64_t p = 0; p < h; ++p) {
-    Filters(a, p, w.data(), slope.data());
-    std::fill(gw.begin(), gw.end(), T(0));
-    BackwardPair(a, p, w.data(), r, gu, gq, gc, gy, gw.data(), scratch);
-    if (a.halves) BackwardPair(a, p + h, w.data(), r, gu, gq, gc, gy, gw.data(), scratch);
-    T* gr = gev + (p % a.r) * f2;
-    T ds = 0;
+  InParallel(pool, parts, [&](int64_t part) {
+    T* q = part ? extra.data() : gq;
+    T* ev = part && shared_rows ? extra.data() + nq : gev;
+    std::vector<T> w(f2), slope(f2), gw(f2);
+    Scratch<T> scratch(a);
+    for (int64_t p = part * h / parts; p < (part + 1) * h / parts; ++p) {
+      Filters(a, p, w.data(), slope.data());
+      std::fill(gw.begin(), gw.end(), T(0));
+      BackwardPair(a, p, w.data(), r, gu, q, gc, gy, gw.data(), scratch);
+      if (a.halves) BackwardPair(a, p + h, w.data(), r, gu, q, gc, gy, gw.data(), scratch);
+      T* gr = ev + (p % a.r) * f2;
+      T ds = 0;
 #pragma omp simd reduction(+ : ds)
-    for (int64_t x = 0; x < f2; ++x) {
-      gr[x] += gw[x];
-      ds += gw[x] * slope[x];
+      for (int64_t x = 0; x < f2; ++x) {
+        gr[x] += gw[x];
+        ds += gw[x] * slope[x];
+      }
+      gs[p] = ds;
     }
-    gs[p] = ds;
+  });
+  if (parts > 1) {
+    for (int64_t x = 0; x < nq; ++x) gq[x] += extra[x];
+    if (shared_rows)
+      for (int64_t x = 0; x < nev; ++x) gev[x] += extra[nq + x];
   }
   return ffi::Error::Success();
 }
@@ -291,11 +341,12 @@ ffi::Error Backward(ffi::Buffer<DT> qkv, ffi::Buffer<DT> ev, ffi::Buffer<DT> tab
       .Attr<bool>("halves")
 
 #define SO3KRATES_BIND_FORWARD(DT)                                                         \
-  ffi::Ffi::Bind() SO3KRATES_PAIR_ARGS(DT) SO3KRATES_PAIR_ATTRS.Ret<ffi::Buffer<DT>>() /* upd */ \
+  ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() SO3KRATES_PAIR_ARGS(DT)                             \
+      SO3KRATES_PAIR_ATTRS.Ret<ffi::Buffer<DT>>() /* upd */                                 \
       .Ret<ffi::Buffer<DT>>() /* raw head sums */
 
 #define SO3KRATES_BIND_BACKWARD(DT)                                                        \
-  ffi::Ffi::Bind() SO3KRATES_PAIR_ARGS(DT)                                                 \
+  ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() SO3KRATES_PAIR_ARGS(DT)                         \
       .Arg<ffi::Buffer<DT>>() /* raw head sums */                                          \
       .Arg<ffi::Buffer<DT>>() /* g_upd */ SO3KRATES_PAIR_ATTRS                             \
       .Ret<ffi::Buffer<DT>>()                                                              \
