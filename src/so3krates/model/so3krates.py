@@ -158,8 +158,11 @@ class EuclideanAttention(nn.Module):
                                         derived_param(self, "qkv_kernel_t"))
         else:
             qkv = x @ qkv_kernel(inv_qkv, ev_qk)
-        q_atoms = [nn.silu(qkv[:, :f]), nn.silu(qkv[:, 3 * f : 4 * f])]
-        k_atoms = [nn.silu(qkv[:, f : 2 * f]), nn.silu(qkv[:, 4 * f :])]
+        # [q0 | k0 | v | q1 | k1] with the queries and keys activated (the fused kernel's input)
+        qkv = jnp.concatenate([nn.silu(qkv[:, : 2 * f]), qkv[:, 2 * f : 3 * f],
+                               nn.silu(qkv[:, 3 * f :])], axis=1)
+        q_atoms = [qkv[:, :f], qkv[:, 3 * f : 4 * f]]
+        k_atoms = [qkv[:, f : 2 * f], qkv[:, 4 * f :]]
         v_atoms = qkv[:, 2 * f : 3 * f]
 
         # Filters of both branches: radial MLP (Dense-SiLU-Dense) + MLP of C(chi_j - chi_i).
@@ -176,7 +179,6 @@ class EuclideanAttention(nn.Module):
         contract = np.asarray(degree_contraction_matrix(self.degrees), dt)  # a constant, not traced
         deg_idx = degree_index(self.degrees)
         scale = [np.asarray(1.0 / np.sqrt(f // h), dt) for h in heads]
-        fused = self.fused_kernels  # inference on the CPU: see ``So3krates.fused_kernels``
 
         def at(a, idx):
             return a.at[idx].get(mode="promise_in_bounds")
@@ -217,16 +219,14 @@ class EuclideanAttention(nn.Module):
             """Sums over pairs [first half | reverses] per center: (N, F + D)."""
             n = cut.shape[0]
             h = n // 2
-            if fused:  # the kernel evaluates the radial filters (spline table) for every pair
+            if self.fused_kernels:  # the kernel evaluates the radial filters for every pair
                 if chi is None:
                     ev = weights["bias"][None]  # the same for every pair
                 else:  # the EV parts of the first half's pairs, or of all if not in halves
                     rows = h if valid is True else n
                     ev = jnp.stack(filters(None, centers[:rows], neighbors[:rows], chi,
                                            weights), axis=1)
-                qkv_act = jnp.concatenate([q_atoms[0], k_atoms[0], v_atoms, q_atoms[1],
-                                           k_atoms[1]], axis=1)
-                return cpu_kernels.pair_attention(qkv_act, ev, weights["table"], radial, cut, ylm,
+                return cpu_kernels.pair_attention(qkv, ev, weights["table"], radial, cut, ylm,
                                                   centers, neighbors, deg_idx, heads, scale,
                                                   halves=valid is True)
             first = filters(radial[:h], centers[:h], neighbors[:h], chi, weights)
