@@ -12,7 +12,10 @@
 //   table (K, 4, 2, F): cubic spline coefficients of both radial filters, and s (P,): each
 //     pair's distance in grid units: radial(s) = sum_k table[i, k] t^k, i = min(floor(s),
 //     K - 1), t = s - i (``so3krates.model.radial_table``);
-//   cut (P,): cutoff weights (0 for padding pairs); ylm (P, D): spherical harmonics;
+//   cut (P,): cutoff weights; a pair with weight 0 (padding, beyond the cutoff) is absent: no
+//     message, no work, and zero gradients (its gradient in cut too, which the model never
+//     needs: every cutoff function has zero value and zero slope there); ylm (P, D):
+//     spherical harmonics;
 //   centers, neighbors (P,) int32; component_degree (D,) int32: the EV-branch head (degree
 //   slot) of each EV component.
 // Attributes: heads0, heads1 (heads of the invariant and EV branches), scale0, scale1, and
@@ -91,6 +94,12 @@ inline void Filters(const Pairs<T>& a, int64_t p, T* w, T* slope) {
   }
 }
 
+// Whether every pair of unit u (pair u, and its reverse u + h in the halves layout) is absent.
+template <typename T>
+inline bool Absent(const Pairs<T>& a, int64_t u, int64_t h) {
+  return a.cut[u] == T(0) && (!a.halves || a.cut[u + h] == T(0));
+}
+
 // Raw head sums of one branch: out[h] = sum_{x in head h} q[x] w[x] k[x].
 template <typename T>
 inline void HeadSums(const T* q, const T* w, const T* k, int64_t f, int64_t heads, T* out) {
@@ -109,13 +118,16 @@ inline void HeadSums(const T* q, const T* w, const T* k, int64_t f, int64_t head
 template <typename T>
 inline void ForwardPair(const Pairs<T>& a, int64_t p, const T* w, T* upd, T* raw) {
   const int64_t f = a.f, row = 5 * f;
+  const T c = a.cut[p];
+  T *a0 = raw, *a1 = raw + a.heads0;
+  if (c == T(0)) {  // an absent pair (padding, beyond the cutoff): no message
+    std::fill(raw, raw + a.heads0 + a.heads1, T(0));
+    return;
+  }
   const T* qi = a.qkv + a.centers[p] * row;
   const T* kj = a.qkv + a.neighbors[p] * row;
-  T *a0 = raw, *a1 = raw + a.heads0;
   HeadSums(qi, w, kj + f, f, a.heads0, a0);
   HeadSums(qi + 3 * f, w + f, kj + 4 * f, f, a.heads1, a1);
-  const T c = a.cut[p];
-  if (c == T(0)) return;  // padding or beyond the cutoff: no message
   T* o = upd + a.centers[p] * (f + a.d);
   const T* vj = kj + 2 * f;
   const int64_t width0 = f / a.heads0;
@@ -144,6 +156,12 @@ inline void BackwardPair(const Pairs<T>& a, int64_t p, const T* w, const T* raw,
   const int64_t f = a.f, d = a.d, row = 5 * f;
   const int64_t width0 = f / a.heads0, width1 = f / a.heads1;
   const T c = a.cut[p];
+  T* gy = g_ylm + p * d;
+  if (c == T(0)) {  // an absent pair: no gradients (see the header)
+    g_cut[p] = 0;
+    std::fill(gy, gy + d, T(0));
+    return;
+  }
   const T* qi = a.qkv + a.centers[p] * row;
   const T* kj = a.qkv + a.neighbors[p] * row;
   const T* vj = kj + 2 * f;
@@ -159,7 +177,6 @@ inline void BackwardPair(const Pairs<T>& a, int64_t p, const T* w, const T* raw,
     for (int64_t x = 0; x < width0; ++x) acc += go[o + x] * vj[o + x];
     b.g0[h] = acc;
   }
-  T* gy = g_ylm + p * d;
   for (int64_t m0 = 0; m0 < d;) {  // runs of components of one degree (sorted by degree)
     const int32_t l = a.degree[m0];
     const T scale = r1[l] * s1;
@@ -176,7 +193,6 @@ inline void BackwardPair(const Pairs<T>& a, int64_t p, const T* w, const T* raw,
   for (int64_t h = 0; h < a.heads0; ++h) gc += b.g0[h] * r0[h] * a.scale0;
   for (int64_t h = 0; h < a.heads1; ++h) gc += b.g1[h] * r1[h] * a.scale1;
   g_cut[p] = gc;
-  if (c == T(0)) return;  // every other gradient of this pair is zero
   T* gqi = g_qkv + a.centers[p] * row;
   T* gkj = g_qkv + a.neighbors[p] * row;
   // Per head, with its factors as scalars: queries, keys and filters of both branches, values.
@@ -252,7 +268,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<DT> qkv, ffi::Buffer<DT> ev
     T* o = part ? extra.data() : out;
     std::vector<T> w(2 * a.f);
     for (int64_t p = part * h / parts; p < (part + 1) * h / parts; ++p) {
-      Filters(a, p, w.data(), static_cast<T*>(nullptr));
+      if (!Absent(a, p, h)) Filters(a, p, w.data(), static_cast<T*>(nullptr));
       ForwardPair(a, p, w.data(), o, r + p * nh);
       if (a.halves) ForwardPair(a, p + h, w.data(), o, r + (p + h) * nh);
     }
@@ -298,6 +314,11 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<DT> qkv, ffi::Buffer<DT> e
     std::vector<T> w(f2), slope(f2), gw(f2);
     Scratch<T> scratch(a);
     for (int64_t p = part * h / parts; p < (part + 1) * h / parts; ++p) {
+      if (Absent(a, p, h)) {  // no gradients, no filters needed
+        BackwardPair(a, p, w.data(), r, gu, q, gc, gy, gw.data(), scratch);
+        if (a.halves) BackwardPair(a, p + h, w.data(), r, gu, q, gc, gy, gw.data(), scratch);
+        continue;
+      }
       Filters(a, p, w.data(), slope.data());
       std::fill(gw.begin(), gw.end(), T(0));
       BackwardPair(a, p, w.data(), r, gu, q, gc, gy, gw.data(), scratch);
