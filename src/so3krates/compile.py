@@ -47,6 +47,23 @@ def compiler_options() -> dict[str, Any]:
     return accepted
 
 
+def _tracing(args: tuple, kwargs: dict) -> bool:
+    """Whether JAX is tracing (inside jit, grad, vmap, ...) or the arguments are tracers.
+
+    JAX's own trace state answers in ~0.3 us; flattening the arguments to look for tracers
+    (the fallback where that private function is missing) cost ~9 us per call of a jitted
+    prediction, about 1 % of one aspirin's energy + forces."""
+    if _trace_state_clean is not None:
+        return not _trace_state_clean()
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs)))
+
+
+try:
+    from jax._src.core import trace_state_clean as _trace_state_clean
+except ImportError:  # pragma: no cover - another JAX: the slower check
+    _trace_state_clean = None
+
+
 class _Jitted:
     """``jax.jit(fun, ...)`` made at the first call or attribute access, so that defining a
     jitted function (e.g. at import) neither starts a backend nor compiles anything.
@@ -67,7 +84,7 @@ class _Jitted:
         return self._jitted
 
     def __call__(self, *args, **kwargs):
-        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs))):
+        if _tracing(args, kwargs):
             if self._nested is None:
                 self._nested = jax.jit(self._fun, **self._kwargs)
             return self._nested(*args, **kwargs)
