@@ -19,7 +19,8 @@ cost of (P, F) kernels, and large ones by memory traffic):
 - for inference (``radial_knots`` > 0, fixed parameters) the radial filters come from spline
   tables, and the q/k/v kernels and the transposes of all kernels are stored (see
   :func:`inference_params`): the forces' backward pass then never multiplies by a transposed
-  operand, which XLA:CPU does several times slower;
+  operand, which XLA:CPU does several times slower; the first block's q/k/v, functions of
+  the element alone, are looked up;
 - for inference on the CPU with up to one chunk of pairs, each block's pair work (spline
   filters, attention, messages and their gradients) is one fused C++ kernel
   (``so3krates.model.cpu_kernels``); :func:`pair_messages` is its pure-JAX reference.
@@ -47,6 +48,7 @@ from so3krates.model.layers import (
     Dense,
     ResidualMLP,
     block_diagonal,
+    MATMUL_PRECISION,
     derived_param,
     full_precision_matmuls,
     matmul_with_transpose,
@@ -69,6 +71,14 @@ def qkv_kernel(inv_qkv: jnp.ndarray, ev_qk: jnp.ndarray) -> jnp.ndarray:
     """(F, 5F) kernel of all queries, keys and values of a block: [q, k, v of the invariant
     branch | q, k of the EV branch], each block-diagonal over its heads."""
     return jnp.concatenate([block_diagonal(inv_qkv), block_diagonal(ev_qk)], 1)
+
+
+def activate_qkv(qkv: jnp.ndarray) -> jnp.ndarray:
+    """Queries, keys and values [q0 | k0 | v | q1 | k1] (..., 5F) with the queries and keys
+    activated (SiLU): the fused kernel's input."""
+    f = qkv.shape[-1] // 5
+    return jnp.concatenate([nn.silu(qkv[..., : 2 * f]), qkv[..., 2 * f : 3 * f],
+                            nn.silu(qkv[..., 3 * f :])], axis=-1)
 
 
 def pair_messages(q, k, v, w, cut, ylm, centers, neighbors, n_atoms: int, component_degree,
@@ -117,7 +127,10 @@ class EuclideanAttention(nn.Module):
         valid: scalar bool, True if pairs [P/2, P) are the exact reverses of pairs [0, P/2)
             (see ``reverse_pair_order``), so that the filters need only be evaluated once;
             the Python constant True when the caller guarantees it (no fallback traced);
-            None with ``fused_kernels`` for pairs in any order (every pair's filters).
+            None with ``fused_kernels`` for pairs in any order (every pair's filters);
+        numbers: (N,) atomic numbers if x is still their embedding (the first block), else
+            None; with ``radial_knots`` the activated queries, keys and values are then
+            looked up per element (``qkv_by_element``, see :func:`inference_params`).
         With more than :func:`pair_chunk` pairs, pair_fn is applied chunk by chunk, each chunk
         taking the same rows of both halves.
 
@@ -140,7 +153,7 @@ class EuclideanAttention(nn.Module):
     fused_kernels: bool = False  # messages from ``cpu_kernels.pair_attention`` (radial_knots > 0)
 
     @nn.compact
-    def __call__(self, x, chi, pair_inputs, pair_fn, valid):
+    def __call__(self, x, chi, pair_inputs, pair_fn, valid, numbers=None):
         n_atoms, f = x.shape
         heads = (self.num_heads, len(self.degrees))
         dt = self.dtype
@@ -153,14 +166,13 @@ class EuclideanAttention(nn.Module):
         lecun_blocks = nn.initializers.lecun_normal(batch_axis=(0, 1))
         inv_qkv = self.param("inv_qkv", lecun_blocks, (3, heads[0], f // heads[0], f // heads[0]), dt)
         ev_qk = self.param("ev_qk", lecun_blocks, (2, heads[1], f // heads[1], f // heads[1]), dt)
-        if self.radial_knots:  # inference: kernels precomputed, see ``inference_params``
-            qkv = matmul_with_transpose(x, derived_param(self, "qkv_kernel"),
-                                        derived_param(self, "qkv_kernel_t"))
+        if self.radial_knots and numbers is not None:  # x = embedding: one row per element
+            qkv = derived_param(self, "qkv_by_element")[numbers]
+        elif self.radial_knots:  # inference: kernels precomputed, see ``inference_params``
+            qkv = activate_qkv(matmul_with_transpose(x, derived_param(self, "qkv_kernel"),
+                                                     derived_param(self, "qkv_kernel_t")))
         else:
-            qkv = x @ qkv_kernel(inv_qkv, ev_qk)
-        # [q0 | k0 | v | q1 | k1] with the queries and keys activated (the fused kernel's input)
-        qkv = jnp.concatenate([nn.silu(qkv[:, : 2 * f]), qkv[:, 2 * f : 3 * f],
-                               nn.silu(qkv[:, 3 * f :])], axis=1)
+            qkv = activate_qkv(x @ qkv_kernel(inv_qkv, ev_qk))
         q_atoms = [qkv[:, :f], qkv[:, 3 * f : 4 * f]]
         k_atoms = [qkv[:, f : 2 * f], qkv[:, 4 * f :]]
         v_atoms = qkv[:, 2 * f : 3 * f]
@@ -434,7 +446,7 @@ class So3krates(nn.Module):
             x, chi = EuclideanAttention(
                 self.num_heads, self.degrees, self.num_radial, self.layer_norm,
                 self.residual_mlp, dt, self.radial_knots, fused, name=f"attention_{t}",
-            )(x, chi, pair_inputs, pair_fn, valid)
+            )(x, chi, pair_inputs, pair_fn, valid, numbers if t == 0 else None)
             x, chi = Exchange(
                 self.degrees, self.layer_norm, self.residual_mlp, dt, self.radial_knots > 0,
                 name=f"exchange_{t}",
@@ -462,9 +474,10 @@ class So3krates(nn.Module):
 def inference_params(module: So3krates, params: dict) -> dict:
     """``params`` plus what ``module`` (with ``radial_knots`` > 0) reads precomputed instead of
     deriving it from them at every call (its ``derived_param`` s, made here only): the spline
-    tables of the radial filters, the q/k/v kernels and the kernels' transposes. The network
-    parameters are unchanged. Returns ``params`` itself when the
-    module runs the network (``radial_knots`` == 0)."""
+    tables of the radial filters, the q/k/v kernels and the kernels' transposes, and the first
+    block's activated queries, keys and values of every element (its input is the embedding:
+    a lookup instead of a (N, F) x (F, 5F) matmul). The network parameters are unchanged.
+    Returns ``params`` itself when the module runs the network (``radial_knots`` == 0)."""
     if not module.radial_knots:
         return params
     out = with_transposed_kernels(params)
@@ -478,6 +491,10 @@ def inference_params(module: So3krates, params: dict) -> dict:
         for k in (1, 2):
             block[f"ev_filter_kernel_{k}_t"] = jnp.swapaxes(block[f"ev_filter_kernel_{k}"], 1, 2)
         block["qkv_kernel_t"] = block["qkv_kernel"].T  # a new (row-major) array
+        if t == 0:  # its input is the embedding: q, k and v per element, looked up
+            with jax.default_matmul_precision(MATMUL_PRECISION):
+                block["qkv_by_element"] = activate_qkv(
+                    out["Embed_0"]["embedding"] @ block["qkv_kernel"])
         out[f"attention_{t}"] = block
     return out
 
