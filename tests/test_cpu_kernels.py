@@ -97,6 +97,29 @@ def test_kernel_matches_the_jax_reference(dtype, tol, halves, rows):
         np.testing.assert_allclose(b, a, rtol=0, atol=tol * np.abs(a).max(), err_msg=name)
 
 
+@pytest.mark.parametrize("halves,rows", [(False, 160), (True, 1)])
+def test_kernel_without_qkv_gradient(halves, rows):
+    """With q, k and v held fixed (``qkv_grad=False``) the same messages and the same gradients
+    in everything else (to rounding: float64), and a zero one in qkv."""
+    x, fixed = random_pairs(np.random.default_rng(5), np.float64, halves, rows)
+    deg = degree_index((1, 2, 3, 4))
+
+    def kernel(qkv_grad):
+        return lambda *a: cpu_kernels.pair_attention(
+            a[0], a[1], fixed["table"], *a[2:], fixed["centers"], fixed["neighbors"], deg,
+            (4, 4), (0.5, 0.25), halves=halves, qkv_grad=qkv_grad)
+
+    args = tuple(x.values())
+    (out, vjp), (out_fixed, vjp_fixed) = (jax.vjp(kernel(q), *args) for q in (True, False))
+    np.testing.assert_array_equal(out_fixed, out)
+    g = jnp.asarray(np.random.default_rng(2).normal(size=out.shape))
+    for name, a, b in zip(x, vjp(g), vjp_fixed(g)):
+        if name == "qkv":
+            assert np.abs(a).max() > 0 and np.all(np.asarray(b) == 0)
+        else:
+            np.testing.assert_allclose(b, a, rtol=0, atol=1e-13 * np.abs(a).max(), err_msg=name)
+
+
 def test_kernel_rejects_rows_that_do_not_divide_the_pairs():
     x, fixed = random_pairs(np.random.default_rng(0), np.float64, True, 3)
     with pytest.raises(ValueError, match="filter rows"):

@@ -127,7 +127,8 @@ def _dtype_name(dtype) -> str:
 
 
 @functools.cache
-def _pair_attention(heads: tuple[int, int], scales: tuple[float, float], halves: bool):
+def _pair_attention(heads: tuple[int, int], scales: tuple[float, float], halves: bool,
+                    qkv_grad: bool):
     attrs = dict(heads0=np.int64(heads[0]), heads1=np.int64(heads[1]),
                  scale0=np.float64(scales[0]), scale1=np.float64(scales[1]), halves=halves)
 
@@ -151,19 +152,22 @@ def _pair_attention(heads: tuple[int, int], scales: tuple[float, float], halves:
         args, raw = res
         qkv, ev_w, table, s, cut, ylm = args[:6]
         shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (qkv, ev_w, s, cut, ylm)]
+        if not qkv_grad:  # the kernel skips it: an empty result
+            shapes[0] = jax.ShapeDtypeStruct((0, qkv.shape[1]), qkv.dtype)
         call = jax.ffi.ffi_call(f"so3krates_pair_attention_backward_{_dtype_name(qkv.dtype)}",
                                 shapes, vmap_method="sequential")
-        g_qkv, g_ev, g_s, g_cut, g_ylm = call(*args, raw, g.astype(qkv.dtype), **attrs)
+        g_qkv, g_ev, g_s, g_cut, g_ylm = call(*args, raw, g.astype(qkv.dtype), **attrs,
+                                              qkv_grad=qkv_grad)
         # No gradient in the spline table: inference models hold their parameters fixed.
-        return g_qkv, g_ev, None, g_s, g_cut, g_ylm, None, None, None
+        return g_qkv if qkv_grad else None, g_ev, None, g_s, g_cut, g_ylm, None, None, None
 
     attention.defvjp(fwd, bwd)
     return attention
 
 
 def pair_attention(qkv, ev_w, table, s, cut, ylm, centers, neighbors, component_degree,
-                   heads: Sequence[int], scales: Sequence[float], halves: bool = False
-                   ) -> jnp.ndarray:
+                   heads: Sequence[int], scales: Sequence[float], halves: bool = False,
+                   qkv_grad: bool = True) -> jnp.ndarray:
     """One block's messages summed per center atom, (N, F + D), by the fused CPU kernel.
 
     Args (N atoms, P pairs, F features, D EV components):
@@ -179,6 +183,8 @@ def pair_attention(qkv, ev_w, table, s, cut, ylm, centers, neighbors, component_
         halves: the pairs are in the halves layout (``so3krates.model.pairs``: pair P/2 + k
             the reverse of pair k): each couple's filters are evaluated once (R must divide
             P/2), and the gradient in s goes to the couple's first pair.
+        qkv_grad: False if qkv is held fixed (the first block's per-element lookup): its
+            gradient is zero then and not computed, about half of the backward pass.
 
     Returns what ``so3krates.model.so3krates.pair_messages`` returns for the filters
     ``evaluate_table(table, s) + ev_w[p % R]``, to rounding; differentiable in reverse mode
@@ -192,7 +198,7 @@ def pair_attention(qkv, ev_w, table, s, cut, ylm, centers, neighbors, component_
     if (halves and cut.shape[0] % 2) or rows % ev_w.shape[0]:
         raise ValueError(f"{ev_w.shape[0]} filter rows do not divide {rows} pairs")
     fn = _pair_attention(tuple(int(h) for h in heads), tuple(float(x) for x in scales),
-                         bool(halves))
+                         bool(halves), bool(qkv_grad))
     dt = qkv.dtype
     as_int = lambda a: jnp.asarray(a, jnp.int32)  # noqa: E731
     return fn(qkv, ev_w.astype(dt), table.astype(dt), s.astype(dt), cut.astype(dt),

@@ -166,7 +166,8 @@ class EuclideanAttention(nn.Module):
         lecun_blocks = nn.initializers.lecun_normal(batch_axis=(0, 1))
         inv_qkv = self.param("inv_qkv", lecun_blocks, (3, heads[0], f // heads[0], f // heads[0]), dt)
         ev_qk = self.param("ev_qk", lecun_blocks, (2, heads[1], f // heads[1], f // heads[1]), dt)
-        if self.radial_knots and numbers is not None:  # x = embedding: one row per element
+        looked_up = bool(self.radial_knots) and numbers is not None  # q, k, v held fixed
+        if looked_up:  # x = embedding: one row per element
             qkv = derived_param(self, "qkv_by_element")[numbers]
         elif self.radial_knots:  # inference: kernels precomputed, see ``inference_params``
             qkv = activate_qkv(matmul_with_transpose(x, derived_param(self, "qkv_kernel"),
@@ -240,7 +241,7 @@ class EuclideanAttention(nn.Module):
                                            weights), axis=1)
                 return cpu_kernels.pair_attention(qkv, ev, weights["table"], radial, cut, ylm,
                                                   centers, neighbors, deg_idx, heads, scale,
-                                                  halves=valid is True)
+                                                  halves=valid is True, qkv_grad=not looked_up)
             first = filters(radial[:h], centers[:h], neighbors[:h], chi, weights)
             if valid is True:  # the caller's layout (``pair_halves``): no fallback needed
                 w = [jnp.concatenate([a, a]) for a in first]

@@ -26,9 +26,9 @@
 // backward pass), and upd (N, F + D) = sum over pairs p with center i of
 //   [alpha0_h(p) v_j | alpha1_l(p) ylm_p],  alpha_bh(p) = cut_p scale_b sum_{f in h} q_ib w_pb k_jb,
 //   w_p = radial(s_p) + ev_w[p % R].
-// Backward (inputs: those of the forward pass, raw, and the gradient in upd) results: the
-// gradients in qkv, ev_w, s, cut and ylm (none in the table: inference
-// holds the parameters fixed).
+// Backward (inputs: those of the forward pass, raw, and the gradient in upd; attribute
+// qkv_grad) results: the gradients in qkv (empty, (0, 5F), unless qkv_grad), ev_w, s, cut
+// and ylm (none in the table: inference holds the parameters fixed).
 
 #include <algorithm>
 #include <atomic>
@@ -149,7 +149,8 @@ struct Scratch {
 };
 
 // Pair p's gradients (raw: its head sums from the forward pass): g_cut[p] and g_ylm[p] set,
-// g_qkv accumulated, and the gradient in its filters w added to gw (2F).
+// g_qkv accumulated (unless null: q, k and v held fixed), and the gradient in its filters w
+// added to gw (2F).
 template <typename T>
 inline void BackwardPair(const Pairs<T>& a, int64_t p, const T* w, const T* raw,
                          const T* g_upd, T* g_qkv, T* g_cut, T* g_ylm, T* gw, Scratch<T>& b) {
@@ -193,6 +194,20 @@ inline void BackwardPair(const Pairs<T>& a, int64_t p, const T* w, const T* raw,
   for (int64_t h = 0; h < a.heads0; ++h) gc += b.g0[h] * r0[h] * a.scale0;
   for (int64_t h = 0; h < a.heads1; ++h) gc += b.g1[h] * r1[h] * a.scale1;
   g_cut[p] = gc;
+  const T *q1 = qi + 3 * f, *k1 = kj + 4 * f, *w1 = w + f;
+  if (g_qkv == nullptr) {  // q, k and v held fixed: the gradient in the filters only
+    for (int64_t h = 0; h < a.heads0; ++h) {
+      const T tg = b.g0[h] * s0;
+#pragma omp simd
+      for (int64_t x = h * width0; x < (h + 1) * width0; ++x) gw[x] += tg * qi[x] * kj[f + x];
+    }
+    for (int64_t h = 0; h < a.heads1; ++h) {
+      const T tg = b.g1[h] * s1;
+#pragma omp simd
+      for (int64_t x = h * width1; x < (h + 1) * width1; ++x) gw[f + x] += tg * q1[x] * k1[x];
+    }
+    return;
+  }
   T* gqi = g_qkv + a.centers[p] * row;
   T* gkj = g_qkv + a.neighbors[p] * row;
   // Per head, with its factors as scalars: queries, keys and filters of both branches, values.
@@ -207,7 +222,6 @@ inline void BackwardPair(const Pairs<T>& a, int64_t p, const T* w, const T* raw,
       gkj[2 * f + x] += ta * go[x];
     }
   }
-  const T *q1 = qi + 3 * f, *k1 = kj + 4 * f, *w1 = w + f;
   for (int64_t h = 0; h < a.heads1; ++h) {
     const T tg = b.g1[h] * s1;
 #pragma omp simd
@@ -285,7 +299,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<DT> qkv, ffi::Buffer<DT> e
                     ffi::Buffer<ffi::S32> degree, ffi::Buffer<DT> raw, ffi::Buffer<DT> g_upd,
                     int64_t heads0,
                     int64_t heads1, double scale0, double scale1, bool halves,
-                    ffi::ResultBuffer<DT> g_qkv, ffi::ResultBuffer<DT> g_ev,
+                    bool qkv_grad, ffi::ResultBuffer<DT> g_qkv, ffi::ResultBuffer<DT> g_ev,
                     ffi::ResultBuffer<DT> g_s, ffi::ResultBuffer<DT> g_cut,
                     ffi::ResultBuffer<DT> g_ylm) {
   using T = ffi::NativeType<DT>;
@@ -302,14 +316,15 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<DT> qkv, ffi::Buffer<DT> e
   const int64_t h = a.halves ? a.p / 2 : a.p, parts = Parts(h);
   // The second part accumulates the atoms' gradients (and the filter rows', when pairs share
   // rows) apart, added at the end; the per-pair ones are disjoint.
-  const int64_t nq = a.n * 5 * a.f, nev = a.r * f2;
+  if (!qkv_grad) gq = nullptr;  // no gradient in q, k and v (g_qkv is empty)
+  const int64_t nq = qkv_grad ? a.n * 5 * a.f : 0, nev = a.r * f2;
   const bool shared_rows = a.r != h;
   std::vector<T> extra((parts - 1) * (nq + (shared_rows ? nev : 0)));
-  std::memset(gq, 0, sizeof(T) * nq);
+  if (qkv_grad) std::memset(gq, 0, sizeof(T) * nq);
   std::memset(gev, 0, sizeof(T) * nev);
   std::memset(gs, 0, sizeof(T) * a.p);
   InParallel(pool, parts, [&](int64_t part) {
-    T* q = part ? extra.data() : gq;
+    T* q = !qkv_grad ? nullptr : part ? extra.data() : gq;
     T* ev = part && shared_rows ? extra.data() + nq : gev;
     std::vector<T> w(f2), slope(f2), gw(f2);
     Scratch<T> scratch(a);
@@ -370,6 +385,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<DT> qkv, ffi::Buffer<DT> e
   ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() SO3KRATES_PAIR_ARGS(DT)                         \
       .Arg<ffi::Buffer<DT>>() /* raw head sums */                                          \
       .Arg<ffi::Buffer<DT>>() /* g_upd */ SO3KRATES_PAIR_ATTRS                             \
+      .Attr<bool>("qkv_grad")                                                              \
       .Ret<ffi::Buffer<DT>>()                                                              \
       .Ret<ffi::Buffer<DT>>()                                                              \
       .Ret<ffi::Buffer<DT>>()                                                              \
