@@ -45,10 +45,10 @@ from so3krates.model.basis import (
     spherical_harmonics,
 )
 from so3krates.model.layers import (
+    MATMUL_PRECISION,
     Dense,
     ResidualMLP,
     block_diagonal,
-    MATMUL_PRECISION,
     derived_param,
     full_precision_matmuls,
     matmul_with_transpose,
