@@ -329,15 +329,14 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<DT> qkv, ffi::Buffer<DT> e
     std::vector<T> w(f2), slope(f2), gw(f2);
     Scratch<T> scratch(a);
     for (int64_t p = part * h / parts; p < (part + 1) * h / parts; ++p) {
-      if (Absent(a, p, h)) {  // no gradients, no filters needed
-        BackwardPair(a, p, w.data(), r, gu, q, gc, gy, gw.data(), scratch);
-        if (a.halves) BackwardPair(a, p + h, w.data(), r, gu, q, gc, gy, gw.data(), scratch);
-        continue;
+      const bool absent = Absent(a, p, h);  // its pairs only zero their gradients
+      if (!absent) {
+        Filters(a, p, w.data(), slope.data());
+        std::fill(gw.begin(), gw.end(), T(0));
       }
-      Filters(a, p, w.data(), slope.data());
-      std::fill(gw.begin(), gw.end(), T(0));
       BackwardPair(a, p, w.data(), r, gu, q, gc, gy, gw.data(), scratch);
       if (a.halves) BackwardPair(a, p + h, w.data(), r, gu, q, gc, gy, gw.data(), scratch);
+      if (absent) continue;
       T* gr = ev + (p % a.r) * f2;
       T ds = 0;
 #pragma omp simd reduction(+ : ds)
