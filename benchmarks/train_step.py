@@ -76,7 +76,7 @@ def time_steps(
         params, predict, _ = flat_training_state(predict, params)
     optimizer = make_optimizer(cfg.training, 10_000, decay_mask)
     train_step = make_train_step(predict, optimizer, cfg.training)
-    state = (params, optimizer.init(params), params)
+    state = (params, optimizer.init(params), jax.numpy.copy(params))  # the step donates all three
     batches = list(graphs.batches())
     times = []
     for k in range(warmup + steps):

@@ -47,7 +47,12 @@ from so3krates.training.optimizer import (
 )
 from so3krates.training.plots import plot_learning_curves, plot_parity
 from so3krates.training.statistics import fit_reference_energies, force_scale
-from so3krates.training.step import DataParallelStep, flat_training_state, make_train_step
+from so3krates.training.step import (
+    DataParallelStep,
+    copy_state,
+    flat_training_state,
+    make_train_step,
+)
 
 CONFIG_FILE = "train_config.yaml"
 METRICS_FILE = "metrics.csv"
@@ -188,7 +193,7 @@ def train(
     state = {
         "params": params,
         "opt_state": optimizer.init(params),
-        "ema": params,
+        "ema": copy_state(params),  # a distinct array: the steps donate both
         "host": {
             "step": np.int64(0),
             "best_valid_loss": np.float64(np.inf),
@@ -273,13 +278,15 @@ def train(
         train_loss = host["loss_sum"] / host["loss_count"] if host["loss_count"] else None
         host["loss_sum"], host["loss_count"] = 0.0, 0
         shown_train_loss = float("nan") if train_loss is None else train_loss
-        restore = guard.validate((params, opt_state, ema), vloss, host["best_valid_loss"], train_loss)
+        # The guard keeps states by reference, and the steps donate theirs: copies both ways.
+        restore = guard.validate(copy_state((params, opt_state, ema)), vloss,
+                                 host["best_valid_loss"], train_loss)
         rolled_back = restore is not None
         if rolled_back:
             # A loss spike threw the model far from its optimum (Adam at a high learning
             # rate can collapse to near-zero forces, or the network's activations explode):
             # go back and go slower.
-            params, good_opt_state, ema = restore
+            params, good_opt_state, ema = copy_state(restore)
             opt_state = with_moments_of(opt_state, good_opt_state)  # the schedule goes on
             console.print(f"step {step}: diverged (validation loss {vloss:.3g}, best "
                           f"{host['best_valid_loss']:.3g}; training loss {shown_train_loss:.3g}, lowest "
