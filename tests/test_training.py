@@ -352,6 +352,27 @@ def test_weight_decay_shrinks_weight_matrices_only_by_lr_times_rate():
         make_optimizer(cfg, horizon=100)
 
 
+def test_clip_by_global_norm_matches_optax():
+    """The dot-product clip scales like optax's: unchanged below the threshold, to norm
+    max_norm above it, on a pytree of several arrays (float64)."""
+    import jax
+    import optax
+
+    from so3krates.training.optimizer import clip_by_global_norm
+
+    rng = np.random.default_rng(3)
+    tree = {"a": jnp.asarray(rng.normal(size=(7, 5))), "b": jnp.asarray(rng.normal(size=11))}
+    norm = float(np.sqrt(sum(np.sum(np.asarray(x) ** 2) for x in tree.values())))
+    for max_norm in (0.5 * norm, 2.0 * norm):
+        ours, _ = clip_by_global_norm(max_norm).update(tree, optax.EmptyState())
+        ref, _ = optax.clip_by_global_norm(max_norm).update(tree, optax.EmptyState())
+        for key in tree:
+            assert ours[key].dtype == tree[key].dtype
+            np.testing.assert_allclose(ours[key], ref[key], rtol=1e-13, atol=0)
+        got = float(np.sqrt(sum(np.sum(np.asarray(x) ** 2) for x in jax.tree.leaves(ours))))
+        assert got == pytest.approx(min(norm, max_norm), rel=1e-12)
+
+
 def test_config_rejects_features_that_do_not_split_into_heads_and_degrees():
     """A clear validation error names the numbers, before any model is built."""
     from pydantic import ValidationError

@@ -78,6 +78,22 @@ def scale_by_decayed_learning_rate(cfg: TrainingConfig, horizon: int) -> optax.G
     return optax.GradientTransformation(init, update)
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """``optax.clip_by_global_norm`` (updates scaled by ``max_norm / norm`` when their global
+    norm exceeds ``max_norm``), with the norm computed by dot products: XLA:CPU turns
+    ``sum(g * g)`` into a reduction loop that took ~0.33 ms for the 495,083 parameters of
+    the aspirin benchmark's model, where a dot product takes a few hundredths of that."""
+
+    def update(updates, state, params=None):
+        del params
+        leaves = jax.tree.leaves(updates)
+        norm = jnp.sqrt(sum(jnp.vdot(leaf, leaf) for leaf in leaves))
+        scale = jnp.where(norm < max_norm, 1.0, max_norm / norm)
+        return jax.tree.map(lambda u: u * scale.astype(u.dtype), updates), state
+
+    return optax.GradientTransformation(optax.init_empty_state, update)
+
+
 # Parameter names (last path key) that weight decay leaves alone: shifting or scaling them
 # does not make the network steeper, and pulling them to zero would bias the energies.
 NOT_DECAYED = ("embedding", "scale", "element_scale", "element_shift")
@@ -120,7 +136,7 @@ def make_optimizer(
             raise ValueError("training.weight_decay > 0 needs a decay_mask (weight_decay_mask)")
         decay = [optax.add_decayed_weights(cfg.weight_decay * decay_mask)]
     return optax.chain(
-        optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip else optax.identity(),
+        clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip else optax.identity(),
         scale,
         *decay,
         scale_by_decayed_learning_rate(cfg, horizon),
