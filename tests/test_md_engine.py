@@ -111,20 +111,27 @@ def collect(sim, n_steps):
 
 
 def test_nve_conserves_energy_second_order(model64, ethanol):
-    """Energy fluctuations of velocity Verlet shrink ~4x when the timestep halves; no drift."""
+    """Energy fluctuations of velocity Verlet shrink ~4x when the timestep halves; no drift
+    over 2 ps.
+
+    The fluctuations are compared over the first 0.5 ps, while the two runs still follow
+    nearly the same path: later the chaotic trajectories part and visit different regions of
+    the crude surface, and the ratio says more about where they went than about the
+    integrator (0.5 / 0.25 fs over 1 ps gave 4.3 and 4.6, over 2 ps 5.7, for models whose
+    training differed only in rounding; 0.25 / 0.125 fs over 0.5 ps gave 4.007 for both)."""
     fluct = {}
-    for dt in (0.5, 0.25):
+    for dt, ps in ((0.25, 2.0), (0.125, 0.5)):
         sim = make_sim(model64, ethanol, "nve", dt, stride=int(2 / dt), chunk_frames=250)
-        summary, f = collect(sim, int(2000 * 0.5 / dt) * 2)  # 1 ps
+        summary, f = collect(sim, int(1000 * ps / dt))
         assert summary.stable
-        e = f["conserved_energy"]
-        fluct[dt] = np.std(e)
-        drift = abs(np.polyfit(f["step"] * dt, e, 1)[0]) * 1e3  # eV/fs -> eV/ps
+        t, e = f["step"] * dt, f["conserved_energy"]  # fs, eV
+        fluct[dt] = np.std(e[t <= 500])
+        drift = abs(np.polyfit(t, e, 1)[0]) * 1e3  # eV/fs -> eV/ps
         assert drift < 2e-3 * len(ethanol[1]), f"drift {drift} eV/ps"
         assert np.ptp(f["temperature"]) > 50  # the molecule does move
-    ratio = fluct[0.5] / fluct[0.25]
+    ratio = fluct[0.25] / fluct[0.125]
     assert 3.0 < ratio < 5.0, f"fluctuation ratio {ratio} (second order: 4)"
-    assert fluct[0.5] < 2e-3  # eV, for 9 atoms at 300 K
+    assert fluct[0.25] < 5e-4  # eV, for 9 atoms at 300 K (2e-3 at 0.5 fs)
 
 
 def test_engine_matches_ase_velocity_verlet(model64, ethanol):
