@@ -55,8 +55,7 @@ REFERENCE_OVERRIDES = [
 # for 10 ps. Four blocks instead of three: 21.7 meV/Å (48,643 steps).
 # Decay to 1 % instead of 3 % (30-minute runs, both cores): test forces 16.2 and 15.6 meV/Å
 # (94,184 / 97,399 steps) against 17.8-18.9 in four runs with 3 % (92,651-105,407 steps);
-# to 0.3 %: 16.4.
-# The 1 % model ran 3 of 3 MD runs stably at 500 K for 10 ps.
+# to 0.3 %: 16.4. The 1 % model ran 3 of 3 MD runs stably at 500 K for 10 ps.
 BUDGET_OVERRIDES = [
     "model.num_layers=3",
     "training.optimizer=adam",

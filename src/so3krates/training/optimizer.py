@@ -81,8 +81,9 @@ def scale_by_decayed_learning_rate(cfg: TrainingConfig, horizon: int) -> optax.G
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     """``optax.clip_by_global_norm`` (updates scaled by ``max_norm / norm`` when their global
     norm exceeds ``max_norm``), with the norm computed by dot products: XLA:CPU turns
-    ``sum(g * g)`` into a reduction loop that took ~0.33 ms for the 495,083 parameters of
-    the aspirin benchmark's model, where a dot product takes a few hundredths of that."""
+    optax's ``sum(g * g)`` into a slow reduction loop. For the 495,083 parameters of the
+    aspirin benchmark's model the whole optimiser update took 0.391 instead of 0.470 ms
+    (one core)."""
 
     def update(updates, state, params=None):
         del params
