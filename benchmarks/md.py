@@ -220,7 +220,7 @@ def time_engine(model, atoms, n_steps: int, args: argparse.Namespace) -> dict[st
     from so3krates.md.engine import Simulation
     from so3krates.md.integrators import Ensemble
     from so3krates.md.stability import StabilityCriteria
-    from so3krates.md.system import System, model_force_fn
+    from so3krates.md.system import System, model_energy_fn
 
     monitor = args.monitor == "on" or (args.monitor == "auto" and args.model is not None)
     stride = args.stride
@@ -230,7 +230,7 @@ def time_engine(model, atoms, n_steps: int, args: argparse.Namespace) -> dict[st
     ensemble = Ensemble("langevin", timestep=args.timestep, temperature=args.temperature,
                         friction=args.friction)
     t0 = time.perf_counter()
-    sim = Simulation(model_force_fn(model, system), system, atoms.positions, ensemble,
+    sim = Simulation(model_energy_fn(model, system), system, atoms.positions, ensemble,
                      model.cutoff, skin=args.skin, stride=stride,
                      chunk_frames=chunk_steps // stride, seed=args.seed,
                      monitor=StabilityCriteria() if monitor else None)
@@ -358,7 +358,7 @@ def stability_run(job: dict[str, Any]) -> dict[str, Any]:
     import so3krates  # noqa: F401  (64-bit mode)
     from so3krates.md.engine import Simulation
     from so3krates.md.integrators import Ensemble
-    from so3krates.md.system import System, model_force_fn
+    from so3krates.md.system import System, model_energy_fn
     from so3krates.model_io import load_model
 
     temperature, seed, a = job["temperature"], job["seed"], job["args"]
@@ -371,7 +371,7 @@ def stability_run(job: dict[str, Any]) -> dict[str, Any]:
                         friction=a["friction"])
     stride = a["stride"]
     n_steps = round_steps(a["time_ps"] * 1000 / a["timestep"], stride)
-    sim = Simulation(model_force_fn(model, system), system, atoms.positions, ensemble,
+    sim = Simulation(model_energy_fn(model, system), system, atoms.positions, ensemble,
                      model.cutoff, skin=a["skin"], stride=stride,
                      chunk_frames=a["chunk_frames"], seed=seed)
     writer = None

@@ -9,7 +9,7 @@ import numpy as np
 from conftest import ethanol_frames, init_model, small_config
 from so3krates.batching import single_graph
 from so3krates.compile import CPU_COMPILER_OPTIONS, compiler_options, jit
-from so3krates.model import pairs as model_pairs
+from so3krates.neighbours import pairs as model_pairs
 from so3krates.potential import make_predict_fn
 
 

@@ -10,10 +10,10 @@ from ase import units
 from ase.build import bulk, molecule
 
 import so3krates  # noqa: F401  (float64)
-from so3krates.md import neighbours as nl
+from so3krates.neighbours import verlet as nl
 from so3krates.md.engine import Simulation
 from so3krates.md.integrators import Ensemble
-from so3krates.md.system import System, model_force_fn
+from so3krates.md.system import System, model_energy_fn
 from so3krates.model_io import load_model
 from so3krates.neighbours import neighbour_list
 
@@ -99,7 +99,7 @@ def make_sim(model, ethanol, kind="nve", timestep=0.5, seed=0, velocities=None, 
     does not matter to integrator properties, so the bond monitor is off unless asked for."""
     kw.setdefault("monitor", None)
     system, pos = ethanol
-    ff = model_force_fn(model, system)
+    ff = model_energy_fn(model, system)
     return Simulation(ff, system, pos, Ensemble(kind, timestep, 300.0, **kw.pop("ens", {})),
                       model.cutoff, seed=seed, velocities=velocities, **kw)
 
@@ -199,11 +199,10 @@ def test_overflow_reallocates_and_equals_ample_capacity(model64, ethanol):
 
 def test_stability_monitor_stops_a_broken_model(model64, ethanol):
     system, pos = ethanol
-    good = model_force_fn(model64, system)
+    good = model_energy_fn(model64, system)
 
-    def broken(positions, nbrs):  # the energy surface upside down: bonds fly apart
-        e, f = good(positions, nbrs)
-        return -e, -f
+    def broken(positions, cell, nbrs):  # the energy surface upside down: bonds fly apart
+        return -good(positions, cell, nbrs)
 
     sim = Simulation(broken, system, pos, Ensemble("nve", 0.5, 300.0), model64.cutoff,
                      stride=10, chunk_frames=50)
@@ -314,7 +313,7 @@ def test_periodic_engine_matches_ase_velocity_verlet(model64, ethanol):
     rng = np.random.default_rng(1)
     v0 = rng.normal(size=positions.shape) * 0.01
     v0 -= np.average(v0, axis=0, weights=system.masses)
-    sim = Simulation(model_force_fn(model64, system), system, positions, Ensemble("nve", 0.5),
+    sim = Simulation(model_energy_fn(model64, system), system, positions, Ensemble("nve", 0.5),
                      model64.cutoff, velocities=v0, stride=1, chunk_frames=30, monitor=None)
     assert len(sim.spec.images) > 1
     _, f = collect(sim, 30)

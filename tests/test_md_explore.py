@@ -37,8 +37,13 @@ def lj_energy(positions: jnp.ndarray) -> jnp.ndarray:
     return jnp.sum(4.0 * EPS * (inv6**2 - inv6))
 
 
-def lj_force_fn(positions, nbrs):
-    """``force_fn(positions, neighbours)`` for the MD engine; ignores the neighbour list."""
+def lj_energy_fn(positions, cell, nbrs):
+    """``energy_fn(positions, cell, neighbours)`` for the MD engine; ignores the cell and the
+    neighbour list."""
+    return lj_energy(positions)
+
+
+def lj_force_fn(positions):
     e, g = jax.value_and_grad(lj_energy)(positions)
     return e, -g
 
@@ -57,7 +62,7 @@ SYSTEM = System.from_numbers([18] * 7)
 
 
 def test_lj7_md_conserves_energy_at_this_timestep():
-    sim = Simulation(lj_force_fn, SYSTEM, bipyramid(), Ensemble(kind="nve", timestep=MD["timestep"],
+    sim = Simulation(lj_energy_fn, SYSTEM, bipyramid(), Ensemble(kind="nve", timestep=MD["timestep"],
                      temperature=MD["temperature"]), CUTOFF, stride=50, chunk_frames=40, monitor=None)
     frames, unstable, _ = sim.run_chunk()  # 2000 steps = 10 ps
     assert unstable is None
@@ -68,7 +73,7 @@ def test_lj7_md_conserves_energy_at_this_timestep():
 
 def test_explore_lj7_finds_all_four_minima():
     progress: list[int] = []
-    res = explore(lj_force_fn, SYSTEM, bipyramid(), CUTOFF, **MD, **QUENCH, n_quenches=64, batch=32,
+    res = explore(lj_energy_fn, SYSTEM, bipyramid(), CUTOFF, **MD, **QUENCH, n_quenches=64, batch=32,
                   seed=0, on_progress=lambda r: progress.append(r.n_quenches))
     assert isinstance(res, ExploreResult)
     assert progress == [32, 64]
@@ -83,7 +88,7 @@ def test_explore_lj7_finds_all_four_minima():
     # Every stored minimum is a true minimum: forces below fmax, Hessian positive except for the
     # six rigid-body modes.
     for x, e in zip(ms.positions, ms.energies):
-        energy, forces = lj_force_fn(jnp.asarray(x), None)
+        energy, forces = lj_force_fn(jnp.asarray(x))
         assert float(energy) == pytest.approx(e, abs=1e-12)
         assert float(jnp.linalg.norm(forces, axis=1).max()) <= QUENCH["fmax"]
         eig = np.linalg.eigvalsh(np.asarray(jax.hessian(lj_energy)(jnp.asarray(x))).reshape(21, 21))
@@ -110,7 +115,7 @@ def test_explore_writes_files_and_counts_unconverged(tmp_path):
 
     calls: list[int] = []
     # 10 quenches in batches of 4 (the last one padded); too few FIRE steps for some of them.
-    res = explore(lj_force_fn, SYSTEM, bipyramid(), CUTOFF, **dict(MD, quench_every_fs=500.0),
+    res = explore(lj_energy_fn, SYSTEM, bipyramid(), CUTOFF, **dict(MD, quench_every_fs=500.0),
                   **dict(QUENCH, max_relax_steps=150), n_quenches=10, batch=4, seed=1,
                   on_progress=lambda r: calls.append(r.n_quenches))
     assert calls == [4, 8, 10] and res.n_quenches == 10
@@ -138,12 +143,11 @@ def test_explore_writes_files_and_counts_unconverged(tmp_path):
 def test_explore_stops_when_md_becomes_unstable(tmp_path):
     # A potential that turns into NaN once an atom leaves a 15 Å box: at 2000 K the cluster
     # evaporates, the MD stops at the first NaN and the exploration reports it.
-    def bad_force_fn(positions, nbrs):
-        e, f = lj_force_fn(positions, nbrs)
+    def bad_energy_fn(positions, cell, nbrs):
         bad = jnp.max(jnp.abs(positions - positions.mean(0))) > 15.0
-        return jnp.where(bad, jnp.nan, e), jnp.where(bad, jnp.nan, f)
+        return jnp.where(bad, jnp.nan, lj_energy(positions))
 
-    res = explore(bad_force_fn, SYSTEM, bipyramid(), CUTOFF, **dict(MD, temperature=2000.0, quench_every_fs=100.0),
+    res = explore(bad_energy_fn, SYSTEM, bipyramid(), CUTOFF, **dict(MD, temperature=2000.0, quench_every_fs=100.0),
                   **QUENCH, n_quenches=400, batch=8, monitor=None)
     assert res.md_unstable and res.md_unstable_time_fs is not None
     assert res.n_quenches < 400

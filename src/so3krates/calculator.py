@@ -8,6 +8,10 @@ calls (NPT, cell relaxation), get their pairs from a host neighbour list (``vesi
 
 Either way the calculator compiles once per size: the padded capacities only grow (with
 headroom), so moving atoms and small changes of the neighbour count never recompile.
+
+Stress (``get_stress``, eV/Å³, ASE's sign and Voigt order) and per-atom stresses
+(``get_stresses``) are the strain and pair-vector derivatives of the same energy (see
+``so3krates.potential``), computed by their own compiled variants only when asked for.
 """
 
 from __future__ import annotations
@@ -16,13 +20,15 @@ import os
 
 import jax.numpy as jnp
 import numpy as np
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.calculators.calculator import equal as ase_equal
+from ase.stress import full_3x3_to_voigt_6_stress as full_3x3_to_voigt
 
 from so3krates.batching import Capacity, single_graph
 from so3krates.compile import jit
-from so3krates.md import neighbours as nl
-from so3krates.md.system import System, model_prediction_fn
+from so3krates.md.system import System, model_energy_fn
+from so3krates.neighbours import verlet as nl
+from so3krates.potential import derive
 
 DEFAULT_SKIN = 0.5  # Å: Verlet skin of the device neighbour list of molecules
 
@@ -42,12 +48,13 @@ class MoleculeEvaluator:
         system = System.from_numbers(numbers)
         self.spec = nl.allocate(positions, system.cell, system.pbc, model.cutoff, skin)
         self._nbrs = None
-        prediction_fn = model_prediction_fn(model, system)
+        derived = derive(model_energy_fn(model, system))
         cell = jnp.zeros((3, 3))
 
         def evaluate(positions, nbrs, spec):
             nbrs = nl.update(positions, cell, nbrs, spec)
-            return (*prediction_fn(positions, nbrs), nbrs.overflow), nbrs
+            out = derived(positions, cell, nbrs)
+            return (out.energy, out.forces, out.atomic_energies, nbrs.overflow), nbrs
 
         self._build = jit(lambda positions, spec: nl.build(positions, cell, spec),
                           static_argnames="spec")
@@ -110,7 +117,13 @@ def changed_properties(old, new, tol: float = 1e-15, excluded=()) -> list[str]:
 
 
 class So3kratesCalculator(Calculator):
-    """ASE calculator: ``energy``, ``free_energy``, ``forces`` and per-atom ``energies``.
+    """ASE calculator: ``energy``, ``free_energy``, ``forces``, per-atom ``energies``, and for
+    periodic systems ``stress`` and per-atom ``stresses`` (eV/Å³, ASE's sign: tension positive).
+
+    Slabs and wires (some directions not periodic) get the stress components of their periodic
+    directions, over the volume of the cell as given (ASE's convention; the components along
+    open directions are zero: a free surface carries no stress); a periodic cell without
+    volume raises an error.
 
     Args:
         model: a loaded :class:`so3krates.model_io.Model` or a model directory.
@@ -118,7 +131,7 @@ class So3kratesCalculator(Calculator):
         skin: Verlet skin in Å of the device neighbour list of molecules.
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "energies"]
+    implemented_properties = ["energy", "free_energy", "forces", "energies", "stress", "stresses"]
 
     def __init__(self, model, dtype: str | None = None, skin: float = DEFAULT_SKIN, **kwargs):
         super().__init__(**kwargs)
@@ -141,31 +154,51 @@ class So3kratesCalculator(Calculator):
         atoms = self.atoms
         if "numbers" in system_changes:
             self.model.check_elements(atoms.numbers)
+        wants_stress = bool({"stress", "stresses"} & set(properties))
         if atoms.pbc.any():
             self._molecule = None
-            energy, forces, energies = self._periodic(atoms)
-        else:
-            if self._molecule is None or {"numbers", "pbc"} & set(system_changes):
-                self._molecule = MoleculeEvaluator(self.model, atoms.numbers, atoms.positions,
-                                                   self.skin)
-            energy, forces, energies = self._molecule(atoms.positions)
+            self.results = self._periodic(atoms, wants_stress, "stresses" in properties)
+            return
+        if wants_stress:
+            raise PropertyNotImplementedError(
+                "stress needs a periodic cell; these atoms have pbc=False in every direction")
+        if self._molecule is None or {"numbers", "pbc"} & set(system_changes):
+            self._molecule = MoleculeEvaluator(self.model, atoms.numbers, atoms.positions,
+                                               self.skin)
+        energy, forces, energies = self._molecule(atoms.positions)
         self.results = {"energy": energy, "free_energy": energy, "forces": forces,
                         "energies": energies}
 
-    def _periodic(self, atoms) -> tuple[float, np.ndarray, np.ndarray]:
+    def _periodic(self, atoms, stress: bool, stresses: bool) -> dict:
+        if stress and not abs(atoms.cell.volume) > 1e-9:
+            raise ValueError(f"the cell {atoms.cell[:].tolist()} has no volume: no stress")
         graph_, self._capacity = single_graph(
             atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc, self.model.cutoff,
             self._capacity, dtype=np.dtype(self.model.dtype), pair_halves=True,
         )
+        pred = self.model.predict(graph_, pair_halves=True, stress=stress and not stresses,
+                                  atomic_stresses=stresses)
         # Outputs to the host as they are, then slice off the padding there.
-        energy, forces, energies = (np.asarray(a)
-                                    for a in self.model.predict(graph_, pair_halves=True))
         n = len(atoms)
-        return float(energy[0]), forces[:n].astype(np.float64), energies[:n].astype(np.float64)
+        energy = float(np.asarray(pred.energy)[0])
+        results = {"energy": energy, "free_energy": energy,
+                   "forces": np.asarray(pred.forces)[:n].astype(np.float64),
+                   "energies": np.asarray(pred.atomic_energies)[:n].astype(np.float64)}
+        if stress:
+            # Components along open directions of slabs and wires are not stresses.
+            periodic = np.outer(atoms.pbc, atoms.pbc)
+            sigma = np.where(periodic, np.asarray(pred.stress, np.float64)[0], 0.0)
+            results["stress"] = full_3x3_to_voigt(sigma)
+            if stresses:
+                per_atom = np.asarray(pred.atomic_stresses, np.float64)[:n]
+                results["stresses"] = np.stack(
+                    [full_3x3_to_voigt(s) for s in np.where(periodic, per_atom, 0.0)])
+        return results
 
-    def compiled_variants(self) -> int:
+    def compiled_variants(self, stress: bool = False) -> int:
         """Shapes this calculator's evaluation has been compiled for: the molecule evaluator's,
-        or for periodic systems the model's ``predict`` (shared by its calculators)."""
+        or for periodic systems the model's ``predict`` (shared by its calculators; with or
+        without stress)."""
         if self._molecule is not None:
             return self._molecule.compiled_variants()
-        return self.model.compiled_variants(pair_halves=True)
+        return self.model.compiled_variants(pair_halves=True, stress=stress)

@@ -140,14 +140,28 @@ class Model:
             self.radial_knots = default_radial_knots(self.dtype)
         self.module = build_module(self.config, self.energy_scale, self.dtype, self.radial_knots)
         self.inference_params = inference_params(self.module, self.params)
-        refs = reference_table(self.reference_energies)
-        fns = {halves: make_predict_fn(self.module, refs, pair_halves=halves)
-               for halves in (False, True)}
-        self.predict_fn, self.predict_halves_fn = jit(fns[False]), jit(fns[True])
-        # ``predict`` closes over the parameters, so that a call passes the graph alone: one
-        # aspirin 1.68 -> 1.50 ms (median, interleaved) against passing 69 parameter arrays.
-        self._predict = {halves: jit(_with_params(fn, self.inference_params))
-                         for halves, fn in fns.items()}
+        self._refs = reference_table(self.reference_energies)
+        self._fns: dict = {}
+        self._predict: dict = {}
+        self.predict_fn = self.predict_function(pair_halves=False)
+        self.predict_halves_fn = self.predict_function(pair_halves=True)
+
+    def predict_function(self, pair_halves: bool = False, stress: bool = False,
+                         atomic_stresses: bool = False):
+        """The jitted ``predict(params, graph) -> Prediction`` for these outputs (see
+        ``so3krates.potential.make_predict_fn``); one compiled variant per choice, so
+        stress costs nothing unless requested. Takes :attr:`inference_params`."""
+        key = (pair_halves, stress, atomic_stresses)
+        if key not in self._fns:
+            self._fns[key] = jit(make_predict_fn(self.module, self._refs, pair_halves, stress,
+                                                 atomic_stresses))
+        return self._fns[key]
+
+    def exact_module(self):
+        """The network without spline tables or custom derivative rules (``radial_knots=0``):
+        the module to differentiate in forward mode (Hessians, ``jax.jvp``); it takes
+        :attr:`params`."""
+        return build_module(self.config, self.energy_scale, self.dtype, 0)
 
     @property
     def elements(self) -> list[int]:
@@ -157,15 +171,25 @@ class Model:
     def cutoff(self) -> float:
         return self.config.cutoff
 
-    def predict(self, graph, pair_halves: bool = False):
-        """``Prediction`` (energy, forces, atomic energies) for a padded graph; with
-        ``pair_halves``, of a graph in the halves layout (see :attr:`predict_halves_fn`).
-        Jitted with the parameters as constants (the fastest call)."""
-        return self._predict[pair_halves](graph)
+    def predict(self, graph, pair_halves: bool = False, stress: bool = False,
+                atomic_stresses: bool = False):
+        """``Prediction`` (energy, forces, atomic energies; stress and per-atom stresses when
+        asked) for a padded graph; with ``pair_halves``, of a graph in the halves layout (see
+        :attr:`predict_halves_fn`). Jitted with the parameters as constants (the fastest
+        call)."""
+        key = (pair_halves, stress, atomic_stresses)
+        if key not in self._predict:
+            # Closing over the parameters, so that a call passes the graph alone: one aspirin
+            # 1.68 -> 1.50 ms (median, interleaved) against passing 69 parameter arrays.
+            fn = make_predict_fn(self.module, self._refs, pair_halves, stress, atomic_stresses)
+            self._predict[key] = jit(_with_params(fn, self.inference_params))
+        return self._predict[key](graph)
 
-    def compiled_variants(self, pair_halves: bool = False) -> int:
-        """How many graph shapes :meth:`predict` has compiled for (in that layout)."""
-        return self._predict[pair_halves]._cache_size()
+    def compiled_variants(self, pair_halves: bool = False, stress: bool = False) -> int:
+        """How many graph shapes :meth:`predict` has compiled for (in that layout, with or
+        without stress)."""
+        fn = self._predict.get((pair_halves, stress, False))
+        return 0 if fn is None else fn._cache_size()
 
     def check_elements(self, numbers: np.ndarray) -> None:
         """Raise ``ValueError`` naming any element the model was not trained on."""

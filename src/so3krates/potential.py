@@ -1,7 +1,20 @@
-"""The potential: one energy function, with forces (and later stress) by differentiation.
+"""The potential: one energy function of positions and cell; everything else is derived.
 
-``energy_fn(params, graph) -> (S,)`` total energies in float64 eV. Everything else is built on
-top of it, in the spirit of jax-md: forces are ``-dE/dR`` by automatic differentiation.
+Two shapes of the same contract, in the spirit of jax-md and glp:
+
+- on padded graphs (training, evaluation, the calculator): ``energy_fn(params, graph) -> (S,)``
+  total energies in float64 eV (:func:`make_energy_fn`), and :func:`make_predict_fn`, which
+  derives forces, stress and per-atom stresses from it;
+- on one structure (MD, relaxation): any ``energy_fn(positions (N, 3), cell (3, 3), *args)``
+  returning the total energy () or per-atom energies (N,), and :func:`derive`, which turns it
+  into energy, forces and virial.
+
+Forces are ``-dE/dR``; the virial is ``dE/dε`` for a symmetric strain ε applied to positions
+*and* cell together (``R -> R (1 + ε)``, ``cell -> cell (1 + ε)``), so every term that depends
+on the cell (images, Ewald sums) is covered without a hand-written derivative; the stress is
+the virial over the cell volume, in ASE's sign (tension positive, eV/Å³). Per-atom stresses
+split each pair's contribution ``r_ij ⊗ dE/dr_ij`` between its two atoms (the pair-vector
+virial of glp; it sums to the strain virial for any energy of pair vectors).
 """
 
 from __future__ import annotations
@@ -13,7 +26,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from so3krates.batching import Graph
-from so3krates.model import So3krates
 
 
 class Prediction(NamedTuple):
@@ -23,11 +35,17 @@ class Prediction(NamedTuple):
         energy: total energies in eV, (S,) float64.
         forces: forces in eV/Å, (N, 3), model dtype.
         atomic_energies: per-atom energies in eV, (N,) float64.
+        stress: stress in eV/Å³ (ASE sign: tension positive), (S, 3, 3), or None when not
+            requested; zero for structures without volume (molecules, padding).
+        atomic_stresses: per-atom stresses in eV/Å³ (N, 3, 3), summing to ``stress`` over a
+            structure's atoms, or None when not requested.
     """
 
     energy: jnp.ndarray
     forces: jnp.ndarray
     atomic_energies: jnp.ndarray
+    stress: jnp.ndarray | None = None
+    atomic_stresses: jnp.ndarray | None = None
 
 
 def pair_vectors(graph: Graph) -> jnp.ndarray:
@@ -37,13 +55,84 @@ def pair_vectors(graph: Graph) -> jnp.ndarray:
     return graph.positions[graph.neighbors] - graph.positions[graph.centers] + offset
 
 
-def make_atomic_energy_fn(
-    model: So3krates, reference_energies: np.ndarray, pair_halves: bool = False
-) -> Callable[[dict, Graph], jnp.ndarray]:
-    """``atomic_energy_fn(params, graph) -> (N,)`` float64 per-atom energies.
+def deform(positions: jnp.ndarray, cells: jnp.ndarray, strain: jnp.ndarray,
+           structure: jnp.ndarray | None = None) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Positions and cells under the symmetric strain ``(strain + strain^T) / 2``.
 
     Args:
-        model: the network.
+        positions: (N, 3) Å; cells: (S, 3, 3) lattice vectors as rows (or (3, 3) for one
+            structure); strain: (S, 3, 3) (or (3, 3)); structure: (N,) the structure of each
+            atom (None: one structure).
+
+    Returns ``(positions @ (1 + ε), cells @ (1 + ε))`` per structure.
+    """
+    eps = 0.5 * (strain + jnp.swapaxes(strain, -1, -2))
+    if structure is None:
+        return positions + positions @ eps, cells + cells @ eps
+    per_atom = eps[structure]
+    return (positions + jnp.einsum("na,nab->nb", positions, per_atom),
+            cells + jnp.einsum("sia,sab->sib", cells, eps))
+
+
+def cell_volume(cells: jnp.ndarray) -> jnp.ndarray:
+    """|det(cell)|, (S,) or () in Å³ (zero for molecules)."""
+    return jnp.abs(jnp.linalg.det(cells))
+
+
+def stress_from_virial(virial: jnp.ndarray, cells: jnp.ndarray) -> jnp.ndarray:
+    """``virial / volume`` (eV/Å³; virial = dE/dε in eV), zero where the cell has no volume."""
+    volume = cell_volume(cells)[..., None, None]
+    return jnp.where(volume > 0, virial / jnp.where(volume > 0, volume, 1.0), 0.0)
+
+
+class Derived(NamedTuple):
+    """What :func:`derive` returns for one structure.
+
+    Attributes:
+        energy: total energy, eV, float64 scalar.
+        forces: (N, 3) eV/Å, in the positions' dtype.
+        atomic_energies: (N,) eV if the energy function returns them, else None.
+        virial: dE/dε (3, 3) in eV if requested, else None (stress = virial / volume).
+    """
+
+    energy: jnp.ndarray
+    forces: jnp.ndarray
+    atomic_energies: jnp.ndarray | None
+    virial: jnp.ndarray | None
+
+
+def derive(energy_fn: Callable, virial: bool = False) -> Callable[..., Derived]:
+    """``fn(positions, cell, *args) -> Derived`` from ``energy_fn(positions, cell, *args)``
+    (total energy () or per-atom energies (N,)): forces in one backward pass, with ``virial``
+    the strain derivative in the same pass."""
+
+    def total(positions, cell, strain, *args):
+        if strain is not None:
+            positions, cell = deform(positions, cell, strain)
+        e = energy_fn(positions, cell, *args)
+        return jnp.sum(e), (e if e.ndim else None)
+
+    def fn(positions, cell, *args) -> Derived:
+        if not virial:
+            (e, atomic), g = jax.value_and_grad(total, has_aux=True)(positions, cell, None, *args)
+            return Derived(e, -g, atomic, None)
+        strain = jnp.zeros((3, 3), positions.dtype)
+        (e, atomic), (g, w) = jax.value_and_grad(total, argnums=(0, 2), has_aux=True)(
+            positions, cell, strain, *args)
+        return Derived(e, -g, atomic, w)
+
+    return fn
+
+
+def make_atomic_energy_fn(
+    model, reference_energies: np.ndarray, pair_halves: bool = False
+) -> Callable[..., jnp.ndarray]:
+    """``atomic_energy_fn(params, graph, vectors=None) -> (N,)`` float64 per-atom energies
+    (``vectors``: the pair vectors (P, 3) to use instead of :func:`pair_vectors`).
+
+    Args:
+        model: the network: a flax module mapping ``(numbers, vectors, centers, neighbors,
+            pair_mask, pair_halves)`` to per-atom energies (see ``so3krates.model``).
         reference_energies: per-element reference energies e_Z in eV, indexed by atomic
             number, shape (num_elements,); kept in float64.
         pair_halves: the graphs' pairs are in the halves layout (``GraphDataset.pair_halves``;
@@ -51,11 +140,11 @@ def make_atomic_energy_fn(
     """
     ref = jnp.asarray(np.asarray(reference_energies, dtype=np.float64))
 
-    def atomic_energy_fn(params: dict, graph: Graph) -> jnp.ndarray:
+    def atomic_energy_fn(params: dict, graph: Graph, vectors=None) -> jnp.ndarray:
         e = model.apply(
             {"params": params},
             graph.numbers,
-            pair_vectors(graph),
+            pair_vectors(graph) if vectors is None else vectors,
             graph.centers,
             graph.neighbors,
             graph.pair_mask,
@@ -67,7 +156,7 @@ def make_atomic_energy_fn(
     return atomic_energy_fn
 
 
-def make_energy_fn(model: So3krates, reference_energies: np.ndarray, pair_halves: bool = False):
+def make_energy_fn(model, reference_energies: np.ndarray, pair_halves: bool = False):
     """``energy_fn(params, graph) -> (S,)`` float64 total energies per structure
     (``pair_halves``: see :func:`make_atomic_energy_fn`)."""
     atomic_energy_fn = make_atomic_energy_fn(model, reference_energies, pair_halves)
@@ -79,19 +168,70 @@ def make_energy_fn(model: So3krates, reference_energies: np.ndarray, pair_halves
     return energy_fn
 
 
-def make_predict_fn(model: So3krates, reference_energies: np.ndarray, pair_halves: bool = False):
-    """``predict(params, graph) -> Prediction`` with forces = -dE/dR (one backward pass)
-    (``pair_halves``: see :func:`make_atomic_energy_fn`)."""
+def make_predict_fn(model, reference_energies: np.ndarray, pair_halves: bool = False,
+                    stress: bool = False, atomic_stresses: bool = False):
+    """``predict(params, graph) -> Prediction``: forces = -dE/dR in one backward pass; with
+    ``stress`` the strain derivative in the same pass; with ``atomic_stresses`` per-atom
+    stresses (and the stress, their sum) from the pair-vector gradient. What is not
+    requested is not computed (each choice is its own compiled function).
+    ``pair_halves``: see :func:`make_atomic_energy_fn`."""
     atomic_energy_fn = make_atomic_energy_fn(model, reference_energies, pair_halves)
+    if atomic_stresses:
+        return _pair_virial_predict_fn(atomic_energy_fn)
 
     def predict(params: dict, graph: Graph) -> Prediction:
-        def total(positions):
-            e = atomic_energy_fn(params, graph._replace(positions=positions))
+        n_struct = graph.cells.shape[0]
+
+        def total(positions, strain):
+            cells = graph.cells
+            if strain is not None:
+                positions, cells = deform(positions, cells, strain, graph.structure)
+            e = atomic_energy_fn(params, graph._replace(positions=positions, cells=cells))
             return jnp.sum(e), e
 
-        (_, atomic), grad = jax.value_and_grad(total, has_aux=True)(graph.positions)
-        energy = jax.ops.segment_sum(atomic, graph.structure, num_segments=graph.cells.shape[0])
+        if stress:
+            strain = jnp.zeros((n_struct, 3, 3), graph.positions.dtype)
+            (_, atomic), (grad, virial) = jax.value_and_grad(total, (0, 1), has_aux=True)(
+                graph.positions, strain)
+            sigma = stress_from_virial(virial.astype(jnp.float64), graph.cells)
+        else:
+            (_, atomic), grad = jax.value_and_grad(total, has_aux=True)(graph.positions, None)
+            sigma = None
+        energy = jax.ops.segment_sum(atomic, graph.structure, num_segments=n_struct)
         forces = jnp.where(graph.atom_mask[:, None], -grad, 0.0)
-        return Prediction(energy=energy, forces=forces, atomic_energies=atomic)
+        return Prediction(energy, forces, atomic, sigma)
+
+    return predict
+
+
+def _pair_virial_predict_fn(atomic_energy_fn):
+    """:func:`make_predict_fn` with per-atom stresses: the gradient in the pair vectors gives
+    the forces (``r_ij`` moves with ``R_j`` and against ``R_i``) and each pair's virial
+    ``r_ij ⊗ dE/dr_ij``, half to each of its atoms."""
+
+    def predict(params: dict, graph: Graph) -> Prediction:
+        n_atoms, n_struct = graph.positions.shape[0], graph.cells.shape[0]
+        vectors = pair_vectors(graph)
+
+        def total(v):
+            e = atomic_energy_fn(params, graph, v)
+            return jnp.sum(e), e
+
+        (_, atomic), g = jax.value_and_grad(total, has_aux=True)(vectors)
+        g = jnp.where(graph.pair_mask[:, None], g, 0.0)
+        grad = (jax.ops.segment_sum(g, graph.neighbors, n_atoms)
+                - jax.ops.segment_sum(g, graph.centers, n_atoms))
+        pair_w = 0.5 * jnp.einsum("pa,pb->pab", vectors, g).astype(jnp.float64)
+        pair_w = 0.5 * (pair_w + jnp.swapaxes(pair_w, 1, 2))
+        atom_w = (jax.ops.segment_sum(pair_w, graph.centers, n_atoms)
+                  + jax.ops.segment_sum(pair_w, graph.neighbors, n_atoms))
+        atom_w = jnp.where(graph.atom_mask[:, None, None], atom_w, 0.0)
+        volume = cell_volume(graph.cells)[graph.structure]
+        atom_sigma = jnp.where(volume[:, None, None] > 0,
+                               atom_w / jnp.where(volume > 0, volume, 1.0)[:, None, None], 0.0)
+        energy = jax.ops.segment_sum(atomic, graph.structure, num_segments=n_struct)
+        sigma = jax.ops.segment_sum(atom_sigma, graph.structure, num_segments=n_struct)
+        forces = jnp.where(graph.atom_mask[:, None], -grad, 0.0)
+        return Prediction(energy, forces, atomic, sigma, atom_sigma)
 
     return predict

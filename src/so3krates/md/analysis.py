@@ -13,7 +13,7 @@ import numpy as np
 from ase import units
 
 from so3krates.fileio import atomic_write_bytes
-from so3krates.md.neighbours import complete_cell, plane_spacings
+from so3krates.neighbours.verlet import complete_cell, plane_spacings
 from so3krates.md.trajectory import Trajectory, read_trajectory
 from so3krates.plotting import pyplot, save_figure
 

@@ -19,7 +19,7 @@ import numpy as np
 from ase import units
 
 from so3krates.compile import jit
-from so3krates.md import neighbours as nl
+from so3krates.neighbours import verlet as nl
 from so3krates.md.integrators import (
     Ensemble,
     MDState,
@@ -29,7 +29,8 @@ from so3krates.md.integrators import (
     make_step_fn,
 )
 from so3krates.md.stability import Bonds, StabilityCriteria, check_stability, find_bonds
-from so3krates.md.system import ForceFn, System
+from so3krates.md.system import EnergyFn, System
+from so3krates.potential import derive
 
 
 class Frames(NamedTuple):
@@ -80,13 +81,12 @@ def make_chunk_fn(
     that breaks stays broken, so the time to instability is resolved to ``stride`` steps.
     """
     masses = jnp.asarray(system.masses)
-    cell = jnp.asarray(system.cell)
     dof = system.degrees_of_freedom
 
     def stable(state: MDState) -> jnp.ndarray:
         ok = jnp.all(jnp.isfinite(state.forces)) & jnp.isfinite(state.energy)
         if bonds is not None:
-            ok &= check_stability(state.positions, state.forces, cell, bonds, criteria)
+            ok &= check_stability(state.positions, state.forces, state.cell, bonds, criteria)
         return ok
 
     def advance(state: MDState) -> MDState:
@@ -136,10 +136,11 @@ class RunSummary:
 
 
 class Simulation:
-    """Runs MD for one structure with any ``force_fn(positions, neighbours) -> (E, F)``.
+    """Runs MD for one structure with any ``energy_fn(positions, cell, neighbours)``.
 
     Args:
-        force_fn: energy (eV) and forces (eV/Å), e.g. :func:`so3krates.md.system.model_force_fn`.
+        energy_fn: total or per-atom energies (eV), e.g.
+            :func:`so3krates.md.system.model_energy_fn`; forces are its gradient.
         system: numbers, masses, cell, pbc.
         positions: start positions (N, 3) Å.
         ensemble: integrator settings.
@@ -152,12 +153,12 @@ class Simulation:
         velocities: start velocities in Å/fs (default: Maxwell–Boltzmann at the temperature).
         seed: PRNG seed (initial velocities, Langevin noise).
         spec: neighbour-list capacities (default: sized from ``positions`` by
-            :func:`so3krates.md.neighbours.allocate`; they grow on overflow).
+            :func:`so3krates.neighbours.verlet.allocate`; they grow on overflow).
     """
 
     def __init__(
         self,
-        force_fn: ForceFn,
+        energy_fn: EnergyFn,
         system: System,
         positions: np.ndarray,
         ensemble: Ensemble,
@@ -170,33 +171,37 @@ class Simulation:
         seed: int = 0,
         spec: nl.NeighbourSpec | None = None,
     ):
-        self.force_fn, self.system, self.ensemble = force_fn, system, ensemble
+        self.energy_fn, self.system, self.ensemble = energy_fn, system, ensemble
         self.stride, self.chunk_frames = stride, chunk_frames
         self.criteria = monitor or StabilityCriteria()
         self.bonds = (
             find_bonds(system.numbers, positions, system.cell, system.pbc) if monitor else None
         )
         self.spec = spec or nl.allocate(positions, system.cell, system.pbc, cutoff, skin)
-        self._force_fn = jax.jit(force_fn)  # for the few evaluations outside the compiled chunks
-        self.state = init_state(positions, system, self._force_fn, self.spec, ensemble, seed, velocities)
+        # For the few evaluations outside the compiled chunks.
+        self._forces_fn = jax.jit(derive(energy_fn))
+        self.state = init_state(positions, system, energy_fn, self.spec, ensemble, seed, velocities)
         self.step = 0
         self._chunks: dict[int, Callable] = {}
 
-    def set_state(self, positions, velocities_fs, chain, key, step: int) -> None:
-        """Continue from saved arrays (restart); forces and neighbours are recomputed."""
+    def set_state(self, positions, velocities_fs, chain, key, step: int, cell=None) -> None:
+        """Continue from saved arrays (restart); forces and neighbours are recomputed.
+        ``cell``: the saved cell (default: the system's)."""
         x = jnp.asarray(positions, jnp.float64)
-        nbrs = nl.build(x, jnp.asarray(self.system.cell), self.spec)
-        energy, forces = self._force_fn(x, nbrs)
+        cell = jnp.asarray(self.system.cell if cell is None else cell, jnp.float64)
+        nbrs = nl.build(x, cell, self.spec)
+        out = self._forces_fn(x, cell, nbrs)
         v = jnp.asarray(velocities_fs, jnp.float64) / units.fs
-        self.state = MDState(x, v, forces, energy, jnp.asarray(chain), jnp.asarray(key), nbrs)
+        self.state = MDState(x, v, out.forces, out.energy, cell, jnp.asarray(chain),
+                             jnp.asarray(key), nbrs)
         self.step = int(step)
 
     def _rebuilt(self, state: MDState, reference) -> MDState:
         """``state`` with its list rebuilt at ``reference`` under the current spec, and the
         energy and forces recomputed (those of an overflowing list are wrong)."""
-        nbrs = nl.build(state.positions, jnp.asarray(self.system.cell), self.spec, jnp.asarray(reference))
-        energy, forces = self._force_fn(state.positions, nbrs)
-        return state._replace(neighbours=nbrs, energy=energy, forces=forces)
+        nbrs = nl.build(state.positions, state.cell, self.spec, jnp.asarray(reference))
+        out = self._forces_fn(state.positions, state.cell, nbrs)
+        return state._replace(neighbours=nbrs, energy=out.energy, forces=out.forces)
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Host arrays that :meth:`set_state` takes back (for restart files)."""
@@ -204,6 +209,7 @@ class Simulation:
         return dict(
             positions=np.asarray(s.positions),
             velocities=np.asarray(s.velocities) * units.fs,
+            cell=np.asarray(s.cell),
             chain=np.asarray(s.chain),
             key=np.asarray(s.key),
             step=np.asarray(self.step),
@@ -211,7 +217,7 @@ class Simulation:
 
     def _compiled_chunk(self, n_frames: int):
         if n_frames not in self._chunks:
-            step_fn = make_step_fn(self.ensemble, self.system, self.force_fn, self.spec)
+            step_fn = make_step_fn(self.ensemble, self.system, self.energy_fn, self.spec)
             self._chunks[n_frames] = make_chunk_fn(
                 step_fn, self.ensemble, self.system, self.bonds, self.criteria, n_frames, self.stride
             )

@@ -13,8 +13,8 @@ Units: temperatures K, times fs, energies eV, lengths Å, forces eV/Å.
 Typical use (what ``so3krates explore MODEL_DIR STRUCTURE`` does)::
 
     system = System.from_atoms(atoms)
-    force_fn = model_force_fn(model, system)
-    result = explore(force_fn, system, atoms.positions, model.cutoff, temperature=500.0,
+    energy_fn = model_energy_fn(model, system)
+    result = explore(energy_fn, system, atoms.positions, model.cutoff, temperature=500.0,
                      n_quenches=2000)
     write_exploration(result, "explore_out", system.numbers)
 """
@@ -36,7 +36,7 @@ from so3krates.md.integrators import Ensemble
 from so3krates.md.minima import MinimaSet
 from so3krates.md.relax import fire_relax
 from so3krates.md.stability import StabilityCriteria
-from so3krates.md.system import ForceFn, System, positions_force_fn
+from so3krates.md.system import EnergyFn, System, positions_force_fn
 from so3krates.plotting import pyplot, save_figure
 
 
@@ -118,7 +118,7 @@ class ExploreResult:
 
 
 def explore(
-    force_fn: ForceFn,
+    energy_fn: EnergyFn,
     system: System,
     positions: np.ndarray,
     cutoff: float,
@@ -148,8 +148,8 @@ def explore(
     (unit masses, as ASE's FIRE) and the converged ones are added to the minima set.
 
     Args:
-        force_fn: ``force_fn(positions, neighbours) -> (energy eV, forces eV/Å)``, e.g.
-            :func:`~so3krates.md.system.model_force_fn`.
+        energy_fn: ``energy_fn(positions, cell, neighbours)`` -> energy (eV, total or per
+            atom), e.g. :func:`~so3krates.md.system.model_energy_fn`.
         system: numbers, masses, cell, pbc.
         positions: start positions in Å, (N, 3).
         cutoff: the potential's cutoff in Å.
@@ -207,12 +207,12 @@ def explore(
     t0 = time.perf_counter()
     ensemble = Ensemble(kind="langevin", timestep=timestep, temperature=temperature, friction=friction)
     sim = Simulation(
-        force_fn, system, positions, ensemble, cutoff, skin=skin, stride=stride,
+        energy_fn, system, positions, ensemble, cutoff, skin=skin, stride=stride,
         chunk_frames=max(1, min(batch, n_quenches)), monitor=monitor, seed=seed,
     )
     # One positions-only force function (own neighbour list) for all relaxations: fire_relax
     # compiles once per function object and batch shape.
-    relax_fn = positions_force_fn(force_fn, system, cutoff, positions)
+    relax_fn = positions_force_fn(energy_fn, system, cutoff, positions)
 
     def stop(summary) -> bool:
         result.simulated_fs = sim.step * timestep

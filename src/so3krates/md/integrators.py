@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from ase import units
 
-from so3krates.md import neighbours as nl
-from so3krates.md.system import ForceFn, System
+from so3krates.md.system import EnergyFn, System
+from so3krates.neighbours import verlet as nl
+from so3krates.potential import derive
 
 ENSEMBLES = ("nve", "langevin", "nose-hoover")
 SUZUKI_YOSHIDA_3 = (1 / (2 - 2 ** (1 / 3)), 1 - 2 / (2 - 2 ** (1 / 3)), 1 / (2 - 2 ** (1 / 3)))
@@ -62,6 +63,7 @@ class MDState(NamedTuple):
         velocities: (N, 3) Å per ASE time unit.
         forces: (N, 3) eV/Å at ``positions``.
         energy: potential energy, eV.
+        cell: (3, 3) lattice vectors as rows, Å (fixed but in NPT).
         chain: Nosé–Hoover chain positions and velocities, (2, M) (zeros otherwise).
         key: PRNG key of the Langevin noise.
         neighbours: the current neighbour list.
@@ -71,6 +73,7 @@ class MDState(NamedTuple):
     velocities: jnp.ndarray
     forces: jnp.ndarray
     energy: jnp.ndarray
+    cell: jnp.ndarray
     chain: jnp.ndarray
     key: jnp.ndarray
     neighbours: nl.Neighbours
@@ -139,25 +142,26 @@ def _chain_half_step(velocities, masses, chain, ensemble: Ensemble, dof: int):
 
 
 def make_step_fn(
-    ensemble: Ensemble, system: System, force_fn: ForceFn, spec: nl.NeighbourSpec
+    ensemble: Ensemble, system: System, energy_fn: EnergyFn, spec: nl.NeighbourSpec
 ) -> Callable[[MDState], MDState]:
-    """``step(state) -> state`` for ``ensemble`` (a pure, jittable function)."""
+    """``step(state) -> state`` for ``ensemble`` (a pure, jittable function); forces are the
+    gradient of ``energy_fn`` (see ``so3krates.md.system``)."""
     if ensemble.kind not in ENSEMBLES:
         raise ValueError(f"unknown ensemble {ensemble.kind!r}; choose one of {ENSEMBLES}")
     masses = jnp.asarray(system.masses)
     inv_m = (1.0 / masses)[:, None]
-    cell = jnp.asarray(system.cell)
     dt, kT, dof = ensemble.dt, ensemble.kT, system.degrees_of_freedom
+    forces_fn = derive(energy_fn)
 
-    def forces_at(positions, nbrs):
+    def forces_at(positions, nbrs, cell):
         nbrs = nl.update(positions, cell, nbrs, spec)
-        energy, forces = force_fn(positions, nbrs)
-        return energy, forces, nbrs
+        out = forces_fn(positions, cell, nbrs)
+        return out.energy, out.forces, nbrs
 
     def verlet(state: MDState) -> MDState:
         v = state.velocities + 0.5 * dt * state.forces * inv_m
         x = state.positions + dt * v
-        energy, forces, nbrs = forces_at(x, state.neighbours)
+        energy, forces, nbrs = forces_at(x, state.neighbours, state.cell)
         v = v + 0.5 * dt * forces * inv_m
         return state._replace(positions=x, velocities=v, forces=forces, energy=energy, neighbours=nbrs)
 
@@ -171,9 +175,9 @@ def make_step_fn(
         # The noise would make the centre of mass random-walk; keep its momentum at zero.
         v = remove_com_velocity(v, masses)
         x = x + 0.5 * dt * v
-        energy, forces, nbrs = forces_at(x, state.neighbours)
+        energy, forces, nbrs = forces_at(x, state.neighbours, state.cell)
         v = v + 0.5 * dt * forces * inv_m
-        return MDState(x, v, forces, energy, state.chain, key, nbrs)
+        return MDState(x, v, forces, energy, state.cell, state.chain, key, nbrs)
 
     def nose_hoover(state: MDState) -> MDState:
         v, chain = _chain_half_step(state.velocities, masses, state.chain, ensemble, dof)
@@ -199,7 +203,7 @@ def conserved_energy(state: MDState, ensemble: Ensemble, system: System) -> jnp.
 def init_state(
     positions: np.ndarray,
     system: System,
-    force_fn: ForceFn,
+    energy_fn: EnergyFn,
     spec: nl.NeighbourSpec,
     ensemble: Ensemble,
     seed: int = 0,
@@ -212,7 +216,8 @@ def init_state(
         v = maxwell_boltzmann(v_key, system.masses, ensemble.temperature, system.degrees_of_freedom)
     else:
         v = jnp.asarray(velocities, jnp.float64) / units.fs
-    nbrs = nl.build(x, jnp.asarray(system.cell), spec)
-    energy, forces = force_fn(x, nbrs)
+    cell = jnp.asarray(system.cell)
+    nbrs = nl.build(x, cell, spec)
+    out = derive(energy_fn)(x, cell, nbrs)
     chain = jnp.zeros((2, ensemble.chain_length))
-    return MDState(x, v, forces, energy, chain, key, nbrs)
+    return MDState(x, v, out.forces, out.energy, cell, chain, key, nbrs)

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from so3krates.md.engine import Frames, Simulation
 from so3krates.md.integrators import Ensemble
 from so3krates.md.stability import StabilityCriteria
-from so3krates.md.system import System, model_force_fn
+from so3krates.md.system import System, model_energy_fn
 from so3krates.fileio import atomic_write_bytes
 from so3krates.md.restart import load_state, save_state
 from so3krates.md.trajectory import TrajectoryWriter, truncate_trajectory
@@ -92,7 +92,7 @@ def run_md(
     if structure.has("momenta") and np.any(structure.get_momenta()):
         velocities = structure.get_velocities() * units.fs  # Å/fs
     sim = Simulation(
-        model_force_fn(model, system), system, structure.positions, ensemble, model.cutoff,
+        model_energy_fn(model, system), system, structure.positions, ensemble, model.cutoff,
         skin=settings.skin, stride=settings.stride, chunk_frames=settings.chunk_frames,
         monitor=criteria if settings.monitor else None, velocities=velocities, seed=settings.seed,
     )
@@ -103,7 +103,7 @@ def run_md(
         arrays, saved = load_state(restart_path(output))
         _check_restart(saved, meta)
         sim.set_state(arrays["positions"], arrays["velocities"], arrays["chain"], arrays["key"],
-                      int(arrays["step"]))
+                      int(arrays["step"]), arrays.get("cell"))
         frames_written = int(saved["frames"])
         dropped = truncate_trajectory(output, frames_written)
         console.print(f"restart from step {sim.step} ({frames_written} frames kept, {dropped} dropped)")

@@ -1,8 +1,11 @@
-"""One structure for MD: static data, and the model's energy and forces on in-loop neighbours.
+"""One structure for MD: static data, and the model's energy on in-loop neighbours.
 
-``force_fn(positions, neighbours) -> (energy, forces)`` is what every integrator, relaxer and
-explorer calls; :func:`model_force_fn` makes it from a trained model, and any other pure
-function with the same signature (an analytic test potential, say) works just as well.
+``energy_fn(positions (N, 3), cell (3, 3), neighbours)`` (the jax-md shape) returns the total
+energy () or per-atom energies (N,) in eV; it is what every integrator, relaxer and explorer
+is given, and they derive forces and, where asked, the virial from it
+(``so3krates.potential.derive``). :func:`model_energy_fn` makes it from a trained model; any
+other pure function with the same signature (an analytic test potential in a few lines)
+works just as well.
 """
 
 from __future__ import annotations
@@ -14,12 +17,12 @@ import numpy as np
 from ase.data import atomic_masses
 
 from so3krates.batching import Graph
-from so3krates.md import neighbours as nl
-from so3krates.md.neighbours import Neighbours, complete_cell
 from so3krates.model_io import reference_table
-from so3krates.potential import make_predict_fn
+from so3krates.neighbours import verlet as nl
+from so3krates.neighbours.verlet import Neighbours, complete_cell
+from so3krates.potential import derive, make_atomic_energy_fn
 
-ForceFn = Callable[[jnp.ndarray, Neighbours], tuple[jnp.ndarray, jnp.ndarray]]
+EnergyFn = Callable[[jnp.ndarray, jnp.ndarray, Neighbours], jnp.ndarray]
 
 
 class System(NamedTuple):
@@ -67,16 +70,17 @@ class System(NamedTuple):
         return max(3 * self.n_atoms - 3, 1)
 
 
-def graph(positions: jnp.ndarray, system: System, nbrs: Neighbours) -> Graph:
+def graph(positions: jnp.ndarray, cell: jnp.ndarray, system: System, nbrs: Neighbours) -> Graph:
     """A one-structure :class:`Graph` (plus one padding atom) from in-loop neighbours.
 
     ``nbrs`` already holds only the pairs within the cutoff at these positions (see
-    :func:`so3krates.md.neighbours.select`); the model's cutoff function is exactly zero
+    :func:`so3krates.neighbours.verlet.select`); the model's cutoff function is exactly zero
     beyond the cutoff, so a pair that rounding in a lower precision puts just outside adds 0.
+    ``cell`` (3, 3) is traced: it may change during a run (NPT, cell relaxation).
     """
     n = system.n_atoms
     dtype = positions.dtype
-    cell = jnp.asarray(system.cell, dtype)
+    cell = cell.astype(dtype)
     pad = jnp.array([[1000.0, 0.0, 0.0]], dtype)
     return Graph(
         positions=jnp.concatenate([positions, pad]),
@@ -92,44 +96,35 @@ def graph(positions: jnp.ndarray, system: System, nbrs: Neighbours) -> Graph:
     )
 
 
-def model_prediction_fn(model, system: System):
-    """``fn(positions (N,3), nbrs) -> (energy eV float64 scalar, forces (N,3) eV/Å, per-atom
-    energies (N,) eV float64)`` of a trained model on in-loop neighbours.
+def model_energy_fn(model, system: System, module=None, params=None) -> EnergyFn:
+    """``energy_fn(positions (N,3), cell (3,3), nbrs) -> per-atom energies (N,)`` in float64
+    eV of a trained model on in-loop neighbours.
 
-    The network sees positions in the model's dtype; forces come back in the positions' dtype
-    (the integrators keep positions and velocities in float64, cheap next to the model).
+    The network sees positions and cell in the model's dtype (the integrators keep positions
+    and velocities in float64, cheap next to the model); derivatives flow back to the
+    callers' dtype.
 
     Args:
         model: a loaded :class:`so3krates.model_io.Model` (its dtype sets the precision).
         system: the structure being simulated.
+        module, params: another module of the model and its parameters (default: the
+            inference module and :attr:`~so3krates.model_io.Model.inference_params`; the
+            model's ``exact_module()`` and ``params`` for forward-mode derivatives).
     """
     model.check_elements(system.numbers)
-    # The device neighbour lists are in the halves layout (see ``so3krates.md.neighbours``).
-    predict = make_predict_fn(model.module, reference_table(model.reference_energies),
-                              pair_halves=True)
-    params, n = model.inference_params, system.n_atoms
-    dtype = jnp.dtype(model.dtype)
+    # The device neighbour lists are in the halves layout (see ``so3krates.neighbours.verlet``).
+    atomic = make_atomic_energy_fn(module or model.module,
+                                   reference_table(model.reference_energies), pair_halves=True)
+    params = model.inference_params if params is None else params
+    n, dtype = system.n_atoms, jnp.dtype(model.dtype)
 
-    def prediction_fn(positions, nbrs):
-        pred = predict(params, graph(positions.astype(dtype), system, nbrs))
-        return pred.energy[0], pred.forces[:n].astype(positions.dtype), pred.atomic_energies[:n]
+    def energy_fn(positions, cell, nbrs):
+        return atomic(params, graph(positions.astype(dtype), cell, system, nbrs))[:n]
 
-    return prediction_fn
-
-
-def model_force_fn(model, system: System) -> ForceFn:
-    """``force_fn(positions (N,3), nbrs) -> (energy eV float64 scalar, forces (N,3) eV/Å)``:
-    :func:`model_prediction_fn` without the per-atom energies."""
-    prediction_fn = model_prediction_fn(model, system)
-
-    def force_fn(positions, nbrs):
-        energy, forces, _ = prediction_fn(positions, nbrs)
-        return energy, forces
-
-    return force_fn
+    return energy_fn
 
 
-def positions_force_fn(force_fn: ForceFn, system: System, cutoff: float, positions: np.ndarray):
+def positions_force_fn(energy_fn: EnergyFn, system: System, cutoff: float, positions: np.ndarray):
     """``fn(positions (N,3)) -> (energy, forces)`` that builds its own neighbour list each call.
 
     For relaxation and quenches, where atoms may move far between calls. The list is sized
@@ -139,10 +134,12 @@ def positions_force_fn(force_fn: ForceFn, system: System, cutoff: float, positio
     """
     spec = nl.allocate(positions, system.cell, system.pbc, cutoff, 0.0, headroom=1.5)
     cell = jnp.asarray(system.cell)
+    forces_fn = derive(energy_fn)
 
     def fn(positions):
         nbrs = nl.build(positions, cell, spec)
-        energy, forces = force_fn(positions, nbrs)
-        return jnp.where(nbrs.overflow, jnp.nan, energy), jnp.where(nbrs.overflow, jnp.nan, forces)
+        out = forces_fn(positions, cell, nbrs)
+        return (jnp.where(nbrs.overflow, jnp.nan, out.energy),
+                jnp.where(nbrs.overflow, jnp.nan, out.forces))
 
     return fn

@@ -180,7 +180,7 @@ def pair_attention(qkv, ev_w, table, s, cut, ylm, centers, neighbors, component_
         centers, neighbors: (P,) int32; component_degree: (D,) int32, the EV-branch head of
             each EV component.
         heads: (H0, H1) heads of both branches; scales: their attention scales.
-        halves: the pairs are in the halves layout (``so3krates.model.pairs``: pair P/2 + k
+        halves: the pairs are in the halves layout (``so3krates.neighbours.pairs``: pair P/2 + k
             the reverse of pair k): each couple's filters are evaluated once (R must divide
             P/2), and the gradient in s goes to the couple's first pair.
         qkv_grad: False if qkv is held fixed (the first block's per-element lookup): its

@@ -55,7 +55,7 @@ from so3krates.model.layers import (
     with_transposed_kernels,
     zero_unless,
 )
-from so3krates.model.pairs import is_halves_layout, pair_chunk, reverse_pair_order
+from so3krates.neighbours.pairs import is_halves_layout, pair_chunk, reverse_pair_order
 from so3krates.model.radial_table import evaluate_table, radial_filter_table, spline_coordinate
 
 

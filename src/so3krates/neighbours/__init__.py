@@ -82,7 +82,7 @@ def reverse_halves(nl: NeighbourList) -> np.ndarray | None:
     Returns ``order`` (P,) int32, indices into ``nl``: pair ``order[P/2 + k]`` is ``(j, i, -S)``
     for pair ``order[k]`` = ``(i, j, S)``, the first half in the list's own order. None if
     some pair has no reverse (not a full list). The model evaluates functions of the
-    distance on the first half only (see ``so3krates.model.pairs``); batches laid out this
+    distance on the first half only (see ``so3krates.neighbours.pairs``); batches laid out this
     way on the host spare it finding the reverses at every call.
     """
     partner, found = reverse_partners(nl.centers, nl.neighbors, nl.shifts,

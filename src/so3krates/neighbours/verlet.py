@@ -20,7 +20,7 @@ Pair ``(i, j, S)`` means ``r_ij = R_j - R_i + S @ cell`` as in :mod:`so3krates.n
 the lists are full (both directions) and in the halves layout: pair ``P/2 + k`` is the
 reverse of pair ``k`` (padding opposite padding), so that the model evaluates functions of
 the distance once per couple without looking for reverses (``pair_halves``, see
-``so3krates.model.pairs``). The Verlet list is reordered so at each build; the per-step
+``so3krates.neighbours.pairs``). The Verlet list is reordered so at each build; the per-step
 selection keeps the layout, as a pair and its reverse have bitwise the same distance.
 Padding pairs point at atom index ``N`` (a padding atom that the graph appends).
 """
@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from so3krates.model.pairs import reverse_pair_order_by_shifts
+from so3krates.neighbours.pairs import reverse_pair_order_by_shifts
 from so3krates.neighbours import neighbour_list
 
 ROW_BLOCK = 128  # centres per block of the all-pairs search (bounds its temporary memory)
