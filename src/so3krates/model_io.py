@@ -191,6 +191,25 @@ class Model:
         fn = self._predict.get((pair_halves, stress, False))
         return 0 if fn is None else fn._cache_size()
 
+    def hessian(self, atoms) -> np.ndarray:
+        """d²E/dR dR (N, 3, N, 3) in eV/Å² of an ``ase.Atoms`` (normal modes, phonons),
+        differentiated in forward over reverse mode through :meth:`exact_module`."""
+        from so3krates.batching import single_graph
+        from so3krates.potential import hessian, make_atomic_energy_fn
+
+        self.check_elements(atoms.numbers)
+        graph, _ = single_graph(atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc,
+                                self.cutoff, dtype=np.dtype(self.dtype))
+        atomic = make_atomic_energy_fn(self.exact_module(), self._refs)
+        n = len(atoms)
+
+        def energy(positions, cell, graph):
+            del cell  # the graph holds it
+            return atomic(self.params, graph._replace(positions=graph.positions.at[:n].set(positions)))
+
+        h = jit(hessian(energy))(graph.positions[:n], graph.cells[0], graph)
+        return np.asarray(h, dtype=np.float64)
+
     def check_elements(self, numbers: np.ndarray) -> None:
         """Raise ``ValueError`` naming any element the model was not trained on."""
         unknown = sorted(set(np.unique(numbers).tolist()) - set(self.reference_energies))

@@ -124,6 +124,14 @@ def derive(energy_fn: Callable, virial: bool = False) -> Callable[..., Derived]:
     return fn
 
 
+def hessian(energy_fn: Callable) -> Callable:
+    """``fn(positions, cell, *args) -> (N, 3, N, 3)`` second derivatives d²E/dR dR in eV/Å² of
+    ``energy_fn(positions, cell, *args)`` (total or per-atom energies), forward over reverse
+    mode: the energy function must support ``jax.jvp`` (for a trained model, its
+    ``exact_module``)."""
+    return jax.hessian(lambda positions, cell, *args: jnp.sum(energy_fn(positions, cell, *args)))
+
+
 def make_atomic_energy_fn(
     model, reference_energies: np.ndarray, pair_halves: bool = False
 ) -> Callable[..., jnp.ndarray]:
@@ -170,12 +178,19 @@ def make_energy_fn(model, reference_energies: np.ndarray, pair_halves: bool = Fa
 
 def make_predict_fn(model, reference_energies: np.ndarray, pair_halves: bool = False,
                     stress: bool = False, atomic_stresses: bool = False):
-    """``predict(params, graph) -> Prediction``: forces = -dE/dR in one backward pass; with
-    ``stress`` the strain derivative in the same pass; with ``atomic_stresses`` per-atom
-    stresses (and the stress, their sum) from the pair-vector gradient. What is not
-    requested is not computed (each choice is its own compiled function).
-    ``pair_halves``: see :func:`make_atomic_energy_fn`."""
-    atomic_energy_fn = make_atomic_energy_fn(model, reference_energies, pair_halves)
+    """:func:`predict_fn` of a network (``pair_halves``: see :func:`make_atomic_energy_fn`)."""
+    return predict_fn(make_atomic_energy_fn(model, reference_energies, pair_halves), stress,
+                      atomic_stresses)
+
+
+def predict_fn(atomic_energy_fn: Callable, stress: bool = False, atomic_stresses: bool = False):
+    """``predict(params, graph) -> Prediction`` of any ``atomic_energy_fn(params, graph,
+    vectors=None) -> (N,)`` (per-atom energies, padding atoms zero; ``vectors`` the pair
+    vectors to use instead of :func:`pair_vectors`): forces = -dE/dR in one backward pass;
+    with ``stress`` the strain derivative in the same pass; with ``atomic_stresses`` per-atom
+    stresses (and the stress, their sum) from the pair-vector gradient, for energies that
+    depend on the positions through the pair vectors only. What is not requested is not
+    computed (each choice is its own compiled function)."""
     if atomic_stresses:
         return _pair_virial_predict_fn(atomic_energy_fn)
 
