@@ -235,7 +235,7 @@ def evaluate_test(model, path: Path, n_test: int | None) -> dict[str, float]:
     if n_test is not None:
         data = data.subset(np.arange(min(n_test, len(data))))
     log(f"evaluating on {len(data)} test configurations from {path}")
-    metrics, _, _ = evaluate_model(model, data)
+    metrics, *_ = evaluate_model(model, data)
     return metrics
 
 

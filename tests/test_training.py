@@ -88,8 +88,8 @@ def test_nan_predictions_are_not_skipped_like_nan_labels():
                    pbc=np.zeros((2, 3), bool), energy=np.array([1.0, np.nan]), forces=forces)
     data.forces[1][0, 0] = np.nan  # a missing label: left out
     pred_f = [np.full((2, 3), 0.5), np.ones((3, 3))]
-    de, df = label_errors(data, np.array([1.5, 7.0]), pred_f)
-    assert de.tolist() == [0.5] and df.size == 14 and np.isfinite(df).all()
+    de, df, ds = label_errors(data, np.array([1.5, 7.0]), pred_f)
+    assert de.tolist() == [0.5] and df.size == 14 and np.isfinite(df).all() and ds.size == 0
     m = error_metrics(data, np.array([1.5, 7.0]), pred_f)
     assert m["forces_mae"] == 6 * 0.5 / 14 and m["energy_mae"] == 0.5
     assert m["forces_max_error"] == 0.5 and m["energy_max_error"] == 0.5

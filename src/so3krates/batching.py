@@ -53,12 +53,16 @@ class Labels(NamedTuple):
         forces: forces in eV/Å, (N, 3).
         energy_mask: (S,) bool.
         forces_mask: (N, 3) bool.
+        stress: stress in eV/Å³, (S, 3, 3), or None for datasets without stress.
+        stress_mask: (S, 3, 3) bool (False for structures without a stress label), or None.
     """
 
     energy: np.ndarray
     forces: np.ndarray
     energy_mask: np.ndarray
     forces_mask: np.ndarray
+    stress: np.ndarray | None = None
+    stress_mask: np.ndarray | None = None
 
 
 class Capacity(NamedTuple):
@@ -196,9 +200,11 @@ def _halves_layout(neighbour_lists, halves, capacity: int) -> tuple[np.ndarray, 
 
 
 def pack_labels(
-    energy: np.ndarray, forces: Sequence[np.ndarray], capacity: Capacity
+    energy: np.ndarray, forces: Sequence[np.ndarray], capacity: Capacity,
+    stress: np.ndarray | None = None,
 ) -> Labels:
-    """Padded labels matching :func:`pack`; NaN labels and padding are masked."""
+    """Padded labels matching :func:`pack`; NaN labels and padding are masked. ``stress``:
+    (S, 3, 3) eV/Å³, NaN for structures without one (None: no stress labels at all)."""
     n_struct = len(energy)
     e = np.zeros(capacity.structures, dtype=np.float64)
     e[:n_struct] = energy
@@ -209,11 +215,19 @@ def pack_labels(
     e_mask = np.isfinite(e) & (np.arange(capacity.structures) < n_struct)
     f_mask = np.isfinite(f)
     f_mask[sum(len(x) for x in forces):] = False
+    s = s_mask = None
+    if stress is not None:
+        s = np.zeros((capacity.structures, 3, 3), dtype=np.float64)
+        s[:n_struct] = stress
+        s_mask = np.isfinite(s)
+        s = np.where(s_mask, s, 0.0)
     return Labels(
         energy=np.where(e_mask, e, 0.0),
         forces=np.where(f_mask, f, 0.0),
         energy_mask=e_mask,
         forces_mask=f_mask,
+        stress=s,
+        stress_mask=s_mask,
     )
 
 
@@ -310,7 +324,9 @@ class GraphDataset:
             self.dtype,
             halves=None if self._halves is None else [self._halves[k] for k in indices],
         )
-        labels = pack_labels(d.energy[np.asarray(indices, dtype=np.int64)], [d.forces[k] for k in indices], cap)
+        idx = np.asarray(indices, dtype=np.int64)
+        labels = pack_labels(d.energy[idx], [d.forces[k] for k in indices], cap,
+                             None if d.stress is None else d.stress[idx])
         return graph, labels
 
     def batches(self, order: Sequence[int] | None = None, start: int = 0,

@@ -77,9 +77,11 @@ def print_metrics(metrics: dict, title: str) -> None:
         ("energy_mae", "meV", 1e3), ("energy_rmse", "meV", 1e3),
         ("energy_mae_per_atom", "meV/atom", 1e3), ("forces_mae", "meV/Å", 1e3),
         ("forces_rmse", "meV/Å", 1e3), ("energy_max_error", "meV", 1e3),
-        ("forces_max_error", "meV/Å", 1e3),
+        ("forces_max_error", "meV/Å", 1e3), ("stress_mae_GPa", "GPa", 1.0),
+        ("stress_rmse_GPa", "GPa", 1.0), ("stress_mae", "meV/Å³", 1e3),
     ):
-        table.add_row(f"{key} ({unit})", f"{metrics[key] * scale:.3f}")
+        if key in metrics:
+            table.add_row(f"{key} ({unit})", f"{metrics[key] * scale:.3f}")
     table.add_row("n_structures", str(metrics["n_structures"]))
     console.print(table)
 
@@ -114,7 +116,7 @@ def evaluate_dir(model_dir: str, data_path: str | None, split: str, overrides: l
         else:
             console.print(f"[yellow]no split in {model_dir}; evaluating all structures[/yellow]")
             label = "all"
-    metrics, energy, forces = evaluate_model(model, data, batch_size)
+    metrics, energy, forces, stress = evaluate_model(model, data, batch_size)
     metrics = {"model": str(model_dir_p), "data": str(config.data.path), "split": label, **metrics}
     print_metrics(metrics, f"{model_dir} on {config.data.path} ({label})")
     json_path = Path(json_out) if json_out else model_dir_p / f"evaluation_{label}.json"
@@ -122,7 +124,7 @@ def evaluate_dir(model_dir: str, data_path: str | None, split: str, overrides: l
     json_path.write_text(json.dumps(metrics, indent=2))
     png = json_path.with_suffix(".png")
     plot_parity(data.energy, energy, np.concatenate(data.forces), np.concatenate(forces), png,
-                title=f"{label} set")
+                title=f"{label} set", stress_ref=data.stress, stress_pred=stress)
     console.print(f"metrics: {json_path}\nparity plot: {png}")
     return metrics
 

@@ -66,6 +66,10 @@ class DataConfig(_Strict):
     format: str | None = None
     energy_key: str = "energy"
     forces_key: str = "forces"
+    stress_key: str = Field("stress", description="optional stress label (ASE's sign, energy "
+                            "per volume; 6 Voigt or 9 numbers)")
+    virial_key: str = Field("virial", description="optional virial label (3x3, energy), "
+                            "used where a structure has no stress")
     energy_unit: str = "eV"
     length_unit: str = "Angstrom"
     nan_labels: Literal["error", "mask"] = "error"
@@ -76,6 +80,11 @@ class DataConfig(_Strict):
     shuffle_split: bool = True
 
 
+# Stress errors in eV/Å³ are ~100x smaller than force errors in eV/Å (1 GPa = 0.0062 eV/Å³):
+# this weight gives the stress term a share of the loss comparable to the forces'.
+DEFAULT_STRESS_WEIGHT = 100.0
+
+
 class TrainingConfig(_Strict):
     """Optimisation, validation, checkpoints and budgets."""
 
@@ -83,6 +92,9 @@ class TrainingConfig(_Strict):
     batch_size: int = Field(5, gt=0)
     energy_weight: float = Field(0.01, ge=0)
     forces_weight: float = Field(0.99, ge=0)
+    stress_weight: float | None = Field(
+        None, ge=0, description="weight of the stress term (errors in eV/Å³); None: "
+        "100 when the training data has stress labels, else off")
     loss: Literal["mse", "huber"] = "mse"
     huber_delta: float = Field(
         0.01, gt=0, description="loss 'huber': errors beyond it (eV per structure, eV/Å per "

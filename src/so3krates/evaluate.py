@@ -1,4 +1,4 @@
-"""Honest evaluation: energy and force errors per structure, per atom and per component."""
+"""Honest evaluation: energy, force and stress errors per structure, per atom and per component."""
 
 from __future__ import annotations
 
@@ -9,12 +9,15 @@ import numpy as np
 from so3krates.batching import GraphDataset
 from so3krates.data import Dataset
 
+EV_PER_A3_IN_GPA = 160.21766208  # 1 eV/Å³ in GPa
+
 
 def predict_dataset(
     predict_fn: Callable, params, graphs: GraphDataset
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Energies (S,) and per-structure forces of every structure of ``graphs``, in order."""
-    energies, forces = [], []
+) -> tuple[np.ndarray, list[np.ndarray], np.ndarray | None]:
+    """Energies (S,), per-structure forces and stresses (S, 3, 3) (None if ``predict_fn``
+    computes no stress) of every structure of ``graphs``, in order."""
+    energies, forces, stresses = [], [], []
     for graph, _ in graphs.batches():
         pred = predict_fn(params, graph)
         n_struct = int(graph.structure_mask.sum())
@@ -23,35 +26,45 @@ def predict_dataset(
         counts = np.bincount(np.asarray(graph.structure)[graph.atom_mask], minlength=n_struct)
         energies.append(e)
         forces.extend(np.split(f[: counts.sum()], np.cumsum(counts)[:-1]))
-    return np.concatenate(energies), forces
+        if pred.stress is not None:
+            stresses.append(np.asarray(pred.stress, dtype=np.float64)[:n_struct])
+    return np.concatenate(energies), forces, np.concatenate(stresses) if stresses else None
 
 
 def label_errors(
-    data: Dataset, energy: np.ndarray, forces: list[np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Prediction minus label of energies (eV) and force components (eV/Å), flat, leaving out
-    NaN labels only: a NaN prediction stays NaN (and shows in every metric)."""
+    data: Dataset, energy: np.ndarray, forces: list[np.ndarray], stress: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Prediction minus label of energies (eV), force components (eV/Å) and stress components
+    (eV/Å³; empty without predicted or labelled stress), flat, leaving out NaN labels only: a
+    NaN prediction stays NaN (and shows in every metric)."""
     e_ok = np.isfinite(data.energy)
     de = (energy - data.energy)[e_ok]
     ref = np.concatenate([r.ravel() for r in data.forces])
     df = np.concatenate([(p - r).ravel() for p, r in zip(forces, data.forces)])
-    return de, df[np.isfinite(ref)]
+    ds = np.zeros(0)
+    if stress is not None and data.stress is not None:
+        ok = np.isfinite(data.stress)
+        ds = (stress - data.stress)[ok]
+    return de, df[np.isfinite(ref)], ds
 
 
 def error_metrics(
-    data: Dataset, energy: np.ndarray, forces: list[np.ndarray]
+    data: Dataset, energy: np.ndarray, forces: list[np.ndarray], stress: np.ndarray | None = None
 ) -> dict[str, float]:
-    """MAE/RMSE and largest absolute errors of energies (eV; MAE/RMSE also per atom) and force
-    components (eV/Å); NaN labels skipped."""
-    return metrics_of_errors(data, *label_errors(data, energy, forces))
+    """MAE/RMSE and largest absolute errors of energies (eV; MAE/RMSE also per atom), force
+    components (eV/Å) and, where labelled, stress components (eV/Å³); NaN labels skipped."""
+    return metrics_of_errors(data, *label_errors(data, energy, forces, stress))
 
 
-def metrics_of_errors(data: Dataset, de: np.ndarray, df: np.ndarray) -> dict[str, float]:
-    """:func:`error_metrics` of the errors ``de``, ``df`` that :func:`label_errors` gives."""
+def metrics_of_errors(data: Dataset, de: np.ndarray, df: np.ndarray,
+                      ds: np.ndarray | None = None) -> dict[str, float]:
+    """:func:`error_metrics` of the errors ``de``, ``df``, ``ds`` that :func:`label_errors`
+    gives. Stress metrics (``stress_mae``, ``stress_rmse`` in eV/Å³, ``stress_mae_GPa``,
+    ``stress_rmse_GPa``, ``n_stress_labels``) appear when there are stress errors."""
     n_atoms = data.n_atoms
     n_ok = n_atoms[np.isfinite(data.energy)]  # atoms of the structures with energy labels
     nan = float("nan")
-    return {
+    metrics = {
         "n_structures": int(len(data)),
         "n_atoms_total": int(n_atoms.sum()),
         "energy_mae": float(np.mean(np.abs(de))) if de.size else nan,
@@ -65,16 +78,25 @@ def metrics_of_errors(data: Dataset, de: np.ndarray, df: np.ndarray) -> dict[str
         "energy_max_error": float(np.max(np.abs(de))) if de.size else nan,
         "forces_max_error": float(np.max(np.abs(df))) if df.size else nan,
     }
+    if ds is not None and ds.size:
+        mae, rmse = float(np.mean(np.abs(ds))), float(np.sqrt(np.mean(ds**2)))
+        metrics.update(stress_mae=mae, stress_rmse=rmse, stress_mae_GPa=mae * EV_PER_A3_IN_GPA,
+                       stress_rmse_GPa=rmse * EV_PER_A3_IN_GPA,
+                       stress_max_error=float(np.max(np.abs(ds))), n_stress_labels=int(ds.size // 9))
+    return metrics
 
 
-def evaluate_model(model, data: Dataset, batch_size: int = 16) -> tuple[dict, np.ndarray, list[np.ndarray]]:
-    """Metrics, predicted energies and forces of a loaded model on ``data``.
+def evaluate_model(
+    model, data: Dataset, batch_size: int = 16
+) -> tuple[dict, np.ndarray, list[np.ndarray], np.ndarray | None]:
+    """Metrics, predicted energies, forces and (for data with stress labels) stresses of a
+    loaded model on ``data``.
 
     Raises ``ValueError`` if ``data`` contains elements the model never saw.
     """
     for zs in data.numbers:
         model.check_elements(zs)
     graphs = GraphDataset(data, model.cutoff, batch_size, n_buckets=2, dtype=np.dtype(model.dtype))
-    predict_fn = model.predict_halves_fn if graphs.pair_halves else model.predict_fn
-    energy, forces = predict_dataset(predict_fn, model.inference_params, graphs)
-    return error_metrics(data, energy, forces), energy, forces
+    predict_fn = model.predict_function(graphs.pair_halves, stress=data.has_stress)
+    energy, forces, stress = predict_dataset(predict_fn, model.inference_params, graphs)
+    return error_metrics(data, energy, forces, stress), energy, forces, stress

@@ -99,7 +99,8 @@ def save_model(
         # repr-exact floats: YAML round-trips Python floats without loss.
         "reference_energies_eV": {int(z): float(e) for z, e in sorted(reference_energies.items())},
         "energy_scale": float(energy_scale),
-        "units": {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom"},
+        "units": {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom",
+                  "stress": "eV/Angstrom^3"},
     }
     if extra:
         meta.update(extra)

@@ -27,6 +27,8 @@ class Dataset:
         energy: total energies in eV, shape (S,), float64; NaN where a label is missing.
         forces: per structure, forces in eV/Å, shape (n_i, 3); NaN where missing.
         source: where the data came from (for messages).
+        stress: stress in eV/Å³ (ASE's sign: tension positive), shape (S, 3, 3), NaN where a
+            structure has none (molecules); None if no structure has one.
     """
 
     numbers: list[np.ndarray]
@@ -36,6 +38,7 @@ class Dataset:
     energy: np.ndarray
     forces: list[np.ndarray]
     source: str = "<memory>"
+    stress: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.numbers)
@@ -61,7 +64,13 @@ class Dataset:
             energy=self.energy[idx],
             forces=[self.forces[k] for k in idx],
             source=self.source,
+            stress=None if self.stress is None else self.stress[idx],
         )
+
+    @property
+    def has_stress(self) -> bool:
+        """True if some structure has a stress label."""
+        return self.stress is not None and bool(np.isfinite(self.stress).all(axis=(1, 2)).any())
 
     def to_atoms(self, k: int):
         """Structure ``k`` as an ``ase.Atoms`` (no labels attached)."""
@@ -123,6 +132,8 @@ def validate(
             f"{where}: {data.energy.shape[0] if data.energy.ndim else 0} energies "
             f"for {len(data)} structures"
         )
+    if data.stress is not None:
+        _check_stress(data)
     bad = ~np.isfinite(data.energy)
     if nan_labels == "error" and bad.any():
         k = int(np.flatnonzero(bad)[0])
@@ -139,6 +150,26 @@ def validate(
                 raise DataError(f"{where}: structure {k} is periodic but its cell has no volume")
     _check_overlaps(data, min_distance)
     return data
+
+
+def _check_stress(data: Dataset) -> None:
+    """Stress labels: (S, 3, 3), symmetric, NaN only as a whole (no label), only for cells
+    with a volume."""
+    s = data.stress
+    if s.shape != (len(data), 3, 3):
+        raise DataError(f"{data.source}: stress has shape {s.shape}, expected ({len(data)}, 3, 3)")
+    finite = np.isfinite(s)
+    for k in np.flatnonzero(finite.any(axis=(1, 2)) & ~finite.all(axis=(1, 2))):
+        raise DataError(f"{data.source}: structure {k}: stress is partly NaN or inf: {s[k].tolist()}")
+    labelled = finite.all(axis=(1, 2))
+    for k in np.flatnonzero(labelled & ~data.pbc.all(axis=1)):
+        raise DataError(f"{data.source}: structure {k} has a stress label but is not periodic in "
+                        f"all three directions (pbc={data.pbc[k].tolist()}): a stress needs a volume")
+    asym = np.abs(s - np.swapaxes(s, 1, 2)).max(axis=(1, 2), initial=0.0, where=labelled[:, None, None])
+    scale = np.abs(s).max(axis=(1, 2), initial=0.0, where=labelled[:, None, None])
+    for k in np.flatnonzero(labelled & (asym > 1e-6 * np.maximum(scale, 1e-12) + 1e-10)):
+        raise DataError(f"{data.source}: structure {k}: the stress is not symmetric "
+                        f"({s[k].tolist()}); is it a 3x3 in another layout?")
 
 
 def _check_overlaps(data: Dataset, min_distance: float) -> None:

@@ -22,12 +22,14 @@ def read_dataset(
     *,
     energy_key: str = "energy",
     forces_key: str = "forces",
+    stress_key: str = "stress",
+    virial_key: str = "virial",
     energy_unit: str = "eV",
     length_unit: str = "Angstrom",
     nan_labels: str = "error",
     format: str | None = None,
 ) -> Dataset:
-    """Read labelled structures from ``path`` and convert them to eV, Å, eV/Å.
+    """Read labelled structures from ``path`` and convert them to eV, Å, eV/Å, eV/Å³.
 
     Args:
         path: an ``.npz`` file (sGDML keys ``R, z, E, F`` or mlff keys ``positions,
@@ -35,6 +37,12 @@ def read_dataset(
         energy_key: name of the energy label (ASE formats: an ``info`` key, or ``energy`` for
             calculator results; npz: overrides the default key).
         forces_key: name of the forces label (ASE: an ``arrays`` key or ``forces``).
+        stress_key: name of the optional stress label (ASE's sign, tension positive; energy
+            per volume): an ``info`` key or calculator result with 6 (Voigt: xx yy zz yz xz
+            xy), 9 or 3x3 numbers; npz: a (S, 3, 3) or (S, 6) array. Structures without it
+            (molecules) get none.
+        virial_key: name of an optional virial label (3x3, extensive, energy; the virial
+            ``W = -stress * volume``), used where a structure has no stress label.
         energy_unit: unit the energies are stored in (see ``so3krates.units``).
         length_unit: unit the positions are stored in; forces are in energy/length.
         nan_labels: ``"error"`` or ``"mask"`` (see :func:`validate`).
@@ -51,9 +59,9 @@ def read_dataset(
     e_fac = energy_factor(energy_unit)
     l_fac = length_factor(length_unit)
     if format == "npz" or (format is None and path.suffix == ".npz"):
-        data = _read_npz(path, energy_key, forces_key)
+        data = _read_npz(path, energy_key, forces_key, stress_key)
     else:
-        data = _read_ase(path, energy_key, forces_key, format)
+        data = _read_ase(path, energy_key, forces_key, stress_key, virial_key, format)
     data = Dataset(
         numbers=data.numbers,
         positions=[r * l_fac for r in data.positions],
@@ -62,8 +70,22 @@ def read_dataset(
         energy=data.energy * e_fac,
         forces=[f * (e_fac / l_fac) for f in data.forces],
         source=str(path),
+        stress=None if data.stress is None else data.stress * (e_fac / l_fac**3),
     )
     return validate(data, nan_labels=nan_labels)
+
+
+def stress_matrix(value, where: str) -> np.ndarray:
+    """A stress label as a 3x3 matrix: from 6 Voigt numbers (ASE's order xx yy zz yz xz xy),
+    9 numbers (row-major) or a 3x3 array."""
+    from ase.stress import voigt_6_to_full_3x3_stress
+
+    s = np.asarray(value, dtype=np.float64)
+    if s.size == 6:
+        return voigt_6_to_full_3x3_stress(s.reshape(6))
+    if s.size == 9:
+        return s.reshape(3, 3)
+    raise DataError(f"{where}: a stress label needs 6 (Voigt) or 9 numbers, got shape {s.shape}")
 
 
 def _require(npz, keys: tuple[str, ...], path: Path, layout: str) -> None:
@@ -75,7 +97,7 @@ def _require(npz, keys: tuple[str, ...], path: Path, layout: str) -> None:
         )
 
 
-def _read_npz(path: Path, energy_key: str, forces_key: str) -> Dataset:
+def _read_npz(path: Path, energy_key: str, forces_key: str, stress_key: str) -> Dataset:
     try:
         npz = np.load(path, allow_pickle=False)
     except Exception as err:  # numpy raises several types for corrupt files
@@ -95,6 +117,7 @@ def _read_npz(path: Path, energy_key: str, forces_key: str) -> Dataset:
             if numbers.shape != (n_atoms,):
                 raise DataError(f"{path}: z has shape {numbers.shape}, expected ({n_atoms},)")
             numbers = np.broadcast_to(numbers, (n_struct, n_atoms))
+            cells, pbc = np.zeros((n_struct, 3, 3)), np.zeros((n_struct, 3), dtype=bool)
         else:
             _require(npz, ("positions", "atomic_numbers", energy_key, forces_key), path,
                      "mlff (positions, atomic_numbers, energy, forces)")
@@ -114,6 +137,15 @@ def _read_npz(path: Path, energy_key: str, forces_key: str) -> Dataset:
                     f"{path}: atomic_numbers have shape {numbers.shape}, "
                     f"expected ({n_struct}, {n_atoms}) or ({n_atoms},)"
                 )
+            cells, pbc = _npz_cells(npz, path, n_struct)
+        stress = None
+        if stress_key in npz.files:
+            raw = np.asarray(npz[stress_key], dtype=np.float64)
+            if raw.shape[:1] != (n_struct,):
+                raise DataError(f"{path}: {stress_key} has shape {raw.shape}, expected "
+                                f"({n_struct}, 3, 3) or ({n_struct}, 6)")
+            stress = np.stack([stress_matrix(s, f"{path}: structure {k}")
+                               for k, s in enumerate(raw)])
     if energy.size != n_struct:
         raise DataError(f"{path}: {energy.size} energies for {n_struct} structures")
     if forces.shape != positions.shape:
@@ -125,12 +157,30 @@ def _read_npz(path: Path, energy_key: str, forces_key: str) -> Dataset:
     return Dataset(
         numbers=[numbers[k][m].copy() for k, m in enumerate(keep)],
         positions=[positions[k][m] for k, m in enumerate(keep)],
-        cells=np.zeros((n_struct, 3, 3)),
-        pbc=np.zeros((n_struct, 3), dtype=bool),
+        cells=cells,
+        pbc=pbc,
         energy=energy.reshape(n_struct),
         forces=[forces[k][m] for k, m in enumerate(keep)],
         source=str(path),
+        stress=stress,
     )
+
+
+def _npz_cells(npz, path: Path, n_struct: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cells and pbc of the mlff layout: keys ``cell`` ((S, 3, 3) or (3, 3)) and ``pbc``
+    ((S, 3) or (3,); default: periodic where a cell is given), or molecules."""
+    if "cell" not in npz.files:
+        return np.zeros((n_struct, 3, 3)), np.zeros((n_struct, 3), dtype=bool)
+    cells = np.asarray(npz["cell"], dtype=np.float64)
+    if cells.shape == (3, 3):
+        cells = np.broadcast_to(cells, (n_struct, 3, 3)).copy()
+    if cells.shape != (n_struct, 3, 3):
+        raise DataError(f"{path}: cell has shape {cells.shape}, expected ({n_struct}, 3, 3)")
+    pbc = np.asarray(npz["pbc"], dtype=bool) if "pbc" in npz.files else np.ones(3, dtype=bool)
+    pbc = np.broadcast_to(pbc, (n_struct, 3)).copy() if pbc.shape == (3,) else pbc
+    if pbc.shape != (n_struct, 3):
+        raise DataError(f"{path}: pbc has shape {pbc.shape}, expected ({n_struct}, 3) or (3,)")
+    return cells, pbc
 
 
 def _label(atoms, key: str, kind: str, k: int, path: Path):
@@ -150,7 +200,24 @@ def _label(atoms, key: str, kind: str, k: int, path: Path):
     )
 
 
-def _read_ase(path: Path, energy_key: str, forces_key: str, format: str | None) -> Dataset:
+def _stress_label(atoms, stress_key: str, virial_key: str, k: int, path: Path) -> np.ndarray:
+    """Structure ``k``'s stress (3, 3) from info, calculator results or a virial; NaN if none."""
+    where = f"{path}: structure {k}"
+    results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
+    for store in (atoms.info, results):
+        if stress_key in store:
+            return stress_matrix(store[stress_key], where)
+    for store in (atoms.info, results):
+        if virial_key in store:
+            volume = abs(atoms.get_volume()) if atoms.pbc.all() else 0.0
+            if not volume > 0:
+                raise DataError(f"{where}: a virial label needs a periodic cell with a volume")
+            return -stress_matrix(store[virial_key], where) / volume
+    return np.full((3, 3), np.nan)
+
+
+def _read_ase(path: Path, energy_key: str, forces_key: str, stress_key: str, virial_key: str,
+              format: str | None) -> Dataset:
     import ase.io
 
     try:
@@ -163,8 +230,9 @@ def _read_ase(path: Path, energy_key: str, forces_key: str, format: str | None) 
         frames = [frames]
     if len(frames) == 0:
         raise DataError(f"{path}: no structures found (empty file?)")
-    energies, forces = [], []
+    energies, forces, stresses = [], [], []
     for k, atoms in enumerate(frames):
+        stresses.append(_stress_label(atoms, stress_key, virial_key, k, path))
         e = _label(atoms, energy_key, "energy", k, path)
         try:
             energies.append(float(np.asarray(e, dtype=np.float64).reshape(())))
@@ -180,4 +248,5 @@ def _read_ase(path: Path, energy_key: str, forces_key: str, format: str | None) 
         energy=np.asarray(energies, dtype=np.float64),
         forces=forces,
         source=str(path),
+        stress=np.stack(stresses) if np.isfinite(stresses).any() else None,
     )

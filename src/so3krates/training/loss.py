@@ -1,4 +1,5 @@
-"""Weighted energy and force losses (mean squared error or Huber), with NaN/padding masks."""
+"""Weighted energy, force and stress losses (mean squared error or Huber), with NaN/padding
+masks."""
 
 from __future__ import annotations
 
@@ -6,8 +7,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from so3krates.batching import Labels
-from so3krates.config import TrainingConfig
+from so3krates.config import DEFAULT_STRESS_WEIGHT, TrainingConfig
+from so3krates.data import Dataset
 from so3krates.potential import Prediction
+
+
+def with_stress_weight(cfg: TrainingConfig, data: Dataset) -> TrainingConfig:
+    """``cfg`` with its stress weight resolved for ``data``: the configured one (None:
+    :data:`~so3krates.config.DEFAULT_STRESS_WEIGHT`) if some structure has a stress label,
+    else 0 (no stress computed)."""
+    if not data.has_stress:
+        return cfg.model_copy(update={"stress_weight": 0.0})
+    weight = DEFAULT_STRESS_WEIGHT if cfg.stress_weight is None else cfg.stress_weight
+    return cfg.model_copy(update={"stress_weight": weight})
 
 
 def huber_delta(cfg: TrainingConfig) -> float | None:
@@ -39,12 +51,21 @@ def weighted_loss(
     energy_weight: float,
     forces_weight: float,
     huber_delta: float | None = None,
+    stress_errors: jnp.ndarray | None = None,
+    stress_mask: jnp.ndarray | None = None,
+    stress_weight: float = 0.0,
 ) -> tuple[jnp.ndarray, dict]:
-    """``w_E * L(E per structure) + w_F * L(F per component)`` of errors (eV, eV/Å) over their
-    masks, L the mean squared error (eV^2, (eV/Å)^2) or, with ``huber_delta``, :func:`huber`."""
+    """``w_E * L(E per structure) + w_F * L(F per component) [+ w_S * L(stress component)]`` of
+    errors (eV, eV/Å, eV/Å³) over their masks, L the mean squared error or, with
+    ``huber_delta``, :func:`huber`. The stress term is left out without stress errors or
+    weight (structures without a stress label are masked out of it)."""
     e = masked_mean_loss(energy_errors, energy_mask, huber_delta)
     f = masked_mean_loss(force_errors, forces_mask, huber_delta)
-    return energy_weight * e + forces_weight * f, {"energy_loss": e, "forces_loss": f}
+    loss, parts = energy_weight * e + forces_weight * f, {"energy_loss": e, "forces_loss": f}
+    if stress_errors is not None and stress_weight:
+        s = masked_mean_loss(stress_errors, stress_mask, huber_delta)
+        loss, parts["stress_loss"] = loss + stress_weight * s, s
+    return loss, parts
 
 
 def energy_forces_loss(
@@ -53,23 +74,31 @@ def energy_forces_loss(
     energy_weight: float,
     forces_weight: float,
     huber_delta: float | None = None,
+    stress_weight: float = 0.0,
 ) -> tuple[jnp.ndarray, dict]:
     """:func:`weighted_loss` of a batch's predictions against its labels (NaN and padding
-    labels masked)."""
+    labels masked); the stress term where both prediction and labels have stress."""
+    with_stress = pred.stress is not None and labels.stress is not None
     return weighted_loss(
         pred.energy - labels.energy, labels.energy_mask,
         pred.forces.astype(jnp.float64) - labels.forces, labels.forces_mask,
         energy_weight, forces_weight, huber_delta,
+        pred.stress - labels.stress if with_stress else None,
+        labels.stress_mask if with_stress else None, stress_weight,
     )
 
 
 def errors_loss(
-    energy_errors: np.ndarray, force_errors: np.ndarray, cfg: TrainingConfig
+    energy_errors: np.ndarray, force_errors: np.ndarray, cfg: TrainingConfig,
+    stress_errors: np.ndarray | None = None,
 ) -> float:
     """The training loss of given errors: energies (S,) in eV, force components (any shape) in
-    eV/Å, those of NaN labels already left out; used for the validation loss. A NaN
-    prediction makes it NaN."""
+    eV/Å, stress components in eV/Å³, those of NaN labels already left out; used for the
+    validation loss. A NaN prediction makes it NaN."""
     de, df = (np.ravel(a) for a in (energy_errors, force_errors))
+    ds = None if stress_errors is None or not np.size(stress_errors) else np.ravel(stress_errors)
     loss, _ = weighted_loss(de, np.ones(de.shape, bool), df, np.ones(df.shape, bool),
-                            cfg.energy_weight, cfg.forces_weight, huber_delta(cfg))
+                            cfg.energy_weight, cfg.forces_weight, huber_delta(cfg),
+                            ds, None if ds is None else np.ones(ds.shape, bool),
+                            cfg.stress_weight or 0.0)
     return float(loss)

@@ -41,16 +41,25 @@ def plot_parity(
     forces_pred: np.ndarray,
     out_png: str | os.PathLike,
     title: str = "",
+    stress_ref: np.ndarray | None = None,
+    stress_pred: np.ndarray | None = None,
 ) -> Path:
-    """Predicted vs reference energies (eV, shifted by the mean reference) and force components."""
+    """Predicted vs reference energies (eV, shifted by the mean reference), force components
+    and, when both are given, stress components (shown in GPa)."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.4))
+    panels = [("energy − mean", "eV"), ("force components", "eV/Å")]
+    with_stress = stress_ref is not None and stress_pred is not None
+    if with_stress:
+        panels.append(("stress components", "GPa"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.75 * len(panels), 4.4))
     ok = np.isfinite(energy_ref)
     shift = float(np.mean(energy_ref[ok])) if ok.any() else 0.0
-    for ax, ref, pred, name, unit in (
-        (axes[0], energy_ref[ok] - shift, energy_pred[ok] - shift, "energy − mean", "eV"),
-        (axes[1], forces_ref.ravel(), forces_pred.ravel(), "force components", "eV/Å"),
-    ):
+    data = [(energy_ref[ok] - shift, energy_pred[ok] - shift),
+            (forces_ref.ravel(), forces_pred.ravel())]
+    if with_stress:
+        gpa = 160.21766208
+        data.append((np.ravel(stress_ref) * gpa, np.ravel(stress_pred) * gpa))
+    for ax, (ref, pred), (name, unit) in zip(axes, data, panels):
         good = np.isfinite(ref)
         ref, pred = ref[good], pred[good]
         if ref.size:
@@ -58,7 +67,8 @@ def plot_parity(
             ax.plot([lo, hi], [lo, hi], color="0.6", lw=1)
             ax.scatter(ref, pred, s=4, alpha=0.5)
             mae = np.mean(np.abs(pred - ref))
-            ax.set_title(f"{name}: MAE {mae * 1000:.2f} m{unit}")
+            ax.set_title(f"{name}: MAE {mae:.3f} {unit}" if unit == "GPa"
+                         else f"{name}: MAE {mae * 1000:.2f} m{unit}")
         ax.set_xlabel(f"reference / {unit}")
         ax.set_ylabel(f"predicted / {unit}")
         ax.grid(alpha=0.3)

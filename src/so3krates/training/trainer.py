@@ -33,7 +33,7 @@ from so3krates.potential import make_predict_fn
 from so3krates.training.checkpoint import load_checkpoint, save_checkpoint
 from so3krates.training.data_parallel import GradientExchange, run_data_parallel
 from so3krates.training.guard import DivergenceGuard
-from so3krates.training.loss import errors_loss
+from so3krates.training.loss import errors_loss, with_stress_weight
 from so3krates.training.optimizer import (
     budget_horizon,
     current_learning_rate,
@@ -60,6 +60,7 @@ LATEST = Path("checkpoints") / "latest.msgpack"
 METRIC_COLUMNS = [
     "step", "epoch", "elapsed_s", "learning_rate", "train_loss", "valid_loss",
     "valid_energy_mae", "valid_energy_rmse", "valid_forces_mae", "valid_forces_rmse",
+    "valid_stress_mae",
 ]
 # Fields that may change between a run and its resumption (budgets, not the optimisation).
 # The number of processes changes neither: they share each batch and average its gradient.
@@ -89,6 +90,8 @@ def load_training_data(config: Config) -> Dataset:
         d.path,
         energy_key=d.energy_key,
         forces_key=d.forces_key,
+        stress_key=d.stress_key,
+        virial_key=d.virial_key,
         energy_unit=d.energy_unit,
         length_unit=d.length_unit,
         nan_labels=d.nan_labels,
@@ -168,6 +171,7 @@ def train(
             save_split(output, split, len(data))
     train_set, valid_set = data.subset(split["train"]), data.subset(split["valid"])
 
+    tcfg = with_stress_weight(tcfg, train_set)
     refs = fit_reference_energies(train_set)
     scale = force_scale(train_set)
     module = build_module(mcfg, scale)
@@ -178,7 +182,8 @@ def train(
     # Batches in the halves layout (always, for full neighbour lists): the network then
     # neither reorders pairs nor compiles a fallback for lists without reverses.
     predict = make_predict_fn(module, reference_table(refs),
-                              pair_halves=train_graphs.pair_halves and valid_graphs.pair_halves)
+                              pair_halves=train_graphs.pair_halves and valid_graphs.pair_halves,
+                              stress=bool(tcfg.stress_weight))
     valid_predict = jit(predict)
 
     g0, _ = train_graphs.batch([0])
@@ -271,10 +276,10 @@ def train(
     def validate() -> dict:
         nonlocal opt_state, params, ema
         ema_params = unravel(ema)
-        e, f = predict_dataset(valid_predict, ema_params, valid_graphs)
-        de, df = label_errors(valid_set, e, f)
-        m = metrics_of_errors(valid_set, de, df)
-        vloss = errors_loss(de, df, tcfg)
+        e, f, s = predict_dataset(valid_predict, ema_params, valid_graphs)
+        de, df, ds = label_errors(valid_set, e, f, s)
+        m = metrics_of_errors(valid_set, de, df, ds)
+        vloss = errors_loss(de, df, tcfg, ds)
         train_loss = host["loss_sum"] / host["loss_count"] if host["loss_count"] else None
         host["loss_sum"], host["loss_count"] = 0.0, 0
         shown_train_loss = float("nan") if train_loss is None else train_loss
@@ -315,6 +320,7 @@ def train(
             "valid_energy_rmse": m["energy_rmse"],
             "valid_forces_mae": m["forces_mae"],
             "valid_forces_rmse": m["forces_rmse"],
+            "valid_stress_mae": m.get("stress_mae", float("nan")),
         }
         if root:
             _append_metrics(output / METRICS_FILE, row)
@@ -394,6 +400,8 @@ def _model_extra(config: Config, step: int, metrics: dict) -> dict:
             "step": int(step),
             "valid_energy_mae_eV": metrics["energy_mae"],
             "valid_forces_mae_eV_per_A": metrics["forces_mae"],
+            **({"valid_stress_mae_eV_per_A3": metrics["stress_mae"]}
+               if "stress_mae" in metrics else {}),
         }
     }
 
@@ -456,6 +464,7 @@ def _finish_plots(output: Path, valid_set: Dataset, valid_graphs: GraphDataset, 
     if (output / METRICS_FILE).exists():
         plot_learning_curves(output / METRICS_FILE, plots / "learning_curves.png")
     model = load_model(output, radial_knots=0)  # ``predict`` runs the network itself
-    e, f = predict_dataset(predict, model.params, valid_graphs)
+    e, f, s = predict_dataset(predict, model.params, valid_graphs)
     plot_parity(valid_set.energy, e, np.concatenate(valid_set.forces), np.concatenate(f),
-                plots / "parity_valid.png", title="validation set (best EMA weights)")
+                plots / "parity_valid.png", title="validation set (best EMA weights)",
+                stress_ref=valid_set.stress, stress_pred=s)
