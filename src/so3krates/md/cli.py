@@ -64,11 +64,16 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("md", help="molecular dynamics with a trained model (compiled JAX engine)")
     _add_run_args(p, temperature=300.0)
     p.add_argument("--ensemble", default="nvt",
-                   choices=["nve", "nvt", "langevin", "nose-hoover", "nhc"],
-                   help="nvt = Langevin (BAOAB); nose-hoover = Nosé–Hoover chain")
+                   choices=["nve", "nvt", "langevin", "nose-hoover", "nhc", "npt"],
+                   help="nvt = Langevin (BAOAB); nose-hoover = Nosé–Hoover chain; npt = "
+                        "Martyna–Tobias–Klein barostat with Nosé–Hoover chains")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs")
     p.add_argument("--tau", type=float, default=100.0, help="Nosé–Hoover coupling time, fs")
+    p.add_argument("--pressure", type=float, default=1.0, help="NPT pressure, bar (1 GPa = 10,000 bar)")
+    p.add_argument("--barostat-time", type=float, default=1000.0, help="NPT barostat time, fs")
+    p.add_argument("--isotropic", action="store_true",
+                   help="NPT: the volume fluctuates, the cell's shape stays (default: full cell)")
     p.add_argument("--stride", type=int, default=10, help="steps between saved frames")
     p.add_argument("--chunk", type=int, default=100, help="frames per compiled chunk")
     p.add_argument("--skin", type=float, default=1.0, help="neighbour-list skin, Å")
@@ -117,7 +122,8 @@ def cmd_md(args, console: Console) -> int:
         steps=args.steps, friction=args.friction, tau=args.tau, stride=args.stride,
         chunk_frames=args.chunk, skin=args.skin, seed=args.seed, dtype=args.dtype,
         monitor=not args.no_monitor, max_bond_deviation=args.max_bond_deviation,
-        max_force=args.max_force,
+        max_force=args.max_force, pressure=args.pressure, barostat_time=args.barostat_time,
+        isotropic=args.isotropic,
     )
     atoms = read_structures(args.structure, args.index)[0]
     result = run_md(args.model_dir, atoms, args.output, settings, restart=args.restart,

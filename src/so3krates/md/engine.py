@@ -25,8 +25,10 @@ from so3krates.md.integrators import (
     MDState,
     conserved_energy,
     init_state,
+    start_state,
     kinetic_energy,
     make_step_fn,
+    pressure_tensor,
 )
 from so3krates.md.stability import Bonds, StabilityCriteria, check_stability, find_bonds
 from so3krates.md.system import EnergyFn, System
@@ -44,6 +46,10 @@ class Frames(NamedTuple):
         potential_energy, kinetic_energy, conserved_energy: (F,) eV.
         temperature: (F,) K.
         stable: (F,) bool, False from the first unstable step on.
+        cell: (F, 3, 3) Å (changes in NPT).
+        volume: (F,) Å³ (0 for molecules).
+        pressure: (F,) bar, the instantaneous pressure (kinetic part included); NaN unless
+            the ensemble computes the virial (NPT).
     """
 
     step: np.ndarray
@@ -55,6 +61,9 @@ class Frames(NamedTuple):
     conserved_energy: np.ndarray
     temperature: np.ndarray
     stable: np.ndarray
+    cell: np.ndarray
+    volume: np.ndarray
+    pressure: np.ndarray
 
     def __len__(self) -> int:
         return len(self.step)
@@ -97,6 +106,12 @@ def make_chunk_fn(
         state = jax.lax.cond(unstable_at < 0, advance, lambda s: s, state)
         unstable_at = jnp.where((unstable_at < 0) & ~stable(state), (f + 1) * stride - 1, unstable_at)
         ke = kinetic_energy(state.velocities, masses)
+        volume = jnp.abs(jnp.linalg.det(state.cell))
+        if ensemble.kind == "npt":
+            pressure = jnp.trace(pressure_tensor(state.velocities, masses, state.virial,
+                                                 state.cell)) / 3.0 / units.bar
+        else:
+            pressure = jnp.asarray(jnp.nan)
         frame = dict(
             positions=state.positions,
             velocities=state.velocities * units.fs,
@@ -106,6 +121,9 @@ def make_chunk_fn(
             conserved_energy=conserved_energy(state, ensemble, system),
             temperature=2.0 * ke / (dof * units.kB),
             stable=unstable_at < 0,
+            cell=state.cell,
+            volume=volume,
+            pressure=pressure,
         )
         return (state, unstable_at), frame
 
@@ -179,29 +197,32 @@ class Simulation:
         )
         self.spec = spec or nl.allocate(positions, system.cell, system.pbc, cutoff, skin)
         # For the few evaluations outside the compiled chunks.
-        self._forces_fn = jax.jit(derive(energy_fn))
+        self._derived = jax.jit(derive(energy_fn, virial=ensemble.kind == "npt"))
         self.state = init_state(positions, system, energy_fn, self.spec, ensemble, seed, velocities)
         self.step = 0
         self._chunks: dict[int, Callable] = {}
 
-    def set_state(self, positions, velocities_fs, chain, key, step: int, cell=None) -> None:
+    def set_state(self, positions, velocities_fs, chain, key, step: int, cell=None,
+                  cell_momentum=None, barostat_chain=None) -> None:
         """Continue from saved arrays (restart); forces and neighbours are recomputed.
-        ``cell``: the saved cell (default: the system's)."""
+        ``cell``, ``cell_momentum``, ``barostat_chain``: the saved cell (default: the
+        system's) and NPT barostat variables (default zero)."""
         x = jnp.asarray(positions, jnp.float64)
         cell = jnp.asarray(self.system.cell if cell is None else cell, jnp.float64)
-        nbrs = nl.build(x, cell, self.spec)
-        out = self._forces_fn(x, cell, nbrs)
         v = jnp.asarray(velocities_fs, jnp.float64) / units.fs
-        self.state = MDState(x, v, out.forces, out.energy, cell, jnp.asarray(chain),
-                             jnp.asarray(key), nbrs)
+        self.state = start_state(x, v, cell, self.energy_fn, self.spec, self.ensemble,
+                                 jnp.asarray(key), chain, cell_momentum, barostat_chain)
         self.step = int(step)
 
-    def _rebuilt(self, state: MDState, reference) -> MDState:
-        """``state`` with its list rebuilt at ``reference`` under the current spec, and the
-        energy and forces recomputed (those of an overflowing list are wrong)."""
-        nbrs = nl.build(state.positions, state.cell, self.spec, jnp.asarray(reference))
-        out = self._forces_fn(state.positions, state.cell, nbrs)
-        return state._replace(neighbours=nbrs, energy=out.energy, forces=out.forces)
+    def _rebuilt(self, state: MDState, verlet: nl.VerletList) -> MDState:
+        """``state`` with its list rebuilt where ``verlet`` was built (its reference positions
+        and cell: the same rebuild schedule) under the current spec, and energy, forces and
+        virial recomputed (those of an overflowing list are wrong)."""
+        nbrs = nl.build(state.positions, state.cell, self.spec, verlet.reference,
+                        verlet.reference_cell)
+        out = self._derived(state.positions, state.cell, nbrs)
+        return state._replace(neighbours=nbrs, energy=out.energy, forces=out.forces,
+                              virial=state.virial if out.virial is None else out.virial)
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Host arrays that :meth:`set_state` takes back (for restart files)."""
@@ -210,6 +231,8 @@ class Simulation:
             positions=np.asarray(s.positions),
             velocities=np.asarray(s.velocities) * units.fs,
             cell=np.asarray(s.cell),
+            cell_momentum=np.asarray(s.cell_momentum),
+            barostat_chain=np.asarray(s.barostat_chain),
             chain=np.asarray(s.chain),
             key=np.asarray(s.key),
             step=np.asarray(self.step),
@@ -236,8 +259,9 @@ class Simulation:
             if not bool(state.neighbours.overflow):
                 break
             # Grow, rebuild at the last build's positions (same rebuild schedule), redo.
-            self.spec = nl.grow(self.spec, state.neighbours)
-            self.state = self._rebuilt(start, start.neighbours.verlet.reference)
+            self.spec = nl.grow(self.spec, state.neighbours, cell=np.asarray(state.cell),
+                                pbc=self.system.pbc)
+            self.state = self._rebuilt(start, start.neighbours.verlet)
             self._chunks.clear()
             reallocations += 1
         frames = jax.device_get(frames)

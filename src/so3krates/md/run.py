@@ -26,12 +26,12 @@ from so3krates.md.restart import load_state, save_state
 from so3krates.md.trajectory import TrajectoryWriter, truncate_trajectory
 
 ENSEMBLE_ALIASES = {"nve": "nve", "nvt": "langevin", "langevin": "langevin",
-                    "nose-hoover": "nose-hoover", "nhc": "nose-hoover"}
+                    "nose-hoover": "nose-hoover", "nhc": "nose-hoover", "npt": "npt"}
 
 
 @dataclass
 class MDSettings:
-    """Settings of one ``so3krates md`` run (units: K, fs, 1/fs, Å)."""
+    """Settings of one ``so3krates md`` run (units: K, fs, 1/fs, Å, bar)."""
 
     ensemble: str = "nvt"
     temperature: float = 300.0
@@ -47,12 +47,17 @@ class MDSettings:
     monitor: bool = True
     max_bond_deviation: float = 0.5
     max_force: float = 50.0
+    pressure: float = 1.0
+    barostat_time: float = 1000.0
+    isotropic: bool = False
 
     def ensemble_obj(self) -> Ensemble:
         kind = ENSEMBLE_ALIASES.get(self.ensemble)
         if kind is None:
             raise ValueError(f"unknown ensemble {self.ensemble!r}; choose one of {sorted(ENSEMBLE_ALIASES)}")
-        return Ensemble(kind, self.timestep, self.temperature, self.friction, self.tau)
+        return Ensemble(kind, self.timestep, self.temperature, self.friction, self.tau,
+                        pressure=self.pressure, barostat_tau=self.barostat_time,
+                        isotropic=self.isotropic)
 
 
 def restart_path(output: Path) -> Path:
@@ -87,6 +92,9 @@ def run_md(
     ensemble = settings.ensemble_obj()
     model = load_model(model_dir, dtype=settings.dtype)
     system = System.from_atoms(structure)
+    if ensemble.kind == "npt" and not system.pbc.all():
+        raise ValueError("NPT needs a cell periodic in all three directions "
+                         f"(this structure has pbc={system.pbc.tolist()})")
     criteria = StabilityCriteria(settings.max_bond_deviation, settings.max_force)
     velocities = None
     if structure.has("momenta") and np.any(structure.get_momenta()):
@@ -103,7 +111,8 @@ def run_md(
         arrays, saved = load_state(restart_path(output))
         _check_restart(saved, meta)
         sim.set_state(arrays["positions"], arrays["velocities"], arrays["chain"], arrays["key"],
-                      int(arrays["step"]), arrays.get("cell"))
+                      int(arrays["step"]), arrays.get("cell"), arrays.get("cell_momentum"),
+                      arrays.get("barostat_chain"))
         frames_written = int(saved["frames"])
         dropped = truncate_trajectory(output, frames_written)
         console.print(f"restart from step {sim.step} ({frames_written} frames kept, {dropped} dropped)")
@@ -162,6 +171,14 @@ def run_md(
         s = {k: np.concatenate(v) for k, v in series.items()}
         conserved = s["conserved_energy"]
         result["mean_temperature_K_this_run"] = float(np.mean(s["temperature"]))
+        if ensemble.kind == "npt":
+            mass_g = float(np.sum(system.masses)) / units.mol  # amu -> g
+            result.update(
+                target_pressure_bar=ensemble.pressure,
+                mean_pressure_bar_this_run=float(np.mean(s["pressure"])),
+                mean_volume_A3_this_run=float(np.mean(s["volume"])),
+                mean_density_g_cm3_this_run=float(np.mean(mass_g / (s["volume"] * 1e-24))),
+            )
         # The integrator's conserved quantity (E_pot + E_kin, plus the chain for Nosé–Hoover).
         result["conserved_energy_drift_meV_per_atom_this_run"] = 1e3 * float(conserved[-1] - conserved[0]) / n_atoms
         result["plot"] = str(plot_md_summary(output.with_suffix(".png"), n_atoms, s["time"],
@@ -179,7 +196,8 @@ def run_md(
     return result
 
 
-SERIES = ("time", "potential_energy", "kinetic_energy", "conserved_energy", "temperature")
+SERIES = ("time", "potential_energy", "kinetic_energy", "conserved_energy", "temperature",
+          "volume", "pressure")
 
 
 def write_frames(writer: TrajectoryWriter, frames: Frames, timestep: float) -> None:
@@ -192,6 +210,8 @@ def write_frames(writer: TrajectoryWriter, frames: Frames, timestep: float) -> N
         temperature=frames.temperature,
         time=frames.step * timestep,
         forces=frames.forces,
+        cells=frames.cell,
+        pressure=frames.pressure,
     )
 
 
@@ -200,7 +220,8 @@ def _check_restart(saved: dict, meta: dict) -> None:
         if saved.get(key) != meta[key]:
             raise ValueError(f"restart file was written for {key}={saved.get(key)!r}, not {meta[key]!r}")
     old, new = saved["settings"], meta["settings"]
-    for key in ("ensemble", "temperature", "timestep", "friction", "tau", "stride", "dtype"):
+    for key in ("ensemble", "temperature", "timestep", "friction", "tau", "stride", "dtype",
+                "pressure", "barostat_time", "isotropic"):
         if old.get(key) != new.get(key):
             raise ValueError(f"restart with a different {key} ({old.get(key)!r} -> {new.get(key)!r}); "
                              "start a new run instead")

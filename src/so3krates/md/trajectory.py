@@ -48,6 +48,8 @@ H5_UNITS = {
 # Per-frame datasets of the HDF5 format; all share the leading frame axis.
 _H5_FRAME_KEYS = ("positions", "velocities", "forces", "potential_energy", "kinetic_energy",
                   "temperature", "time")
+# Per-frame datasets written only by runs that have them (NPT): cell and pressure.
+_H5_OPTIONAL_KEYS = ("cells", "pressure")
 
 
 
@@ -68,6 +70,8 @@ class Trajectory(NamedTuple):
     cell: np.ndarray  # (3, 3) Å, rows are cell vectors
     pbc: np.ndarray  # (3,) bool
     masses: np.ndarray  # (N,) amu
+    cells: np.ndarray | None = None  # (F, 3, 3) Å, the cell of each frame
+    pressure: np.ndarray | None = None  # (F,) bar (NPT runs)
 
     @property
     def n_frames(self) -> int:
@@ -221,6 +225,8 @@ class TrajectoryWriter:
         temperature: np.ndarray,
         time: np.ndarray,
         forces: np.ndarray | None = None,
+        cells: np.ndarray | None = None,
+        pressure: np.ndarray | None = None,
     ) -> None:
         """Append a chunk of F frames.
 
@@ -238,6 +244,10 @@ class TrajectoryWriter:
             (F,) fs.
         forces
             Optional (F, N, 3) eV/Å.
+        cells
+            Optional (F, 3, 3) Å, the cell of each frame (NPT); default the writer's cell.
+        pressure
+            Optional (F,) bar (NaN where not computed: not written).
         """
         if self._handle is None:
             raise ValueError(f"trajectory writer for {self.path} is closed")
@@ -251,13 +261,20 @@ class TrajectoryWriter:
                                 ("kinetic_energy", kinetic_energy),
                                 ("temperature", temperature), ("time", time))
         }
+        if cells is not None:
+            cells = np.asarray(cells, dtype=np.float64).reshape(n_frames, 3, 3)
+        if pressure is not None:
+            pressure = _per_frame(pressure, n_frames, "pressure")
+            pressure = None if np.isnan(pressure).all() else pressure
         if n_frames == 0:
             return
         if self.format == "h5":
-            self._write_h5(pos, vel, frc, scalars)
+            self._write_h5(pos, vel, frc, scalars, cells, pressure)
         else:
             images = [self._atoms(pos[k], vel[k], None if frc is None else frc[k],
-                                  {name: float(v[k]) for name, v in scalars.items()})
+                                  {name: float(v[k]) for name, v in scalars.items()},
+                                  None if cells is None else cells[k],
+                                  None if pressure is None else float(pressure[k]))
                       for k in range(n_frames)]
             if self.format == "xyz":
                 import ase.io
@@ -283,10 +300,14 @@ class TrajectoryWriter:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _atoms(self, pos, vel, frc, scalars: dict[str, float]) -> Atoms:
+    def _atoms(self, pos, vel, frc, scalars: dict[str, float], cell=None,
+               pressure: float | None = None) -> Atoms:
         from ase.calculators.singlepoint import SinglePointCalculator
 
-        atoms = Atoms(numbers=self.numbers, positions=pos, cell=self.cell, pbc=self.pbc)
+        atoms = Atoms(numbers=self.numbers, positions=pos,
+                      cell=self.cell if cell is None else cell, pbc=self.pbc)
+        if pressure is not None:
+            atoms.info["pressure_bar"] = pressure
         if self._custom_masses:
             atoms.set_masses(self.masses)
         if self.format == "xyz":
@@ -303,10 +324,20 @@ class TrajectoryWriter:
         atoms.calc = SinglePointCalculator(atoms, **results)
         return atoms
 
-    def _write_h5(self, pos, vel, frc, scalars) -> None:
+    def _write_h5(self, pos, vel, frc, scalars, cells=None, pressure=None) -> None:
         fh = self._handle
         start = fh["positions"].shape[0]
         stop = start + pos.shape[0]
+        for key, value, shape in (("cells", cells, (3, 3)), ("pressure", pressure, ())):
+            if value is None:
+                continue
+            if key not in fh:  # per-frame datasets that runs with a fixed cell do not need
+                ds = fh.create_dataset(key, shape=(start, *shape), maxshape=(None, *shape),
+                                       dtype="f8")
+                if start:
+                    ds[...] = fh.attrs["cell"] if key == "cells" else np.nan
+            fh[key].resize(stop, axis=0)
+            fh[key][start:stop] = value
         if frc is not None and "forces" not in fh:
             ds = fh.create_dataset("forces", shape=(start, self.n_atoms, 3),
                                    maxshape=(None, self.n_atoms, 3),
@@ -391,7 +422,7 @@ def truncate_trajectory(path: str | os.PathLike, n_frames: int) -> int:
     with h5py.File(path, "a") as fh:
         total = int(fh["positions"].shape[0])
         _check_enough(path, total, n_frames)
-        for key in _H5_FRAME_KEYS:
+        for key in _H5_FRAME_KEYS + _H5_OPTIONAL_KEYS:
             if key in fh:
                 fh[key].resize(n_frames, axis=0)
         fh.flush()
@@ -481,7 +512,9 @@ def read_trajectory(path: str | os.PathLike) -> Trajectory:
     return Trajectory(numbers=numbers, positions=positions, velocities=velocities, forces=forces,
                       potential_energy=potential, kinetic_energy=kinetic,
                       temperature=temperature, time=time, cell=np.asarray(first.cell[:], float),
-                      pbc=np.asarray(first.pbc, bool), masses=masses)
+                      pbc=np.asarray(first.pbc, bool), masses=masses,
+                      cells=stack(lambda a: a.cell[:]),
+                      pressure=stack(lambda a: a.info.get("pressure_bar")))
 
 
 def _calc_result(atoms: Atoms, key: str, info_key: str | None = None):
@@ -512,4 +545,5 @@ def _read_h5(path: Path) -> Trajectory:
                           potential_energy=get("potential_energy"),
                           kinetic_energy=get("kinetic_energy"), temperature=get("temperature"),
                           time=get("time"), cell=np.asarray(fh.attrs["cell"], float),
-                          pbc=np.asarray(fh.attrs["pbc"], bool), masses=masses)
+                          pbc=np.asarray(fh.attrs["pbc"], bool), masses=masses,
+                          cells=get("cells"), pressure=get("pressure"))

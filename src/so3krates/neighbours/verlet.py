@@ -10,6 +10,13 @@ Every step, the pairs actually within ``cutoff`` are selected from that Verlet l
 second, smaller fixed-size list, which is what the model sees: the skin shell holds ~70 % more
 pairs than the cutoff sphere (6 Å vs 5 Å) and every listed pair costs a full model evaluation.
 
+The cell may change between builds (NPT, cell relaxation): the list is rebuilt once the atoms'
+moves relative to the homogeneous deformation of the cell since the build, plus that
+deformation's effect on the pair vectors, can have brought an unlisted pair within the
+cutoff; a cell that shrank or sheared so much that the static set of lattice images (or the
+minimum-image convention) no longer covers the list radius sets ``overflow``, and the host
+re-allocates with the images of the new cell (:func:`grow`). Pairs are never missed.
+
 Pairs are found by blocked all-pairs search over a fixed set of lattice images: O(N^2 K) work
 per build but no per-cell capacity, exact for any cell (triclinic, small cells that need
 several images, slabs) and cheap next to a model evaluation at the sizes we run (a 10,000-atom
@@ -73,6 +80,7 @@ class VerletList(NamedTuple):
         neighbors: (P_v,) int32.
         shifts: (P_v, 3) lattice shifts of the pairs, float (same dtype as positions).
         reference: positions at the build, (N, 3) Å (for the displacement test).
+        reference_cell: the cell at the build, (3, 3) Å.
         n_pairs: number of real pairs (may exceed P_v on overflow), int32 scalar.
         max_count: largest per-atom neighbour count, int32 scalar.
         overflow: True if the pairs did not fit: the list is then incomplete.
@@ -82,6 +90,7 @@ class VerletList(NamedTuple):
     neighbors: jnp.ndarray
     shifts: jnp.ndarray
     reference: jnp.ndarray
+    reference_cell: jnp.ndarray
     n_pairs: jnp.ndarray
     max_count: jnp.ndarray
     overflow: jnp.ndarray
@@ -182,9 +191,23 @@ def allocate(
     )
 
 
-def grow(spec: NeighbourSpec, nbrs: Neighbours, headroom: float = 1.15) -> NeighbourSpec:
-    """A larger spec after an overflow, sized from the counts the failed build saw."""
+# After an overflow of the images, the new set covers a cell this much smaller (in plane
+# spacing) than the one that overflowed, so that a shrinking box re-allocates rarely.
+IMAGE_MARGIN = 0.9
+
+
+def grow(spec: NeighbourSpec, nbrs: Neighbours, headroom: float = 1.15, cell=None,
+         pbc=None) -> NeighbourSpec:
+    """A larger spec after an overflow, sized from the counts the failed build saw; with the
+    ``cell`` (and ``pbc``) of the failed state, also the lattice images that cover it (with
+    :data:`IMAGE_MARGIN`) when the old ones did not."""
     v = nbrs.verlet
+    if cell is not None and not bool(images_cover(jnp.asarray(cell), spec)):
+        radius = (spec.cutoff + spec.skin) / IMAGE_MARGIN
+        images = set(lattice_images(np.asarray(cell), pbc, radius))
+        if not spec.minimum_image:
+            images |= set(spec.images)
+        spec = spec._replace(images=tuple(sorted(images)), minimum_image=False)
     return spec._replace(
         capacity=max(spec.capacity, _pair_capacity(int(nbrs.n_pairs), headroom)),
         verlet_capacity=max(spec.verlet_capacity, _pair_capacity(int(v.n_pairs), headroom)),
@@ -282,8 +305,26 @@ def build_verlet(positions: jnp.ndarray, cell: jnp.ndarray, spec: NeighbourSpec)
     centers, neighbors, shifts = (a[order] for a in (centers, neighbors, shifts))
     n_pairs = jnp.sum(counts).astype(jnp.int32)
     max_count = jnp.max(counts).astype(jnp.int32)
-    overflow = (n_pairs > spec.verlet_capacity) | (max_count > m)
-    return VerletList(centers, neighbors, shifts, positions, n_pairs, max_count, overflow)
+    overflow = (n_pairs > spec.verlet_capacity) | (max_count > m) | ~images_cover(cell, spec)
+    return VerletList(centers, neighbors, shifts, positions, cell.astype(dtype), n_pairs,
+                      max_count, overflow)
+
+
+def images_cover(cell: jnp.ndarray, spec: NeighbourSpec) -> jnp.ndarray:
+    """True (scalar) if ``spec``'s lattice images (or its minimum-image convention) find every
+    pair within ``cutoff + skin`` in ``cell``: at least ``radius / spacing`` images along each
+    periodic axis; for the minimum image an orthorhombic box wider than twice the radius."""
+    radius = spec.cutoff + spec.skin
+    if spec.minimum_image:
+        off_diagonal = cell - jnp.diag(jnp.diag(cell))
+        return jnp.all(off_diagonal == 0) & jnp.all(jnp.diag(cell) > 2 * radius)
+    reach = np.max(np.abs(np.asarray(spec.images)), axis=0)  # (3,) images per axis
+    if not reach.any():
+        return jnp.asarray(True)  # a molecule
+    volume = jnp.abs(jnp.linalg.det(cell))
+    normals = jnp.stack([jnp.cross(cell[(k + 1) % 3], cell[(k + 2) % 3]) for k in range(3)])
+    spacing = volume / jnp.linalg.norm(normals, axis=1)
+    return jnp.all(jnp.where(reach > 0, reach * spacing >= radius, True))
 
 
 def select(positions: jnp.ndarray, cell: jnp.ndarray, verlet: VerletList, spec: NeighbourSpec):
@@ -303,11 +344,13 @@ def select(positions: jnp.ndarray, cell: jnp.ndarray, verlet: VerletList, spec: 
     return centers, neighbors, shifts, jnp.sum(keep).astype(jnp.int32)
 
 
-def build(positions: jnp.ndarray, cell: jnp.ndarray, spec: NeighbourSpec, reference=None) -> Neighbours:
+def build(positions: jnp.ndarray, cell: jnp.ndarray, spec: NeighbourSpec, reference=None,
+          reference_cell=None) -> Neighbours:
     """A fresh Verlet list and the pairs within the cutoff at ``positions`` (jittable;
-    ``spec`` is static). ``reference``: build the Verlet list there instead (positions of an
-    earlier build, to keep its rebuild schedule)."""
-    verlet = build_verlet(positions if reference is None else reference, cell, spec)
+    ``spec`` is static). ``reference``, ``reference_cell``: build the Verlet list there
+    instead (positions and cell of an earlier build, to keep its rebuild schedule)."""
+    verlet = build_verlet(positions if reference is None else reference,
+                          cell if reference_cell is None else reference_cell, spec)
     return _with_selection(positions, cell, verlet, spec)
 
 
@@ -317,10 +360,26 @@ def _with_selection(positions, cell, verlet: VerletList, spec: NeighbourSpec) ->
     return Neighbours(centers, neighbors, shifts, count, overflow, verlet)
 
 
-def needs_update(positions: jnp.ndarray, nbrs: Neighbours, skin: float) -> jnp.ndarray:
-    """True when some atom moved more than ``skin / 2`` since the Verlet build (scalar bool)."""
-    d = positions - nbrs.verlet.reference
-    return jnp.max(jnp.sum(d * d, axis=-1)) > (0.5 * skin) ** 2
+def needs_update(positions: jnp.ndarray, cell: jnp.ndarray, nbrs: Neighbours,
+                 spec: NeighbourSpec) -> jnp.ndarray:
+    """True when an unlisted pair may have come within the cutoff since the Verlet build
+    (scalar bool).
+
+    With the cell deformed by ``cell = cell_0 (1 + e)`` and each atom displaced by ``u_i``
+    beyond the deformation (``R_i = R0_i (1 + e) + u_i``), a pair vector moves by at most
+    ``|r| |e| + |u_i| + |u_j|``: the list (radius ``cutoff + skin``) is still complete while
+    ``2 max |u| + (cutoff + skin) |e|_F < skin``. Without a cell change this is the usual
+    ``max |u| < skin / 2``.
+    """
+    v = nbrs.verlet
+    if spec.images == ((0, 0, 0),) and not spec.minimum_image:  # a molecule: no cell
+        strain = jnp.zeros((3, 3), positions.dtype)
+    else:
+        strain = jnp.linalg.solve(v.reference_cell, cell) - jnp.eye(3, dtype=positions.dtype)
+    d = positions - v.reference - v.reference @ strain
+    u = jnp.sqrt(jnp.max(jnp.sum(d * d, axis=-1)))
+    e = jnp.sqrt(jnp.sum(strain * strain))
+    return 2.0 * u + (spec.cutoff + spec.skin) * e > spec.skin
 
 
 def update(positions: jnp.ndarray, cell: jnp.ndarray, nbrs: Neighbours, spec: NeighbourSpec) -> Neighbours:
@@ -329,7 +388,7 @@ def update(positions: jnp.ndarray, cell: jnp.ndarray, nbrs: Neighbours, spec: Ne
     Overflow flags and peak counts accumulate, so one check at the end of a chunk suffices.
     """
     verlet = jax.lax.cond(
-        needs_update(positions, nbrs, spec.skin),
+        needs_update(positions, cell, nbrs, spec),
         lambda: build_verlet(positions, cell, spec),
         lambda: nbrs.verlet,
     )
