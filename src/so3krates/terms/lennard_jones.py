@@ -52,6 +52,8 @@ class LennardJones(NamedTuple):
         ``params`` is unused (the term has none); the signature is the potential's."""
         del params
         v = pair_vectors(graph) if vectors is None else vectors
-        u = jnp.where(graph.pair_mask, self.pair_energies(jnp.sum(v * v, axis=-1)), 0.0)
+        # Padding pairs (zero vectors) placed beyond the cutoff: no 1/0 in any derivative.
+        r2 = jnp.where(graph.pair_mask, jnp.sum(v * v, axis=-1), 2.0 * self.rc**2)
+        u = jnp.where(graph.pair_mask, self.pair_energies(r2), 0.0)
         n_atoms = graph.positions.shape[0]
         return 0.5 * jax.ops.segment_sum(u, graph.centers, n_atoms)
