@@ -135,3 +135,28 @@ def trained_model_dir(tmp_path_factory) -> Path:
     cfg = load_config(None, [f"data.path={shipped_dataset_path()}", *TINY_TRAIN])
     train(cfg, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_cu_model_dir(tmp_path_factory) -> Path:
+    """A tiny model trained briefly on the shipped periodic Cu set (cells of up to 32 atoms,
+    with stress): for the materials commands (cell relaxation, EOS, NPT, heat flux)."""
+    import ase.io
+
+    from so3krates.config import load_config
+    from so3krates.datasets import shipped_dataset_path
+    from so3krates.training.trainer import train
+
+    out = tmp_path_factory.mktemp("cu_model")
+    frames = [a for a in ase.io.read(shipped_dataset_path("cu_emt"), ":") if len(a) <= 32]
+    data = out / "cu.extxyz"
+    ase.io.write(data, frames, format="extxyz")
+    cfg = load_config(None, [
+        f"data.path={data}", f"data.n_train={len(frames) - 40}", "data.n_valid=20",
+        "data.n_test=20", "model.features=16", "model.num_layers=1", "model.num_radial=8",
+        "model.degrees=[1,2]", "model.cutoff=4.0", "training.batch_size=4",
+        "training.max_steps=1200", "training.valid_every=400", "training.learning_rate=3e-3",
+        "training.progress=false",
+    ])
+    train(cfg, out / "model")
+    return out / "model"

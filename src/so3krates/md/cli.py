@@ -91,6 +91,11 @@ def add_parsers(sub) -> None:
                    help="fire-jax: batched FIRE in JAX (molecules of one size); else ase.optimize")
     p.add_argument("--fmax", type=float, default=0.01, help="eV/Å")
     p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--cell", action="store_true",
+                   help="relax the cell too (periodic structures) to --smax at --pressure")
+    p.add_argument("--pressure", type=float, default=0.0, help="with --cell: bar (default 0)")
+    p.add_argument("--smax", type=float, default=1000.0,
+                   help="with --cell: stress threshold, bar (default 1000 = 0.1 GPa)")
     p.add_argument("--dtype", choices=["float32", "float64"])
     p.add_argument("--output", default="relaxed.xyz")
     _add_cpu_arg(p)
@@ -105,6 +110,35 @@ def add_parsers(sub) -> None:
     p.add_argument("--energy-tol", type=float, default=1e-3, help="eV")
     p.add_argument("--rmsd-tol", type=float, default=0.1, help="Å")
     p.add_argument("--output", default="explore", help="directory for minima.xyz, minima.json, plot")
+
+    p = sub.add_parser("eos", help="equation of state: E(V), Birch–Murnaghan V0 and B0")
+    p.add_argument("model_dir")
+    p.add_argument("structure", help="periodic structure (any ASE format)")
+    p.add_argument("--index", default="0")
+    p.add_argument("--strain", type=float, default=0.06,
+                   help="lattice parameters scaled within ±strain (default 0.06)")
+    p.add_argument("--points", type=int, default=11)
+    p.add_argument("--relax-atoms", action="store_true",
+                   help="relax the atoms at each volume (non-trivial bases)")
+    p.add_argument("--dtype", choices=["float32", "float64"])
+    p.add_argument("--output", default="eos", help="directory for eos.json and eos.png")
+
+    p = sub.add_parser("thermal-conductivity",
+                       help="Green–Kubo thermal conductivity from NVE runs with the heat flux")
+    p.add_argument("model_dir")
+    p.add_argument("structure", help="periodic start structure (any ASE format)")
+    p.add_argument("--index", default="0")
+    p.add_argument("--temperature", type=float, default=300.0, help="K (default 300)")
+    p.add_argument("--runs", type=int, default=3, help="independent runs (default 3)")
+    p.add_argument("--equilibration", type=float, default=10.0, help="ps of Langevin MD per run")
+    p.add_argument("--production", type=float, default=50.0, help="ps of NVE MD per run")
+    p.add_argument("--timestep", type=float, default=1.0, help="fs (default 1)")
+    p.add_argument("--sample-every", type=int, default=4, help="steps between heat-flux samples")
+    p.add_argument("--max-lag", type=float, default=10.0, help="correlation window, ps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=["float32", "float64"])
+    p.add_argument("--output", default="thermal_conductivity",
+                   help="directory for kappa.json and running_integral.png")
 
     p = sub.add_parser("analyze", help="VACF, vibrational spectrum, g(r), energy drift of a trajectory")
     p.add_argument("trajectory")
@@ -146,7 +180,26 @@ def cmd_relax(args, console: Console) -> int:
         model.check_elements(atoms.numbers)
     rows = []
     same = all(len(a) == len(frames[0]) and (a.numbers == frames[0].numbers).all() for a in frames)
-    if args.optimizer == "fire-jax" and same and not any(a.pbc.any() for a in frames):
+    from ase import units
+
+    pressure, smax = args.pressure * units.bar, args.smax * units.bar
+    if args.cell and not all(a.pbc.all() for a in frames):
+        raise ValueError("--cell needs structures periodic in all three directions")
+    if args.cell and args.optimizer == "fire-jax":
+        from so3krates.md.system import cell_filter
+
+        for atoms in frames:
+            system = System.from_atoms(atoms)
+            filt = cell_filter(model_energy_fn(model, system), system, model.cutoff,
+                               atoms.positions, pressure,
+                               cell_factor=smax * atoms.get_volume() / args.fmax)
+            res = jax.device_get(fire_relax(filt.force_fn, filt.x0, fmax=args.fmax,
+                                            max_steps=args.steps))
+            atoms.positions, cell = filt.unpack(res.positions)
+            atoms.set_cell(cell, scale_atoms=False)
+            rows.append((float(res.energy) - pressure * atoms.get_volume(), float(res.fmax),
+                         bool(res.converged), int(res.steps)))
+    elif args.optimizer == "fire-jax" and same and not any(a.pbc.any() for a in frames):
         system = System.from_atoms(frames[0])
         start = np.stack([a.positions for a in frames])
         # Size the list for the most crowded start structure.
@@ -163,18 +216,34 @@ def cmd_relax(args, console: Console) -> int:
         optimizer = "FIRE" if args.optimizer == "fire-jax" else args.optimizer
         calc = model.calculator()
         for k, atoms in enumerate(frames):
-            r = relax_ase(atoms, calc, optimizer, fmax=args.fmax, steps=args.steps)
+            r = relax_ase(atoms, calc, optimizer, fmax=args.fmax, steps=args.steps,
+                          cell=args.cell, pressure=pressure, smax=smax)
             frames[k] = r.atoms
             rows.append((r.energy, r.fmax, r.converged, r.steps))
     from ase.calculators.singlepoint import SinglePointCalculator
 
-    table = Table(title=f"relaxation ({args.optimizer}, fmax {args.fmax} eV/Å)")
-    for col in ("#", "energy (eV)", "fmax (eV/Å)", "converged", "steps"):
+    title = f"relaxation ({args.optimizer}, fmax {args.fmax} eV/Å"
+    title += f", cell to {args.smax:g} bar at {args.pressure:g} bar)" if args.cell else ")"
+    table = Table(title=title)
+    columns = ["#", "energy (eV)", "fmax (eV/Å)", "converged", "steps"]
+    for col in columns + (["|σ + P| (bar)", "volume (Å³)"] if args.cell else []):
         table.add_column(col, justify="right")
+    calc = model.calculator()
     for k, (atoms, (e, f, ok, n)) in enumerate(zip(frames, rows)):
+        extra = []
+        if args.cell:  # the stress at the result, from the calculator (not the optimiser)
+            from ase.stress import voigt_6_to_full_3x3_stress
+
+            sigma = voigt_6_to_full_3x3_stress(calc.get_stress(atoms))
+            s = float(np.abs(sigma + pressure * np.eye(3)).max())
+            ok = ok and s <= smax * (1 + 1e-6)
+            atoms.info.update(stress_deviation_bar=s / units.bar)
+            extra = [f"{s / units.bar:.1f}", f"{atoms.get_volume():.3f}"]
         atoms.calc = SinglePointCalculator(atoms, energy=e)
         atoms.info.update(fmax=f, converged=ok, steps=n)
-        table.add_row(str(k), f"{e:.6f}", f"{f:.4f}", "yes" if ok else "[red]no[/red]", str(n))
+        rows[k] = (e, f, ok, n)
+        table.add_row(str(k), f"{e:.6f}", f"{f:.4f}", "yes" if ok else "[red]no[/red]", str(n),
+                      *extra)
     console.print(table)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     ase.io.write(args.output, frames)
@@ -222,4 +291,71 @@ def cmd_analyze(args, console: Console) -> int:
     return 0
 
 
-HANDLERS = {"md": cmd_md, "relax": cmd_relax, "explore": cmd_explore, "analyze": cmd_analyze}
+def cmd_eos(args, console: Console) -> int:
+    from so3krates.fileio import atomic_write_bytes
+    from so3krates.md.eos import equation_of_state, plot_eos
+    from so3krates.model_io import load_model
+
+    model = load_model(args.model_dir, dtype=args.dtype)
+    atoms = read_structures(args.structure, args.index)[0]
+    model.check_elements(atoms.numbers)
+    result = equation_of_state(atoms, model.calculator(), args.strain, args.points,
+                               args.relax_atoms)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    plot = plot_eos(result, out / "eos.png")
+    result.update(model=str(Path(args.model_dir).resolve()), structure=str(args.structure))
+    atomic_write_bytes(out / "eos.json", (json.dumps(result, indent=2) + "\n").encode())
+    n = result["n_atoms"]
+    console.print(f"V0 = {result['v0_A3'] / n:.4f} Å³/atom (cell x {result['a0_scale']:.4f}), "
+                  f"E0 = {result['e0_eV'] / n:.4f} eV/atom, B0 = {result['b0_GPa']:.2f} GPa")
+    console.print(f"eos.json, {plot.name}: {out}")
+    return 0
+
+
+def cmd_thermal_conductivity(args, console: Console) -> int:
+    from so3krates.heat_flux import HeatFlux
+    from so3krates.md.system import System, model_energy_fn
+    from so3krates.md.thermal import plot_running_integral, thermal_conductivity
+    from so3krates.model_io import load_model
+    from so3krates.potential import make_atomic_energy_fn
+
+    model = load_model(args.model_dir, dtype=args.dtype)
+    atoms = read_structures(args.structure, args.index)[0]
+    system = System.from_atoms(atoms)
+    # MD on the fast inference path; the heat flux (forward mode) through the exact network.
+    flux = HeatFlux(make_atomic_energy_fn(model.exact_module(), model._refs), model.params,
+                    atoms.numbers, system.masses, system.pbc,
+                    reach=model.config.num_layers * model.cutoff, cutoff=model.cutoff,
+                    dtype=np.dtype(model.dtype))
+
+    def progress(r, res):
+        k = np.trace(res["kappa"]) / 3
+        console.print(f"run {r + 1}/{args.runs}: κ = {k:.4g} W/m/K "
+                      f"(mean T {res['mean_temperature_K']:.1f} K)")
+
+    result = thermal_conductivity(
+        model_energy_fn(model, system), flux, system, atoms.positions, model.cutoff,
+        temperature=args.temperature, runs=args.runs, equilibration_fs=1e3 * args.equilibration,
+        production_fs=1e3 * args.production, timestep=args.timestep,
+        sample_every=args.sample_every, max_lag_fs=1e3 * args.max_lag, seed=args.seed,
+        on_run=progress)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    plot = plot_running_integral(result, out / "running_integral.png")
+    summary = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in result.items()
+               if k not in ("running_integral_per_run_W_mK",)}
+    summary.update(model=str(Path(args.model_dir).resolve()), structure=str(args.structure),
+                   n_atoms=len(atoms))
+    from so3krates.fileio import atomic_write_bytes
+
+    atomic_write_bytes(out / "kappa.json", (json.dumps(summary, indent=2) + "\n").encode())
+    console.print(f"κ = {result['kappa_mean_W_mK']:.4g} ± {result['kappa_mean_W_mK_stderr']:.2g} "
+                  f"W/m/K at {args.temperature:g} K ({args.runs} runs; "
+                  f"{result['ns_per_day_with_heat_flux']:.3g} ns/day with heat flux)")
+    console.print(f"kappa.json, {plot.name}: {out}")
+    return 0
+
+
+HANDLERS = {"md": cmd_md, "relax": cmd_relax, "explore": cmd_explore, "analyze": cmd_analyze,
+            "eos": cmd_eos, "thermal-conductivity": cmd_thermal_conductivity}

@@ -259,8 +259,7 @@ class Simulation:
             if not bool(state.neighbours.overflow):
                 break
             # Grow, rebuild at the last build's positions (same rebuild schedule), redo.
-            self.spec = nl.grow(self.spec, state.neighbours, cell=np.asarray(state.cell),
-                                pbc=self.system.pbc)
+            self.spec = nl.grow(self.spec, state.neighbours)
             self.state = self._rebuilt(start, start.neighbours.verlet)
             self._chunks.clear()
             reallocations += 1

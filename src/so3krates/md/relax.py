@@ -242,8 +242,9 @@ class AseRelaxResult(NamedTuple):
         positions: relaxed positions in Å, (N, 3).
         energy: potential energy in eV.
         fmax: largest atomic force norm in eV/Å (constraints applied, as the optimiser sees it).
-        converged: whether ``fmax`` was reached within ``steps``.
+        converged: whether ``fmax`` (and with ``cell``, ``smax``) was reached within ``steps``.
         steps: optimiser steps taken.
+        smax: with ``cell``, the largest deviation of the stress from ``-pressure`` in eV/Å³.
     """
 
     atoms: object
@@ -252,6 +253,7 @@ class AseRelaxResult(NamedTuple):
     fmax: float
     converged: bool
     steps: int
+    smax: float | None = None
 
 
 def relax_ase(
@@ -262,6 +264,9 @@ def relax_ase(
     steps: int = 1000,
     trajectory: str | None = None,
     logfile: str | None = None,
+    cell: bool = False,
+    pressure: float = 0.0,
+    smax: float = 1e3 * 1e-4 / 160.21766208,
     **optimizer_kwargs,
 ) -> AseRelaxResult:
     """Relax ``atoms`` with an ``ase.optimize`` optimiser through any ASE calculator.
@@ -274,6 +279,10 @@ def relax_ase(
         steps: maximum number of optimiser steps.
         trajectory: optional ``.traj`` path to write the optimisation to.
         logfile: optional log path ("-" for stdout); None: silent.
+        cell: relax the cell too (``ase.filters.FrechetCellFilter``), to ``|σ + P| <= smax``.
+        pressure: external pressure in eV/Å³ (with ``cell``).
+        smax: stress threshold in eV/Å³ (with ``cell``; default 0.1 GPa): the filter's cell
+            factor is chosen so that ``fmax`` on its cell degrees of freedom means this.
         **optimizer_kwargs: passed to the optimiser (e.g. ``maxstep``).
     """
     import ase.optimize
@@ -284,7 +293,15 @@ def relax_ase(
         raise ValueError(f"unknown ASE optimizer {optimizer!r}; e.g. 'BFGS', 'FIRE', 'LBFGS'") from None
     atoms = atoms.copy()
     atoms.calc = calculator
-    opt = cls(atoms, trajectory=trajectory, logfile=logfile, **optimizer_kwargs)
+    target = atoms
+    if cell:
+        from ase.filters import FrechetCellFilter
+
+        if not atoms.pbc.all():
+            raise ValueError("a cell relaxation needs a cell periodic in all three directions")
+        target = FrechetCellFilter(atoms, scalar_pressure=pressure,
+                                   exp_cell_factor=smax * atoms.get_volume() / fmax)
+    opt = cls(target, trajectory=trajectory, logfile=logfile, **optimizer_kwargs)
     try:
         opt.run(fmax=fmax, steps=steps)
     finally:
@@ -292,11 +309,15 @@ def relax_ase(
             opt.trajectory.close()
     forces = atoms.get_forces()
     f = float(np.linalg.norm(forces, axis=1).max()) if len(atoms) else 0.0
+    s = None
+    if cell:
+        s = float(np.abs(atoms.get_stress(voigt=False) + pressure * np.eye(3)).max())
     return AseRelaxResult(
         atoms=atoms,
         positions=atoms.get_positions(),
         energy=float(atoms.get_potential_energy()),
         fmax=f,
-        converged=f <= fmax,
+        converged=f <= fmax and (s is None or s <= smax * (1 + 1e-9)),
         steps=int(opt.nsteps),
+        smax=s,
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from ase.data import atomic_masses
@@ -143,3 +144,63 @@ def positions_force_fn(energy_fn: EnergyFn, system: System, cutoff: float, posit
                 jnp.where(nbrs.overflow, jnp.nan, out.forces))
 
     return fn
+
+
+class CellFilter(NamedTuple):
+    """A structure's positions and cell as one (N + 3, 3) array of generalised coordinates, for
+    relaxing both with an optimiser of positions (:func:`so3krates.md.relax.fire_relax`).
+
+    ``x = [R0 ; c ε]``: positions ``R = R0 (1 + ε)`` and cell ``cell0 (1 + ε)`` under a
+    symmetric strain ε from the start cell, ``c`` = ``cell_factor``. ``force_fn(x)`` returns
+    the enthalpy ``E + P V`` (eV) and its negative gradient: atomic forces in the undeformed
+    frame and, in the last three rows, ``-(dE/dε + P V) / c`` (eV), so that a force threshold
+    ``fmax`` on them bounds the stress: ``|σ + P| <= fmax c / V``.
+    """
+
+    force_fn: Callable
+    x0: jnp.ndarray
+    cell0: np.ndarray
+    cell_factor: float
+
+    def unpack(self, x) -> tuple[np.ndarray, np.ndarray]:
+        """``(positions (N, 3), cell (3, 3))`` in Å of generalised coordinates ``x``."""
+        x = np.asarray(x, np.float64)
+        deform = np.eye(3) + _symmetric(x[-3:]) / self.cell_factor
+        return x[:-3] @ deform, self.cell0 @ deform
+
+
+def _symmetric(a):
+    return 0.5 * (a + a.T)
+
+
+def cell_filter(energy_fn: EnergyFn, system: System, cutoff: float, positions: np.ndarray,
+                pressure: float = 0.0, cell_factor: float | None = None) -> CellFilter:
+    """A :class:`CellFilter` of ``energy_fn`` for ``system`` (periodic in all directions) at
+    ``positions`` (Å) under ``pressure`` (eV/Å³); ``cell_factor`` defaults to the number of
+    atoms (as ASE's cell filters). The neighbour list is sized with room for the cell to
+    shrink by 15 %; beyond that the energy comes back NaN (the relaxation then fails)."""
+    if not system.pbc.all():
+        raise ValueError("a cell relaxation needs a cell periodic in all three directions")
+    n = system.n_atoms
+    cell_factor = float(cell_factor or n)
+    cell0 = np.asarray(system.cell, np.float64)
+    spec = nl.allocate(positions, cell0, system.pbc, cutoff, 0.0, headroom=1.5)
+    spec = spec._replace(images=nl.lattice_images(cell0, system.pbc, cutoff / 0.85),
+                         minimum_image=False)
+    spec = spec._replace(verlet_capacity=2 * spec.verlet_capacity, capacity=2 * spec.capacity,
+                         max_neighbours=2 * spec.max_neighbours)
+    c0 = jnp.asarray(cell0)
+
+    def enthalpy(x):
+        deform = jnp.eye(3) + _symmetric(x[n:]) / cell_factor
+        r, cell = x[:n] @ deform, c0 @ deform
+        nbrs = nl.build(jax.lax.stop_gradient(r), jax.lax.stop_gradient(cell), spec)
+        e = jnp.sum(energy_fn(r, cell, nbrs)) + pressure * jnp.abs(jnp.linalg.det(cell))
+        return e, nbrs.overflow
+
+    def force_fn(x):
+        (h, overflow), g = jax.value_and_grad(enthalpy, has_aux=True)(x)
+        return jnp.where(overflow, jnp.nan, h), jnp.where(overflow, jnp.nan, -g)
+
+    x0 = jnp.concatenate([jnp.asarray(positions, jnp.float64), jnp.zeros((3, 3))])
+    return CellFilter(force_fn, x0, cell0, cell_factor)

@@ -83,6 +83,10 @@ class VerletList(NamedTuple):
         reference_cell: the cell at the build, (3, 3) Å.
         n_pairs: number of real pairs (may exceed P_v on overflow), int32 scalar.
         max_count: largest per-atom neighbour count, int32 scalar.
+        image_reach: (3,) int32, the lattice images needed along each axis for the cell of
+            the build (``ceil(radius / plane spacing)`` on periodic axes; 0 for molecules).
+        images_ok: False if the spec's images (or minimum image) did not cover some build's
+            cell (then ``overflow`` too).
         overflow: True if the pairs did not fit: the list is then incomplete.
     """
 
@@ -93,6 +97,8 @@ class VerletList(NamedTuple):
     reference_cell: jnp.ndarray
     n_pairs: jnp.ndarray
     max_count: jnp.ndarray
+    image_reach: jnp.ndarray
+    images_ok: jnp.ndarray
     overflow: jnp.ndarray
 
 
@@ -191,23 +197,18 @@ def allocate(
     )
 
 
-# After an overflow of the images, the new set covers a cell this much smaller (in plane
-# spacing) than the one that overflowed, so that a shrinking box re-allocates rarely.
-IMAGE_MARGIN = 0.9
-
-
-def grow(spec: NeighbourSpec, nbrs: Neighbours, headroom: float = 1.15, cell=None,
-         pbc=None) -> NeighbourSpec:
-    """A larger spec after an overflow, sized from the counts the failed build saw; with the
-    ``cell`` (and ``pbc``) of the failed state, also the lattice images that cover it (with
-    :data:`IMAGE_MARGIN`) when the old ones did not."""
+def grow(spec: NeighbourSpec, nbrs: Neighbours, headroom: float = 1.15) -> NeighbourSpec:
+    """A larger spec after an overflow, sized from what the failed builds saw: pair counts,
+    and the lattice images their cells needed (one more along each axis that ran short, so
+    that a shrinking or shearing box re-allocates rarely)."""
     v = nbrs.verlet
-    if cell is not None and not bool(images_cover(jnp.asarray(cell), spec)):
-        radius = (spec.cutoff + spec.skin) / IMAGE_MARGIN
-        images = set(lattice_images(np.asarray(cell), pbc, radius))
-        if not spec.minimum_image:
-            images |= set(spec.images)
-        spec = spec._replace(images=tuple(sorted(images)), minimum_image=False)
+    if not bool(v.images_ok):
+        need = np.asarray(v.image_reach)
+        have = (np.zeros(3, int) if spec.minimum_image
+                else np.max(np.abs(np.asarray(spec.images)), axis=0))
+        reach = np.where(need > have, need + 1, np.maximum(have, need))
+        images = itertools.product(*(range(-int(r), int(r) + 1) for r in reach))
+        spec = spec._replace(images=tuple(images), minimum_image=False)
     return spec._replace(
         capacity=max(spec.capacity, _pair_capacity(int(nbrs.n_pairs), headroom)),
         verlet_capacity=max(spec.verlet_capacity, _pair_capacity(int(v.n_pairs), headroom)),
@@ -305,26 +306,44 @@ def build_verlet(positions: jnp.ndarray, cell: jnp.ndarray, spec: NeighbourSpec)
     centers, neighbors, shifts = (a[order] for a in (centers, neighbors, shifts))
     n_pairs = jnp.sum(counts).astype(jnp.int32)
     max_count = jnp.max(counts).astype(jnp.int32)
-    overflow = (n_pairs > spec.verlet_capacity) | (max_count > m) | ~images_cover(cell, spec)
+    covered = images_cover(cell, spec)
+    overflow = (n_pairs > spec.verlet_capacity) | (max_count > m) | ~covered
     return VerletList(centers, neighbors, shifts, positions, cell.astype(dtype), n_pairs,
-                      max_count, overflow)
+                      max_count, needed_images(cell, spec), covered, overflow)
+
+
+def _periodic_axes(spec: NeighbourSpec) -> np.ndarray:
+    """(3,) bool: the axes along which ``spec`` searches images (all, for the minimum image)."""
+    if spec.minimum_image:
+        return np.ones(3, bool)
+    return np.any(np.asarray(spec.images) != 0, axis=0)
+
+
+def needed_images(cell: jnp.ndarray, spec: NeighbourSpec) -> jnp.ndarray:
+    """(3,) int32: lattice images needed along each periodic axis of ``spec`` to find every
+    pair within ``cutoff + skin`` in ``cell`` (0 elsewhere, and for a cell that is not finite:
+    such a state is reported by the stability checks, not re-allocated for)."""
+    axes = _periodic_axes(spec)
+    if not axes.any():
+        return jnp.zeros(3, jnp.int32)  # a molecule
+    volume = jnp.abs(jnp.linalg.det(cell))
+    normals = jnp.stack([jnp.cross(cell[(k + 1) % 3], cell[(k + 2) % 3]) for k in range(3)])
+    spacing = volume / jnp.linalg.norm(normals, axis=1)
+    need = jnp.ceil((spec.cutoff + spec.skin) / spacing)
+    need = jnp.where(jnp.isfinite(need) & (need < 1e6), need, 0.0)
+    return jnp.where(jnp.asarray(axes), need, 0.0).astype(jnp.int32)
 
 
 def images_cover(cell: jnp.ndarray, spec: NeighbourSpec) -> jnp.ndarray:
     """True (scalar) if ``spec``'s lattice images (or its minimum-image convention) find every
     pair within ``cutoff + skin`` in ``cell``: at least ``radius / spacing`` images along each
     periodic axis; for the minimum image an orthorhombic box wider than twice the radius."""
-    radius = spec.cutoff + spec.skin
     if spec.minimum_image:
         off_diagonal = cell - jnp.diag(jnp.diag(cell))
+        radius = spec.cutoff + spec.skin
         return jnp.all(off_diagonal == 0) & jnp.all(jnp.diag(cell) > 2 * radius)
     reach = np.max(np.abs(np.asarray(spec.images)), axis=0)  # (3,) images per axis
-    if not reach.any():
-        return jnp.asarray(True)  # a molecule
-    volume = jnp.abs(jnp.linalg.det(cell))
-    normals = jnp.stack([jnp.cross(cell[(k + 1) % 3], cell[(k + 2) % 3]) for k in range(3)])
-    spacing = volume / jnp.linalg.norm(normals, axis=1)
-    return jnp.all(jnp.where(reach > 0, reach * spacing >= radius, True))
+    return jnp.all(needed_images(cell, spec) <= jnp.asarray(reach))
 
 
 def select(positions: jnp.ndarray, cell: jnp.ndarray, verlet: VerletList, spec: NeighbourSpec):
@@ -396,6 +415,8 @@ def update(positions: jnp.ndarray, cell: jnp.ndarray, nbrs: Neighbours, spec: Ne
         overflow=verlet.overflow | nbrs.verlet.overflow,
         n_pairs=jnp.maximum(verlet.n_pairs, nbrs.verlet.n_pairs),
         max_count=jnp.maximum(verlet.max_count, nbrs.verlet.max_count),
+        image_reach=jnp.maximum(verlet.image_reach, nbrs.verlet.image_reach),
+        images_ok=verlet.images_ok & nbrs.verlet.images_ok,
     )
     new = _with_selection(positions, cell, verlet, spec)
     return new._replace(overflow=new.overflow | nbrs.overflow, n_pairs=jnp.maximum(new.n_pairs, nbrs.n_pairs))
