@@ -77,15 +77,7 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.constraints import FixCom
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import Stationary
-
-try:  # ASE >= 3.29
-    from ase.md.velocitydistribution import thermalize_momenta
-except ImportError:  # pragma: no cover - older ASE
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-
-    def thermalize_momenta(atoms: ase.Atoms, temperature_K: float, *, rng=None) -> None:
-        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+from ase.md.velocitydistribution import Stationary, thermalize_momenta  # ASE >= 3.29 (pinned)
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
