@@ -113,6 +113,11 @@ def test_md_npt_command_writes_cells_and_pressure(trained_cu_model_dir, tmp_path
     assert summary["target_pressure_bar"] == 20000.0
     assert np.isfinite(summary["mean_pressure_bar_this_run"])
     assert summary["mean_density_g_cm3_this_run"] > 5.0
+    assert main(["analyze", str(out), "--output", str(tmp_path / "ana")]) == 0
+    ana = json.loads((tmp_path / "ana" / "analysis.json").read_text())
+    assert ana["density_mean_g_cm3"] == pytest.approx(summary["mean_density_g_cm3_this_run"],
+                                                      rel=0.02)
+    assert np.isfinite(ana["pressure_mean_bar"]) and "volume" in ana["plots"]
 
 
 def test_materials_commands_reject_molecules(trained_model_dir, tmp_path, capsys):

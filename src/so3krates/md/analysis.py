@@ -470,8 +470,30 @@ def analyze(
             wavenumber, intensity, "wavenumber / cm⁻¹", "intensity (normalised)",
             out / "spectrum.png", peaks, xlim=(0.0, min(wavenumber[-1], 1.25 * top + 200.0))))
 
+    # Cell, density and pressure (NPT trajectories have a cell per frame).
+    varying_cell = False
+    if traj.cells is not None and traj.pbc.all():
+        volume = np.abs(np.linalg.det(traj.cells))
+        density = float(np.sum(traj.masses)) / units.mol / (volume * 1e-24)  # g/cm³
+        result.update(volume_mean_A3=float(volume.mean()), volume_std_A3=float(volume.std()),
+                      density_mean_g_cm3=float(density.mean()),
+                      density_std_g_cm3=float(density.std()))
+        if traj.pressure is not None:
+            result.update(pressure_mean_bar=float(np.mean(traj.pressure)),
+                          pressure_std_bar=float(np.std(traj.pressure)))
+        varying_cell = bool(np.ptp(volume) > 1e-9 * volume.mean())
+        if varying_cell and traj.time is not None:
+            result["plots"]["volume"] = str(_plot_xy(traj.time, volume, "time / fs", "volume / Å³",
+                                                     out / "volume.png"))
+            if traj.pressure is not None:
+                result["plots"]["pressure"] = str(_plot_xy(
+                    traj.time, traj.pressure, "time / fs", "pressure / bar", out / "pressure.png"))
+
     # Radial distribution.
     rdf_r_max = float(r_max)
+    if varying_cell:
+        result["notes"].append("the cell changes over the trajectory: g(r) uses the first "
+                               "frame's cell")
     if traj.pbc.any():
         widths = plane_spacings(complete_cell(traj.cell, traj.pbc))[traj.pbc]
         if rdf_r_max >= 0.5 * widths.min():
