@@ -33,7 +33,6 @@ from so3krates.heat_flux import HeatFlux
 from so3krates.md import Ensemble, Simulation, System
 from so3krates.md.system import graph, model_energy_fn
 from so3krates.md.thermal import thermal_conductivity
-from so3krates.potential import make_atomic_energy_fn
 from so3krates.terms import LennardJones
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -125,10 +124,7 @@ def costs(model, repeats: int, sizes: list[int]) -> list[dict]:
         row["forces_ms"] = median_ms(lambda: model.predict(g, pair_halves=True), repeats)
         row["stress_ms"] = median_ms(lambda: model.predict(g, pair_halves=True, stress=True), repeats)
         system = System.from_atoms(atoms)
-        flux = HeatFlux(make_atomic_energy_fn(model.exact_module(), model._refs), model.params,
-                        atoms.numbers, system.masses, atoms.pbc,
-                        reach=model.config.num_layers * model.cutoff, cutoff=model.cutoff,
-                        dtype=np.dtype(model.dtype))
+        flux = model.heat_flux(atoms)
         v = np.random.default_rng(0).normal(scale=0.005, size=(len(atoms), 3))
         row["heat_flux_ms"] = median_ms(lambda: flux(atoms.positions, v, atoms.cell[:])[0],
                                         max(3, repeats // 3))
@@ -175,10 +171,7 @@ def main() -> None:
     if args.si_model:
         atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat((3, 3, 3))
         system = System.from_atoms(atoms)
-        flux = HeatFlux(make_atomic_energy_fn(model.exact_module(), model._refs), model.params,
-                        atoms.numbers, system.masses, atoms.pbc,
-                        reach=model.config.num_layers * model.cutoff, cutoff=model.cutoff,
-                        dtype=np.dtype(model.dtype))
+        flux = model.heat_flux(atoms)
         res = thermal_conductivity(model_energy_fn(model, system), flux, system, atoms.positions,
                                    model.cutoff, temperature=300.0, runs=3,
                                    equilibration_fs=10_000.0, production_fs=1e3 * args.si_production,

@@ -12,7 +12,6 @@ from ase.calculators.lj import LennardJones as AseLennardJones
 from ase.stress import voigt_6_to_full_3x3_stress
 
 from so3krates.heat_flux import HeatFlux, heat_flux_fn, unfold
-from so3krates.potential import make_atomic_energy_fn
 from so3krates.terms import LennardJones
 from test_stress import random_model, triclinic_small
 
@@ -82,7 +81,7 @@ def test_model_heat_flux_equals_the_brute_force_jacobian_sum():
     assert n_real > 10 * len(atoms)  # the cell is far smaller than the receptive field
     vu = np.where((np.arange(len(u.index)) < n_real)[:, None], v[u.index], 0.0)
     mu = np.where(np.arange(len(u.index)) < n_real, masses[u.index], 0.0)
-    atomic = make_atomic_energy_fn(model.exact_module(), model._refs)
+    atomic = model.exact_atomic_energy_fn()
     j, j_pot, _ = jax.jit(heat_flux_fn(atomic), static_argnames="n_cell")(
         model.params, u.graph, vu, mu, n_cell=u.n_cell)
     reference = brute_force_hardy(atomic, model.params, u, vu)

@@ -130,3 +130,20 @@ def test_materials_commands_reject_molecules(trained_model_dir, tmp_path, capsys
         assert code == 2, cmd
         err = capsys.readouterr().out
         assert "periodic" in err and "Traceback" not in err, err
+
+
+@pytest.mark.slow
+def test_thermal_conductivity_command(trained_cu_model_dir, tmp_path):
+    atoms = bulk("Cu", "fcc", a=3.7, cubic=True).repeat((2, 2, 2))
+    src = tmp_path / "cu32.xyz"
+    ase.io.write(src, atoms)
+    out = tmp_path / "kappa"
+    code = main(["thermal-conductivity", str(trained_cu_model_dir), str(src), "--temperature",
+                 "300", "--runs", "2", "--equilibration", "0.5", "--production", "2",
+                 "--timestep", "2", "--sample-every", "2", "--max-lag", "0.5", "--output", str(out)])
+    assert code == 0
+    res = json.loads((out / "kappa.json").read_text())
+    assert len(res["kappa_mean_per_run_W_mK"]) == 2
+    assert np.isfinite(res["kappa_mean_W_mK"]) and np.isfinite(res["kappa_mean_W_mK_stderr"])
+    assert np.asarray(res["kappa_W_mK"]).shape == (3, 3)
+    assert (out / "running_integral.png").exists()

@@ -192,16 +192,34 @@ class Model:
         fn = self._predict.get((pair_halves, stress, False))
         return 0 if fn is None else fn._cache_size()
 
+    def exact_atomic_energy_fn(self):
+        """``atomic_energy_fn(params, graph) -> (N,)`` of :meth:`exact_module` (forward-mode
+        differentiable), to be called with :attr:`params`."""
+        from so3krates.potential import make_atomic_energy_fn
+
+        return make_atomic_energy_fn(self.exact_module(), self._refs)
+
+    def heat_flux(self, atoms):
+        """A :class:`so3krates.heat_flux.HeatFlux` of this model for ``atoms`` (periodic):
+        ``flux(positions, velocities Å/fs, cell) -> (J, J_pot, J_conv)`` in eV·Å/fs."""
+        from so3krates.heat_flux import HeatFlux
+
+        self.check_elements(atoms.numbers)
+        return HeatFlux(self.exact_atomic_energy_fn(), self.params, atoms.numbers,
+                        atoms.get_masses(), atoms.pbc,
+                        reach=self.config.num_layers * self.cutoff, cutoff=self.cutoff,
+                        dtype=np.dtype(self.dtype))
+
     def hessian(self, atoms) -> np.ndarray:
         """d²E/dR dR (N, 3, N, 3) in eV/Å² of an ``ase.Atoms`` (normal modes, phonons),
         differentiated in forward over reverse mode through :meth:`exact_module`."""
         from so3krates.batching import single_graph
-        from so3krates.potential import hessian, make_atomic_energy_fn
+        from so3krates.potential import hessian
 
         self.check_elements(atoms.numbers)
         graph, _ = single_graph(atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc,
                                 self.cutoff, dtype=np.dtype(self.dtype))
-        atomic = make_atomic_energy_fn(self.exact_module(), self._refs)
+        atomic = self.exact_atomic_energy_fn()
         n = len(atoms)
 
         def energy(positions, cell, graph):

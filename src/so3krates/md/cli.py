@@ -314,20 +314,15 @@ def cmd_eos(args, console: Console) -> int:
 
 
 def cmd_thermal_conductivity(args, console: Console) -> int:
-    from so3krates.heat_flux import HeatFlux
     from so3krates.md.system import System, model_energy_fn
     from so3krates.md.thermal import plot_running_integral, thermal_conductivity
     from so3krates.model_io import load_model
-    from so3krates.potential import make_atomic_energy_fn
 
     model = load_model(args.model_dir, dtype=args.dtype)
     atoms = read_structures(args.structure, args.index)[0]
     system = System.from_atoms(atoms)
     # MD on the fast inference path; the heat flux (forward mode) through the exact network.
-    flux = HeatFlux(make_atomic_energy_fn(model.exact_module(), model._refs), model.params,
-                    atoms.numbers, system.masses, system.pbc,
-                    reach=model.config.num_layers * model.cutoff, cutoff=model.cutoff,
-                    dtype=np.dtype(model.dtype))
+    flux = model.heat_flux(atoms)
 
     def progress(r, res):
         k = np.trace(res["kappa"]) / 3
