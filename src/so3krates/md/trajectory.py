@@ -310,11 +310,11 @@ class TrajectoryWriter:
             atoms.info["pressure_bar"] = pressure
         if self._custom_masses:
             atoms.set_masses(self.masses)
+        # ASE momenta, so that ase.io.read gives the right get_velocities(); extxyz also
+        # keeps an explicit Å/fs column (what read_trajectory reads, and humans).
+        atoms.set_momenta(velocities_to_momenta(vel, self.masses))
         if self.format == "xyz":
-            # extxyz keeps an explicit Å/fs column; ASE's momenta would need a unit conversion.
             atoms.new_array("velocities", vel)
-        else:
-            atoms.set_momenta(velocities_to_momenta(vel, self.masses))
         atoms.info["kinetic_energy"] = scalars["kinetic_energy"]
         atoms.info["temperature"] = scalars["temperature"]
         atoms.info["time_fs"] = scalars["time"]
