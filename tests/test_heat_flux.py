@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from ase import units
 from ase.build import bulk
 from ase.calculators.lj import LennardJones as AseLennardJones
 from ase.stress import voigt_6_to_full_3x3_stress
@@ -38,7 +39,9 @@ def test_lennard_jones_heat_flux_equals_the_per_atom_virial_flux():
     assert np.abs(expected).max() > 1e-4
     np.testing.assert_allclose(j_pot, expected, rtol=1e-9, atol=1e-14)
     energies = atoms.get_potential_energies()
-    kinetic = 0.5 * atoms.get_masses() * np.sum(v * v, axis=1)
+    atoms.set_velocities(v / units.fs)  # ASE's own kinetic energies (eV)
+    kinetic = 0.5 * atoms.get_masses() * np.sum(atoms.get_velocities() ** 2, axis=1)
+    assert kinetic.sum() == pytest.approx(atoms.get_kinetic_energy(), rel=1e-12)
     np.testing.assert_allclose(j_conv, ((energies - energies.mean() + kinetic)[:, None] * v).sum(0),
                                rtol=1e-9, atol=1e-14)
     np.testing.assert_allclose(j, j_pot + j_conv, rtol=1e-12)

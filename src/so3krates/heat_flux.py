@@ -29,8 +29,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ase import units
+
 from so3krates.batching import Capacity, Graph, single_graph
 from so3krates.neighbours import neighbour_list
+
+
+FS = units.fs  # 1 fs in ASE time units: velocities in Å/fs are v_ase * FS
 
 
 class Unfolded(NamedTuple):
@@ -100,7 +105,8 @@ def heat_flux_fn(atomic_energy_fn: Callable) -> Callable:
         z = graph.numbers
         same = (z[:, None] == z[None, :]) & in_cell[None, :]
         mean = jnp.sum(jnp.where(same, e[None, :], 0.0), axis=1) / jnp.maximum(jnp.sum(same, 1), 1)
-        site = jnp.where(in_cell, e - mean + 0.5 * masses * jnp.sum(v * v, axis=1), 0.0)
+        kinetic = 0.5 * masses * jnp.sum(v * v, axis=1) / FS**2  # eV (v in Å/fs)
+        site = jnp.where(in_cell, e - mean + kinetic, 0.0)
         j_conv = jnp.einsum("j,ja->a", site, v.astype(site.dtype))
         return j_pot + j_conv, j_pot, j_conv
 
