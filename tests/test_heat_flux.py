@@ -138,8 +138,8 @@ def test_thermal_conductivity_of_lj_argon_runs_and_is_positive():
     flux = HeatFlux(LJ.atomic_energy_fn, None, atoms.numbers, system.masses, atoms.pbc,
                     reach=LJ.rc, cutoff=LJ.rc)
     res = thermal_conductivity(energy_fn, flux, system, atoms.positions, LJ.rc, temperature=40.0,
-                               runs=2, equilibration_fs=1000.0, production_fs=4000.0,
-                               timestep=4.0, sample_every=4, max_lag_fs=1000.0)
+                               runs=2, equilibration_fs=400.0, production_fs=2400.0,
+                               timestep=4.0, sample_every=4, max_lag_fs=800.0)
     assert res["kappa_W_mK"].shape == (3, 3)
     assert 0.05 < res["kappa_mean_W_mK"] < 5.0, res["kappa_mean_W_mK"]
     assert 30.0 < res["mean_temperature_K"] < 50.0
