@@ -59,7 +59,8 @@ def lj_energy_fn(system: System):
     return energy_fn
 
 
-def argon_kappa(temperature: float, n_cells: int, runs: int, production_ps: float) -> dict:
+def argon_kappa(temperature: float, n_cells: int, runs: int, production_ps: float,
+                sample_every: int, max_lag_ps: float) -> dict:
     atoms = bulk("Ar", "fcc", a=5.30, cubic=True).repeat((n_cells,) * 3)
     system = System.from_atoms(atoms)
     npt = Simulation(lj_energy_fn(system), system, atoms.positions,
@@ -78,14 +79,15 @@ def argon_kappa(temperature: float, n_cells: int, runs: int, production_ps: floa
     t0 = time.perf_counter()
     res = thermal_conductivity(lj_energy_fn(system), flux, system, atoms.positions, LJ.rc,
                                temperature=temperature, runs=runs, equilibration_fs=20_000.0,
-                               production_fs=1e3 * production_ps, timestep=4.0, sample_every=5,
-                               max_lag_fs=20_000.0,
+                               production_fs=1e3 * production_ps, timestep=4.0,
+                               sample_every=sample_every, max_lag_fs=1e3 * max_lag_ps,
                                on_run=lambda r, x: print(f"  argon run {r}: "
                                                          f"{np.trace(x['kappa']) / 3:.3f} W/m/K",
                                                          flush=True))
     return {
         "temperature_K": temperature, "n_atoms": len(atoms),
         "lattice_constant_A": 5.30 * scale, "runs": runs, "production_ps_per_run": production_ps,
+        "sample_fs": 4.0 * sample_every, "max_lag_ps": max_lag_ps,
         "kappa_mean_W_mK": res["kappa_mean_W_mK"], "kappa_mean_W_mK_stderr": res["kappa_mean_W_mK_stderr"],
         "kappa_per_run_W_mK": res["kappa_mean_per_run_W_mK"],
         "kappa_tensor_W_mK": np.asarray(res["kappa_W_mK"]).tolist(),
@@ -150,6 +152,8 @@ def main() -> None:
     p.add_argument("--argon-cells", type=int, default=4, help="n x n x n conventional cells")
     p.add_argument("--argon-runs", type=int, default=3)
     p.add_argument("--argon-production", type=float, default=100.0, help="ps per run")
+    p.add_argument("--argon-sample-every", type=int, default=10, help="steps of 4 fs")
+    p.add_argument("--argon-max-lag", type=float, default=20.0, help="ps")
     p.add_argument("--sizes", default="3,6", help="diamond Si n x n x n conventional cells "
                    "(8 n^3 atoms; 3 -> 216, 5 -> 1,000, 11 -> 10,648)")
     p.add_argument("--repeats", type=int, default=10)
@@ -163,7 +167,8 @@ def main() -> None:
            "command": " ".join(__import__("sys").argv)}
     if not args.skip_argon:
         out["argon"] = argon_kappa(args.argon_temperature, args.argon_cells, args.argon_runs,
-                                   args.argon_production)
+                                   args.argon_production, args.argon_sample_every,
+                                   args.argon_max_lag)
         print(json.dumps(out["argon"], indent=1), flush=True)
     model = silicon_model(args.si_model)
     out["costs_model"] = args.si_model or "random, reference size (2 blocks, F=128, 5 Å), float32"

@@ -67,3 +67,19 @@ def test_disabled_guard_never_rolls_back():
         g.validate("s0", 1.0, math.inf, None)
         assert not g.diverged(math.nan, 1.0, math.nan)
         assert g.validate("s1", math.nan, 1.0, math.nan) is None
+
+
+def test_the_guard_does_not_loop_on_an_unreachable_reference():
+    """A lucky low validation loss (0.3 among 1.4-4.2) must not make every later validation
+    a divergence: after MAX_ROLLBACKS rollbacks in a row the guard re-bases and goes on."""
+    from so3krates.training.guard import MAX_ROLLBACKS
+
+    g = DivergenceGuard(10.0)
+    g.validate("s0", 5.0, math.inf, None)
+    assert g.validate("s1", 0.3, 5.0, 2.0) is None
+    assert g.validate("s2", 1.4, 0.3, 2.0) is None  # s1 proven good
+    rollbacks = [g.validate(f"r{k}", 4.0, 0.3, 2.0) for k in range(MAX_ROLLBACKS)]
+    assert rollbacks == ["s1"] * MAX_ROLLBACKS  # still the guard's job for a while
+    assert g.validate("r", 4.0, 0.3, 2.0) is None  # then: a new reference, no rollback
+    assert g.good == "r" and not g.diverged(4.0, 0.3, 2.0)
+    assert g.diverged(40.1, 0.3, 2.0)  # a real divergence against the new reference

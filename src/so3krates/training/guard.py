@@ -18,12 +18,20 @@ healthy as well, since a state wrecked by the last step before a validation show
 next interval's losses. The state at the start of a run (validated before any step) is good
 without that proof: there is nothing older to go back to. A resumed run starts with no good
 state (the guard is not checkpointed) and proves one as above.
+
+A guard must not loop: when the validations right after rolling back to the same state keep
+showing a divergence (``MAX_ROLLBACKS`` times in a row), the reference it judges them
+against is out of reach — a lucky low validation loss, say, in a noisy run (a tantalum run
+rolled back 96 times, the learning rate halved to 1e-30). The guard then takes the current
+validation loss as its reference and training goes on.
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any
+
+MAX_ROLLBACKS = 3  # consecutive rollbacks after which the guard re-bases its reference
 
 
 class DivergenceGuard:
@@ -39,6 +47,8 @@ class DivergenceGuard:
         self.best_train_loss = math.inf
         self.good: Any = None
         self.candidate: Any = None
+        self.rollbacks = 0  # consecutive rollbacks
+        self.reference = 0.0  # a validation loss below which the best one is not taken
 
     def diverged(self, valid_loss: float, best_valid_loss: float, train_loss: float | None) -> bool:
         """Whether a validation shows a divergence (see the module docstring).
@@ -47,7 +57,7 @@ class DivergenceGuard:
         step was taken since then."""
         if not self.factor:
             return False
-        if not valid_loss <= self.factor * best_valid_loss:
+        if not valid_loss <= self.factor * max(best_valid_loss, self.reference):
             return True
         if train_loss is None:
             return False
@@ -66,7 +76,14 @@ class DivergenceGuard:
             return None
         if self.diverged(valid_loss, best_valid_loss, train_loss):
             self.candidate = None
+            if self.good is not None and self.rollbacks >= MAX_ROLLBACKS and math.isfinite(valid_loss):
+                # Out of reach: re-base on this validation and go on from here.
+                self.reference, self.rollbacks = valid_loss, 0
+                self.good, self.candidate = state, None
+                return None
+            self.rollbacks += self.good is not None
             return self.good
+        self.rollbacks = 0
         if train_loss is None:  # the start: nothing trained since, nothing older to go back to
             self.good, self.candidate = state, None
             return None
