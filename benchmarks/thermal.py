@@ -6,7 +6,7 @@
    atoms; a model of the reference size, random or trained): energy + forces, + stress,
    + heat flux (unfolded system, forward + reverse mode), each per call; and an MD step in
    NPT against NVT (Nosé–Hoover), ms per step.
-3. Optionally (``--si-model DIR``) Green–Kubo κ of diamond Si with a trained model.
+3. Optionally (``--si-model DIR --si-kappa``) Green–Kubo κ of diamond Si with a trained model.
 
 Writes ``benchmarks/results/thermal_<tag>.json``. Example::
 
@@ -158,6 +158,8 @@ def main() -> None:
                    "(8 n^3 atoms; 3 -> 216, 5 -> 1,000, 11 -> 10,648)")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--si-model", help="a trained Si model directory (costs and Si kappa)")
+    p.add_argument("--si-kappa", action="store_true",
+                   help="with --si-model: also Green-Kubo kappa of diamond Si (hours on a CPU)")
     p.add_argument("--si-production", type=float, default=50.0, help="ps per run")
     p.add_argument("--skip-argon", action="store_true")
     args = p.parse_args()
@@ -173,7 +175,7 @@ def main() -> None:
     model = silicon_model(args.si_model)
     out["costs_model"] = args.si_model or "random, reference size (2 blocks, F=128, 5 Å), float32"
     out["costs"] = costs(model, args.repeats, [int(s) for s in args.sizes.split(",")])
-    if args.si_model:
+    if args.si_model and args.si_kappa:
         atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat((3, 3, 3))
         system = System.from_atoms(atoms)
         flux = model.heat_flux(atoms)
