@@ -101,10 +101,11 @@ def heat_flux_fn(atomic_energy_fn: Callable) -> Callable:
         e, de_dt = jnp.where(in_cell, e, 0.0), jnp.where(in_cell, de_dt, 0.0)
         j_pot = (jnp.einsum("j,ja->a", de_dt, r.astype(de_dt.dtype))
                  - jnp.einsum("i,ia->a", jnp.sum(grad * v, axis=1), r).astype(de_dt.dtype))
-        # Site energies relative to their element's mean in the cell.
+        # Site energies relative to their element's mean in the cell (per-element sums: O(M)).
         z = graph.numbers
-        same = (z[:, None] == z[None, :]) & in_cell[None, :]
-        mean = jnp.sum(jnp.where(same, e[None, :], 0.0), axis=1) / jnp.maximum(jnp.sum(same, 1), 1)
+        sums = jax.ops.segment_sum(e, z, num_segments=119)
+        counts = jax.ops.segment_sum(in_cell.astype(e.dtype), z, num_segments=119)
+        mean = (sums / jnp.maximum(counts, 1.0))[z]
         kinetic = 0.5 * masses * jnp.sum(v * v, axis=1) / FS**2  # eV (v in Å/fs)
         site = jnp.where(in_cell, e - mean + kinetic, 0.0)
         j_conv = jnp.einsum("j,ja->a", site, v.astype(site.dtype))
