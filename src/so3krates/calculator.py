@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.calculators.calculator import equal as ase_equal
-from ase.stress import full_3x3_to_voigt_6_stress as full_3x3_to_voigt
 
 from so3krates.batching import Capacity, single_graph
 from so3krates.compile import jit
@@ -31,6 +30,8 @@ from so3krates.neighbours import verlet as nl
 from so3krates.potential import derive
 
 DEFAULT_SKIN = 0.5  # Å: Verlet skin of the device neighbour list of molecules
+# ASE's Voigt order xx yy zz yz xz xy as (row, column) indices of a 3x3 stress.
+VOIGT = (np.array([0, 1, 2, 1, 0, 0]), np.array([0, 1, 2, 2, 2, 1]))
 
 
 class MoleculeEvaluator:
@@ -188,11 +189,10 @@ class So3kratesCalculator(Calculator):
             # Components along open directions of slabs and wires are not stresses.
             periodic = np.outer(atoms.pbc, atoms.pbc)
             sigma = np.where(periodic, np.asarray(pred.stress, np.float64)[0], 0.0)
-            results["stress"] = full_3x3_to_voigt(sigma)
-            if stresses:
-                per_atom = np.asarray(pred.atomic_stresses, np.float64)[:n]
-                results["stresses"] = np.stack(
-                    [full_3x3_to_voigt(s) for s in np.where(periodic, per_atom, 0.0)])
+            results["stress"] = sigma[VOIGT]
+            if stresses:  # (N, 6), all atoms at once
+                per_atom = np.where(periodic, np.asarray(pred.atomic_stresses, np.float64)[:n], 0.0)
+                results["stresses"] = per_atom[:, VOIGT[0], VOIGT[1]]
         return results
 
     def compiled_variants(self, stress: bool = False) -> int:

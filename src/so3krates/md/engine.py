@@ -198,7 +198,8 @@ class Simulation:
         self.spec = spec or nl.allocate(positions, system.cell, system.pbc, cutoff, skin)
         # For the few evaluations outside the compiled chunks.
         self._derived = jax.jit(derive(energy_fn, virial=ensemble.kind == "npt"))
-        self.state = init_state(positions, system, energy_fn, self.spec, ensemble, seed, velocities)
+        self.state = init_state(positions, system, energy_fn, self.spec, ensemble, seed, velocities,
+                                derived=self._derived)
         self.step = 0
         self._chunks: dict[int, Callable] = {}
 
@@ -211,7 +212,8 @@ class Simulation:
         cell = jnp.asarray(self.system.cell if cell is None else cell, jnp.float64)
         v = jnp.asarray(velocities_fs, jnp.float64) / units.fs
         self.state = start_state(x, v, cell, self.energy_fn, self.spec, self.ensemble,
-                                 jnp.asarray(key), chain, cell_momentum, barostat_chain)
+                                 jnp.asarray(key), chain, cell_momentum, barostat_chain,
+                                 derived=self._derived)
         self.step = int(step)
 
     def _rebuilt(self, state: MDState, verlet: nl.VerletList) -> MDState:

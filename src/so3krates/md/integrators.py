@@ -332,25 +332,31 @@ def init_state(
     ensemble: Ensemble,
     seed: int = 0,
     velocities: np.ndarray | None = None,
+    derived=None,
 ) -> MDState:
-    """A state at ``positions`` with Maxwell–Boltzmann velocities (or the ones given, in Å/fs)."""
+    """A state at ``positions`` with Maxwell–Boltzmann velocities (or the ones given, in Å/fs);
+    ``derived``: see :func:`start_state`."""
     key, v_key = jax.random.split(jax.random.PRNGKey(seed))
     x = jnp.asarray(positions, jnp.float64)
     if velocities is None:
         v = maxwell_boltzmann(v_key, system.masses, ensemble.temperature, system.degrees_of_freedom)
     else:
         v = jnp.asarray(velocities, jnp.float64) / units.fs
-    return start_state(x, v, jnp.asarray(system.cell), energy_fn, spec, ensemble, key)
+    return start_state(x, v, jnp.asarray(system.cell), energy_fn, spec, ensemble, key,
+                       derived=derived)
 
 
 def start_state(positions, velocities, cell, energy_fn: EnergyFn, spec: nl.NeighbourSpec,
                 ensemble: Ensemble, key, chain=None, cell_momentum=None,
-                barostat_chain=None) -> MDState:
+                barostat_chain=None, derived=None) -> MDState:
     """A state from positions (Å), velocities (ASE units) and cell (Å), with neighbours,
     energy, forces and (NPT) virial computed; thermostat and barostat variables zero unless
-    given (restarts)."""
+    given (restarts). ``derived``: the jitted ``derive(energy_fn, virial=...)`` to reuse
+    (the engine keeps one; default: one compiled here)."""
+    if derived is None:
+        derived = jax.jit(derive(energy_fn, virial=ensemble.kind == "npt"))
     nbrs = nl.build(positions, cell, spec)
-    out = derive(energy_fn, virial=ensemble.kind == "npt")(positions, cell, nbrs)
+    out = derived(positions, cell, nbrs)
     zeros_chain = jnp.zeros((2, ensemble.chain_length))
     return MDState(
         positions, velocities, out.forces, out.energy, cell,
