@@ -137,6 +137,14 @@ def trained_model_dir(tmp_path_factory) -> Path:
     return out
 
 
+# A tiny model for periodic data (1,200 steps): the Cu fixture and the mixed-data test.
+TINY_PERIODIC_TRAIN = [
+    "model.features=16", "model.num_layers=1", "model.num_radial=8", "model.degrees=[1,2]",
+    "model.cutoff=4.0", "training.batch_size=4", "training.max_steps=1200",
+    "training.valid_every=400", "training.learning_rate=3e-3", "training.progress=false",
+]
+
+
 @pytest.fixture(scope="session")
 def trained_cu_model_dir(tmp_path_factory) -> Path:
     """A tiny model trained briefly on the shipped periodic Cu set (cells of up to 32 atoms,
@@ -151,12 +159,7 @@ def trained_cu_model_dir(tmp_path_factory) -> Path:
     frames = [a for a in ase.io.read(shipped_dataset_path("cu_emt"), ":") if len(a) <= 32]
     data = out / "cu.extxyz"
     ase.io.write(data, frames, format="extxyz")
-    cfg = load_config(None, [
-        f"data.path={data}", f"data.n_train={len(frames) - 40}", "data.n_valid=20",
-        "data.n_test=20", "model.features=16", "model.num_layers=1", "model.num_radial=8",
-        "model.degrees=[1,2]", "model.cutoff=4.0", "training.batch_size=4",
-        "training.max_steps=1200", "training.valid_every=400", "training.learning_rate=3e-3",
-        "training.progress=false",
-    ])
+    cfg = load_config(None, [f"data.path={data}", f"data.n_train={len(frames) - 40}",
+                             "data.n_valid=20", "data.n_test=20", *TINY_PERIODIC_TRAIN])
     train(cfg, out / "model")
     return out / "model"

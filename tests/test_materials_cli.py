@@ -93,11 +93,16 @@ def test_relax_cell_and_eos_commands_agree(trained_cu_model_dir, cu_cell, tmp_pa
     assert eos["v0_A3"] == pytest.approx(volumes["FIRE"], rel=5e-3)
 
 
+def cu32(tmp_path, a: float):
+    """A 32-atom fcc Cu cell with lattice constant ``a`` (Å) written to a file."""
+    path = tmp_path / "cu32.xyz"
+    ase.io.write(path, bulk("Cu", "fcc", a=a, cubic=True).repeat((2, 2, 2)))
+    return path
+
+
 @pytest.mark.slow
 def test_md_npt_command_writes_cells_and_pressure(trained_cu_model_dir, tmp_path):
-    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 2))
-    src = tmp_path / "cu32.xyz"
-    ase.io.write(src, atoms)
+    src = cu32(tmp_path, 3.6)
     out = tmp_path / "npt.h5"
     code = main(["md", str(trained_cu_model_dir), str(src), "--ensemble", "npt", "--pressure",
                  "20000", "--isotropic", "--temperature", "300", "--timestep", "2", "--steps", "600",
@@ -134,9 +139,7 @@ def test_materials_commands_reject_molecules(trained_model_dir, tmp_path, capsys
 
 @pytest.mark.slow
 def test_thermal_conductivity_command(trained_cu_model_dir, tmp_path):
-    atoms = bulk("Cu", "fcc", a=3.7, cubic=True).repeat((2, 2, 2))
-    src = tmp_path / "cu32.xyz"
-    ase.io.write(src, atoms)
+    src = cu32(tmp_path, 3.7)
     out = tmp_path / "kappa"
     code = main(["thermal-conductivity", str(trained_cu_model_dir), str(src), "--temperature",
                  "300", "--runs", "2", "--equilibration", "0.5", "--production", "2",

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from conftest import TINY_PERIODIC_TRAIN
 from so3krates.batching import Labels
 from so3krates.data import DataError, read_dataset
 from so3krates.datasets import shipped_dataset_path
@@ -129,13 +130,8 @@ def test_mixed_molecules_and_crystals_train_with_stress_masked(tmp_path):
     labelled = np.isfinite(data.stress).all(axis=(1, 2))
     assert labelled.sum() == len(crystals) and (~labelled).sum() == 60
 
-    cfg = load_config(None, [
-        f"data.path={path}", f"data.n_train={len(frames) - 60}", "data.n_valid=30",
-        "data.n_test=30", "model.features=16", "model.num_layers=1", "model.num_radial=8",
-        "model.degrees=[1,2]", "model.cutoff=4.0", "training.batch_size=4",
-        "training.max_steps=1200", "training.valid_every=400", "training.learning_rate=3e-3",
-        "training.progress=false",
-    ])
+    cfg = load_config(None, [f"data.path={path}", f"data.n_train={len(frames) - 60}",
+                             "data.n_valid=30", "data.n_test=30", *TINY_PERIODIC_TRAIN])
     out = tmp_path / "model"
     train(cfg, out)
     model = load_model(out)
