@@ -187,21 +187,9 @@ def classify(d) -> str:
     return "unknown"
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("files", nargs="*", type=Path, help="JSON files (default: the RELEVANT list)")
-    p.add_argument("--all", action="store_true", help="every JSON file in benchmarks/results")
-    p.add_argument("--link-prefix", default="results/",
-                   help="prefix of the file links (default results/, for benchmarks/README.md)")
-    args = p.parse_args(argv)
-
-    if args.files:
-        paths = args.files
-    elif args.all:
-        paths = sorted(RESULTS.glob("*.json"))
-    else:
-        paths = [RESULTS / name for name in RELEVANT]
-
+def render(paths: list[Path], link_prefix: str | None = "results/") -> str:
+    """The Markdown tables of these result files; files are linked with ``link_prefix``
+    (``None``: named in backticks, for pages that cannot link to the repository's files)."""
     sections: dict[str, list[list[str]]] = {k: [] for k in
                                             ("accuracy", "timing", "md_speed", "md_stability",
                                              "train_step")}
@@ -209,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     items = []
     for path in paths:
         d = json.loads(path.read_text())
-        link = f"[{path.name}]({args.link_prefix}{path.name})"
+        link = f"`{path.name}`" if link_prefix is None else f"[{path.name}]({link_prefix}{path.name})"
         if classify(d) == "nested":  # {"command": ..., "runs": {"name": result, ...}}
             items += [(f"{link} ({name})", sub) for name, sub in d["runs"].items()]
         else:
@@ -248,7 +236,42 @@ def main(argv: list[str] | None = None) -> int:
             out.append(f"**{title}**\n\n{table(header, rows)}")
     if unknown:
         out.append("Not recognised: " + ", ".join(unknown))
-    print("\n\n".join(out))
+    return "\n\n".join(out)
+
+
+def thermal_section(path: Path) -> str:
+    """Green–Kubo results of ``thermal.py``: one row per system in the file."""
+    d = json.loads(path.read_text())
+    rows = []
+    for name in ("argon", "silicon"):
+        r = d.get(name)
+        if not r:
+            continue
+        rows.append([name, fmt(r.get("temperature_K"), 0), fmt(r.get("n_atoms")),
+                     f"{len(r.get('kappa_per_run_W_mK', []))} × {fmt(r.get('production_ps_per_run'), 0)}",
+                     f"{fmt(r.get('kappa_mean_W_mK'), 3)} ± {fmt(r.get('kappa_mean_W_mK_stderr'), 3)}",
+                     fmt(r.get("ns_per_day_with_heat_flux"), 1)])
+    if not rows:
+        return ""
+    header = ["system", "T (K)", "atoms", "runs × ps", "κ (W/m/K)", "ns/day with flux"]
+    return f"**Green–Kubo thermal conductivity (`thermal.py`, `{path.name}`)**\n\n{table(header, rows)}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("files", nargs="*", type=Path, help="JSON files (default: the RELEVANT list)")
+    p.add_argument("--all", action="store_true", help="every JSON file in benchmarks/results")
+    p.add_argument("--link-prefix", default="results/",
+                   help="prefix of the file links (default results/, for benchmarks/README.md)")
+    args = p.parse_args(argv)
+
+    if args.files:
+        paths = args.files
+    elif args.all:
+        paths = sorted(RESULTS.glob("*.json"))
+    else:
+        paths = [RESULTS / name for name in RELEVANT]
+    print(render(paths, args.link_prefix))
     return 0
 
 
