@@ -60,43 +60,59 @@ def lj_energy_fn(system: System):
 
 
 def argon_kappa(temperature: float, n_cells: int, runs: int, production_ps: float,
-                sample_every: int, max_lag_ps: float) -> dict:
-    atoms = bulk("Ar", "fcc", a=5.30, cubic=True).repeat((n_cells,) * 3)
+                sample_every: int, max_lag_ps: float, lattice: float | None = None) -> dict:
+    """Green–Kubo κ of LJ argon; ``lattice`` (Å) skips the NPT run that finds it."""
+    a = 5.30 if lattice is None else lattice
+    atoms = bulk("Ar", "fcc", a=a, cubic=True).repeat((n_cells,) * 3)
     system = System.from_atoms(atoms)
-    npt = Simulation(lj_energy_fn(system), system, atoms.positions,
-                     Ensemble("npt", 4.0, temperature, tau=400.0, pressure=0.0,
-                              barostat_tau=2000.0, isotropic=True),
-                     LJ.rc, skin=0.5, stride=25, chunk_frames=40, monitor=None)
-    volumes = []
-    npt.run(5000)
-    npt.run(15000, lambda f: volumes.append(f.volume))
-    volume = float(np.mean(np.concatenate(volumes)))
-    scale = (volume / atoms.get_volume()) ** (1 / 3)
+    scale = 1.0
+    if lattice is None:
+        npt = Simulation(lj_energy_fn(system), system, atoms.positions,
+                         Ensemble("npt", 4.0, temperature, tau=400.0, pressure=0.0,
+                                  barostat_tau=2000.0, isotropic=True),
+                         LJ.rc, skin=0.5, stride=25, chunk_frames=40, monitor=None)
+        volumes = []
+        npt.run(5000)
+        npt.run(15000, lambda f: volumes.append(f.volume))
+        volume = float(np.mean(np.concatenate(volumes)))
+        scale = (volume / atoms.get_volume()) ** (1 / 3)
     atoms.set_cell(atoms.cell[:] * scale, scale_atoms=True)
     system = System.from_atoms(atoms)
     flux = HeatFlux(LJ.atomic_energy_fn, None, atoms.numbers, system.masses, atoms.pbc,
                     reach=LJ.rc, cutoff=LJ.rc)
+    run_temperatures = []
+
+    def on_run(r, x):
+        run_temperatures.append(x["mean_temperature_K"])
+        print(f"  argon run {r}: {np.trace(x['kappa']) / 3:.3f} W/m/K at "
+              f"{x['mean_temperature_K']:.2f} K ({time.perf_counter() - t0:.0f} s)", flush=True)
+
     t0 = time.perf_counter()
     res = thermal_conductivity(lj_energy_fn(system), flux, system, atoms.positions, LJ.rc,
                                temperature=temperature, runs=runs, equilibration_fs=20_000.0,
                                production_fs=1e3 * production_ps, timestep=4.0,
                                sample_every=sample_every, max_lag_fs=1e3 * max_lag_ps,
-                               on_run=lambda r, x: print(f"  argon run {r}: "
-                                                         f"{np.trace(x['kappa']) / 3:.3f} W/m/K",
-                                                         flush=True))
+                               on_run=on_run)
     return {
         "temperature_K": temperature, "n_atoms": len(atoms),
-        "lattice_constant_A": 5.30 * scale, "runs": runs, "production_ps_per_run": production_ps,
+        "lattice_constant_A": float(atoms.cell[0, 0] / n_cells), "runs": runs,
+        "production_ps_per_run": production_ps,
         "sample_fs": 4.0 * sample_every, "max_lag_ps": max_lag_ps,
         "kappa_mean_W_mK": res["kappa_mean_W_mK"], "kappa_mean_W_mK_stderr": res["kappa_mean_W_mK_stderr"],
         "kappa_per_run_W_mK": res["kappa_mean_per_run_W_mK"],
+        "running_integral_trace_W_mK": {
+            f"{t:g}ps": float(np.trace(res["running_integral_W_mK"][i]) / 3)
+            for t in (0.5, 1, 2, 5, 10, 20, 40)
+            if (i := int(round(1e3 * t / res["sample_fs"]))) < len(res["lags_fs"])},
         "kappa_tensor_W_mK": np.asarray(res["kappa_W_mK"]).tolist(),
         "mean_temperature_K": res["mean_temperature_K"],
+        "temperature_per_run_K": run_temperatures,
         "ns_per_day_with_heat_flux": res["ns_per_day_with_heat_flux"],
         "wall_s": time.perf_counter() - t0,
-        "reference": "McGaughey & Kaviany, Int. J. Heat Mass Transfer 47, 1783 (2004), Green-Kubo "
-                     "for LJ argon with a 2.5 sigma cutoff: about 0.45-0.5 W/m/K at 50 K (read "
-                     "from their figure as remembered, not checked against the paper here)",
+        "reference": "McGaughey & Kaviany, Int. J. Heat Mass Transfer 47, 1783 (2004) and Phys. "
+                     "Rev. B 69, 094303 (2004), Green-Kubo for LJ argon (2.5 sigma cutoff, 256 "
+                     "atoms): of order 0.4-0.5 W/m/K at 50 K as remembered; the value could not "
+                     "be checked against the papers here",
     }
 
 
@@ -153,7 +169,12 @@ def main() -> None:
     p.add_argument("--argon-runs", type=int, default=3)
     p.add_argument("--argon-production", type=float, default=100.0, help="ps per run")
     p.add_argument("--argon-sample-every", type=int, default=10, help="steps of 4 fs")
-    p.add_argument("--argon-max-lag", type=float, default=20.0, help="ps")
+    p.add_argument("--argon-max-lag", type=float, default=10.0,
+                   help="ps (the LJ argon integral is flat from about 5 ps at 50 K)")
+    p.add_argument("--argon-lattice", type=float,
+                   help="Å: skip the NPT run (zero pressure at 50 K: 5.395, benchmarks/results/"
+                        "thermal_epyc_2026-12-07.json, and an ASE virial check)")
+    p.add_argument("--skip-costs", action="store_true", help="argon only")
     p.add_argument("--sizes", default="3,6", help="diamond Si n x n x n conventional cells "
                    "(8 n^3 atoms; 3 -> 216, 5 -> 1,000, 11 -> 10,648)")
     p.add_argument("--repeats", type=int, default=10)
@@ -170,8 +191,14 @@ def main() -> None:
     if not args.skip_argon:
         out["argon"] = argon_kappa(args.argon_temperature, args.argon_cells, args.argon_runs,
                                    args.argon_production, args.argon_sample_every,
-                                   args.argon_max_lag)
+                                   args.argon_max_lag, args.argon_lattice)
         print(json.dumps(out["argon"], indent=1), flush=True)
+    if args.skip_costs:
+        RESULTS.mkdir(exist_ok=True)
+        path = RESULTS / f"thermal_{args.tag}.json"
+        path.write_text(json.dumps(out, indent=2) + "\n")
+        print(f"wrote {path}")
+        return
     model = silicon_model(args.si_model)
     out["costs_model"] = args.si_model or "random, reference size (2 blocks, F=128, 5 Å), float32"
     out["costs"] = costs(model, args.repeats, [int(s) for s in args.sizes.split(",")])

@@ -124,6 +124,34 @@ def test_autocorrelation_and_green_kubo_integral():
     assert abs(kappa[-1][0, 1]) < 0.1 * expected
 
 
+def test_green_kubo_of_short_runs_is_unbiased():
+    """Runs a few correlation windows long: correlating the flux itself (whose equilibrium
+    mean is zero) recovers the integral; subtracting each run's sample mean (the former
+    default) biased it low by a fraction of order 2 window / run."""
+    from ase import units
+
+    from so3krates.md.thermal import KAPPA_UNIT, green_kubo
+
+    rng = np.random.default_rng(3)
+    s, tau, n, runs = 1.0, 10.0, 200, 2000  # each run 20 τ, window 5 τ
+    a = np.exp(-1.0 / tau)
+    j = np.empty((n, runs, 3))
+    j[0] = rng.normal(scale=s, size=(runs, 3))
+    for k in range(1, n):
+        j[k] = a * j[k - 1] + rng.normal(scale=s * np.sqrt(1 - a * a), size=(runs, 3))
+    volume, temperature = 1000.0, 50.0
+    unit = KAPPA_UNIT / (volume * units.kB * temperature**2)
+    expected = s * s * tau * (1 - np.exp(-5.0)) * unit  # ∫_0^5τ s² exp(-t/τ) dt
+
+    def mean_end(subtract_mean):
+        ends = [np.diagonal(green_kubo(j[:, r], 1.0, volume, temperature, 5 * tau,
+                                       subtract_mean=subtract_mean)[1][-1]) for r in range(runs)]
+        return float(np.mean(ends))
+
+    assert mean_end(False) == pytest.approx(expected, rel=0.04)
+    assert mean_end(True) < 0.8 * expected  # the sample-mean bias (about -40 % here)
+
+
 def test_thermal_conductivity_of_lj_argon_runs_and_is_positive():
     from so3krates.md import System
     from so3krates.md.system import graph
@@ -137,10 +165,22 @@ def test_thermal_conductivity_of_lj_argon_runs_and_is_positive():
 
     flux = HeatFlux(LJ.atomic_energy_fn, None, atoms.numbers, system.masses, atoms.pbc,
                     reach=LJ.rc, cutoff=LJ.rc)
+    per_run = []
     res = thermal_conductivity(energy_fn, flux, system, atoms.positions, LJ.rc, temperature=40.0,
                                runs=2, equilibration_fs=400.0, production_fs=2400.0,
-                               timestep=4.0, sample_every=4, max_lag_fs=800.0)
+                               timestep=4.0, sample_every=4, max_lag_fs=800.0,
+                               on_run=lambda r, x: per_run.append(x))
     assert res["kappa_W_mK"].shape == (3, 3)
+    np.testing.assert_allclose(res["kappa_W_mK"], res["kappa_W_mK"].T, rtol=1e-12)
+    # Each run's κ from its own flux series at its own mean (NVE) temperature, not the target.
+    from so3krates.md.thermal import green_kubo, plateau
+
+    volume = atoms.get_volume()
+    expected = [plateau(green_kubo(p["flux"], 16.0, volume, p["mean_temperature_K"], 800.0)[1])
+                for p in per_run]
+    assert per_run[0]["flux"].shape == (150, 3)
+    assert all(abs(p["mean_temperature_K"] - 40.0) > 1e-3 for p in per_run)
+    np.testing.assert_allclose(res["kappa_W_mK"], np.mean(expected, axis=0), rtol=1e-12)
     assert 0.05 < res["kappa_mean_W_mK"] < 5.0, res["kappa_mean_W_mK"]
     assert 30.0 < res["mean_temperature_K"] < 50.0
     assert res["running_integral_W_mK"].shape[0] == len(res["lags_fs"])
