@@ -27,6 +27,7 @@ from so3krates.batching import Capacity, single_graph
 from so3krates.compile import jit
 from so3krates.md.system import System, model_energy_fn
 from so3krates.neighbours import verlet as nl
+from so3krates.neighbours.verlet import complete_cell
 from so3krates.potential import derive
 
 DEFAULT_SKIN = 0.5  # Å: Verlet skin of the device neighbour list of molecules
@@ -117,6 +118,16 @@ def changed_properties(old, new, tol: float = 1e-15, excluded=()) -> list[str]:
     return changes
 
 
+def explain_non_finite(atoms) -> None:
+    """Raise ``ValueError`` for a NaN or infinite energy, naming overlapping atoms (the usual
+    cause) if there are any; checked only then, off the fast path."""
+    from so3krates.data.dataset import find_overlap
+
+    pair = find_overlap(atoms.positions, complete_cell(atoms.cell[:], atoms.pbc), atoms.pbc)
+    cause = f": atoms {pair[0]} and {pair[1]} overlap" if pair else ""
+    raise ValueError(f"the model's energy is not finite{cause}")
+
+
 class So3kratesCalculator(Calculator):
     """ASE calculator: ``energy``, ``free_energy``, ``forces``, per-atom ``energies``, and for
     periodic systems ``stress`` and per-atom ``stresses`` (eV/Å³, ASE's sign: tension positive).
@@ -155,6 +166,8 @@ class So3kratesCalculator(Calculator):
         atoms = self.atoms
         if "numbers" in system_changes:
             self.model.check_elements(atoms.numbers)
+        if "positions" in system_changes and not np.isfinite(atoms.positions).all():
+            raise ValueError("positions contain NaN or inf")
         wants_stress = bool({"stress", "stresses"} & set(properties))
         if atoms.pbc.any():
             self._molecule = None
@@ -169,10 +182,13 @@ class So3kratesCalculator(Calculator):
         energy, forces, energies = self._molecule(atoms.positions)
         self.results = {"energy": energy, "free_energy": energy, "forces": forces,
                         "energies": energies}
+        if not np.isfinite(energy):
+            explain_non_finite(atoms)
 
     def _periodic(self, atoms, stress: bool, stresses: bool) -> dict:
         if stress and not abs(atoms.cell.volume) > 1e-9:
             raise ValueError(f"the cell {atoms.cell[:].tolist()} has no volume: no stress")
+        complete_cell(atoms.cell[:], atoms.pbc)  # a ValueError for a degenerate periodic cell
         graph_, self._capacity = single_graph(
             atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc, self.model.cutoff,
             self._capacity, dtype=np.dtype(self.model.dtype), pair_halves=True,
@@ -182,6 +198,8 @@ class So3kratesCalculator(Calculator):
         # Outputs to the host as they are, then slice off the padding there.
         n = len(atoms)
         energy = float(np.asarray(pred.energy)[0])
+        if not np.isfinite(energy):
+            explain_non_finite(atoms)
         results = {"energy": energy, "free_energy": energy,
                    "forces": np.asarray(pred.forces)[:n].astype(np.float64),
                    "energies": np.asarray(pred.atomic_energies)[:n].astype(np.float64)}

@@ -49,7 +49,6 @@ def _demo_parser(sub) -> None:
 
 
 def cmd_train(args) -> int:
-    from so3krates.config import load_config
     from so3krates.training.trainer import train
 
     overrides = list(args.set)
@@ -63,10 +62,28 @@ def cmd_train(args) -> int:
         overrides.append(f"training.max_time_minutes={args.max_time}")
     if args.processes:
         overrides.append(f"training.processes={args.processes}")
-    config = load_config(args.config, overrides)
+    config = load_config_file(args.config, overrides)
     result = train(config, args.output, console=console)
     console.print(f"model directory: [bold]{result.output}[/bold]")
     return 0
+
+
+def load_config_file(path: str | None, overrides: list[str]):
+    """``load_config`` with a YAML syntax error reported as one line naming the file."""
+    import yaml
+
+    from so3krates.config import load_config
+
+    try:
+        return load_config(path, overrides)
+    except yaml.YAMLError as err:
+        where = "a --set value"  # values are parsed as YAML too: which text was it?
+        if path is not None:
+            try:
+                yaml.safe_load(Path(path).read_text())
+            except yaml.YAMLError:
+                where = str(path)
+        raise ValueError(f"{where}: not valid YAML ({' '.join(str(err).split())})") from None
 
 
 def print_metrics(metrics: dict, title: str) -> None:
@@ -91,7 +108,6 @@ def evaluate_dir(model_dir: str, data_path: str | None, split: str, overrides: l
     """Evaluate a model directory; returns the metrics (also printed and written)."""
     import numpy as np
 
-    from so3krates.config import load_config
     from so3krates.data.split import SPLIT_FILE, load_split
     from so3krates.evaluate import evaluate_model
     from so3krates.model_io import load_model
@@ -101,7 +117,7 @@ def evaluate_dir(model_dir: str, data_path: str | None, split: str, overrides: l
     model_dir_p = Path(model_dir)
     model = load_model(model_dir_p, dtype=dtype)
     cfg_path = model_dir_p / CONFIG_FILE
-    config = load_config(cfg_path if cfg_path.exists() else None, overrides)
+    config = load_config_file(cfg_path if cfg_path.exists() else None, overrides)
     if data_path:
         config.data.path = data_path
     data = load_training_data(config)
@@ -154,18 +170,27 @@ def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
     from so3krates.data import DataError
-    from so3krates.model_io import ModelFileError
-
+    from so3krates.model_io import ModelFileError, one_line
     from so3krates.training.data_parallel import DataParallelError
 
     try:
         return handlers[args.command](args)
-    except (DataError, ModelFileError, ValidationError, ValueError, FileNotFoundError) as err:
-        console.print(f"[bold red]error:[/bold red] {err}")
-        return 2
+    except ValidationError as err:  # pydantic's text spans several lines and a URL per problem
+        return print_error(f"invalid configuration: {one_line(err)}", 2)
+    except (DataError, ModelFileError, ValueError, FileNotFoundError) as err:
+        return print_error(str(err), 2)
     except DataParallelError as err:  # a training process was killed: resume by rerunning
-        console.print(f"[bold red]error:[/bold red] {err}")
-        return 1
+        return print_error(str(err), 1)
+    except OSError as err:  # a full disk, no permission: the files written before are intact
+        return print_error(str(err), 1)
+
+
+def print_error(message: str, code: int) -> int:
+    """Print ``error: message`` as one line (no markup read from it) and return ``code``."""
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/bold red] {escape(' '.join(message.split()))}")
+    return code
 
 
 if __name__ == "__main__":

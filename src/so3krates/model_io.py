@@ -1,11 +1,13 @@
 """Model directories: a human-readable ``model.yaml`` plus parameters in msgpack (no pickle).
 
 A model directory holds everything needed to predict: hyperparameters, the elements the
-model was trained on, float64 per-element reference energies, and the (EMA) parameters.
+model was trained on, float64 per-element reference energies, and the (EMA) parameters, with
+their SHA-256 checksum in ``model.yaml`` (verified at load).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 from flax import serialization
+from pydantic import ValidationError
 
 from so3krates.compile import jit
 from so3krates.config import ModelConfig, dump_yaml
@@ -26,6 +29,7 @@ from so3krates.potential import make_predict_fn
 
 MODEL_FILE = "model.yaml"
 PARAMS_FILE = "params.msgpack"
+MODEL_FORMAT = "so3krates-model/1"
 NUM_ELEMENTS = 119
 
 
@@ -92,8 +96,10 @@ def save_model(
 ) -> None:
     """Write ``model.yaml`` and ``params.msgpack`` (atomically) into ``directory``."""
     directory = Path(directory)
+    blob = serialization.msgpack_serialize(
+        jax.tree.map(np.asarray, serialization.to_state_dict(params)))
     meta = {
-        "format": "so3krates-model/1",
+        "format": MODEL_FORMAT,
         "model": config.model_dump(),
         "elements": sorted(int(z) for z in reference_energies),
         # repr-exact floats: YAML round-trips Python floats without loss.
@@ -101,12 +107,12 @@ def save_model(
         "energy_scale": float(energy_scale),
         "units": {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom",
                   "stress": "eV/Angstrom^3"},
+        # Verified at load: a truncated or altered params file is named, not mis-loaded.
+        "params_sha256": hashlib.sha256(blob).hexdigest(),
     }
     if extra:
         meta.update(extra)
-    atomic_write_bytes(directory / PARAMS_FILE, serialization.msgpack_serialize(
-        jax.tree.map(np.asarray, serialization.to_state_dict(params))
-    ))
+    atomic_write_bytes(directory / PARAMS_FILE, blob)
     dump_yaml(meta, directory / MODEL_FILE)
 
 
@@ -260,6 +266,12 @@ def load_model(
         dtype: ``"float32"`` or ``"float64"``; default: the dtype the model was trained in.
         radial_knots: spline intervals of the radial filters (0: the exact network); default
             :func:`default_radial_knots` (tabulated in float32, exact in float64).
+
+    Raises:
+        ModelFileError: a file missing, not YAML, of another format version, parameters that
+            fail the checksum in ``model.yaml`` (directories written before it had one load
+            without the check), cannot be read, or do not fit the network ``model.yaml``
+            describes; the message names the file.
     """
     directory = Path(directory)
     meta_path = directory / MODEL_FILE
@@ -267,14 +279,16 @@ def load_model(
     for p in (meta_path, params_path):
         if not p.exists():
             raise ModelFileError(f"{directory} is not a model directory: {p.name} is missing")
-    meta = yaml.safe_load(meta_path.read_text())
-    if not isinstance(meta, dict) or meta.get("format") != "so3krates-model/1":
-        raise ModelFileError(f"{meta_path}: not a so3krates model file")
-    config = ModelConfig.model_validate(meta["model"])
+    meta = _read_meta(meta_path)
+    try:
+        config = ModelConfig.model_validate(meta["model"])
+    except ValidationError as err:
+        raise ModelFileError(f"{meta_path}: invalid model settings: {one_line(err)}") from None
     dtype = dtype or config.dtype
     if dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-    state = serialization.msgpack_restore(params_path.read_bytes())
+    state = _read_params(params_path, meta.get("params_sha256"))
+    _check_param_shapes(state, config, params_path)
     params = jax.tree.map(lambda a: jnp.asarray(a, dtype=dtype), state)
     refs = {int(z): float(e) for z, e in meta["reference_energies_eV"].items()}
     return Model(
@@ -287,3 +301,61 @@ def load_model(
         meta=meta,
         radial_knots=radial_knots,
     )
+
+
+def one_line(err: ValidationError) -> str:
+    """A pydantic error as one line: ``location: message`` per problem."""
+    return "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'value'}: {e['msg']}"
+                     for e in err.errors())
+
+
+def _read_meta(path: Path) -> dict:
+    """``model.yaml`` as a dict, with one-line errors for files that are not model files
+    (bad YAML, another format version, missing entries)."""
+    try:
+        meta = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ModelFileError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+    fmt = meta.get("format") if isinstance(meta, dict) else None
+    if isinstance(fmt, str) and fmt.startswith("so3krates-model/") and fmt != MODEL_FORMAT:
+        raise ModelFileError(f"{path}: written in format {fmt} by another so3krates version; "
+                             f"this version reads {MODEL_FORMAT}")
+    if fmt != MODEL_FORMAT:
+        raise ModelFileError(f"{path}: not a so3krates model file")
+    missing = [k for k in ("model", "reference_energies_eV", "energy_scale") if k not in meta]
+    if missing:
+        raise ModelFileError(f"{path}: incomplete model file, missing {missing}")
+    return meta
+
+
+def _read_params(path: Path, sha256: str | None) -> dict:
+    """The saved parameters; the checksum is checked when ``model.yaml`` has one (model
+    directories written before it had none, and load without the check)."""
+    blob = path.read_bytes()
+    if sha256 is not None and hashlib.sha256(blob).hexdigest() != sha256:
+        raise ModelFileError(f"{path} is corrupt: its SHA-256 checksum differs from the one in "
+                             f"{MODEL_FILE} (truncated or overwritten; {len(blob)} bytes)")
+    try:
+        state = serialization.msgpack_restore(blob)
+    except Exception:  # msgpack's own messages ("incomplete input") do not name the file
+        raise ModelFileError(f"{path} is truncated or corrupt: not a readable parameter file "
+                             f"({len(blob)} bytes)") from None
+    if not isinstance(state, dict):
+        raise ModelFileError(f"{path} is not a parameter file (holds a {type(state).__name__})")
+    return state
+
+
+def _check_param_shapes(state: dict, config: ModelConfig, path: Path) -> None:
+    """Refuse parameters that do not fit the network ``model.yaml`` describes (traced only,
+    nothing computed: ~0.1 s), instead of a shape error deep inside the first prediction."""
+    module = build_module(config, 1.0, "float32", 0)
+    want = jax.eval_shape(lambda: module.init(
+        jax.random.PRNGKey(0), jnp.array([1, 6], jnp.int32), jnp.ones((1, 3), jnp.float32),
+        jnp.array([0]), jnp.array([1]), jnp.array([True])))["params"]
+    want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(want)}
+    got = {jax.tree_util.keystr(k): np.shape(v)
+           for k, v in jax.tree_util.tree_leaves_with_path(state)}
+    for key in sorted(set(want) | set(got)):
+        if want.get(key) != got.get(key):
+            raise ModelFileError(f"{path} does not match {MODEL_FILE}: parameter {key} has shape "
+                                 f"{got.get(key)}, the model needs {want.get(key)}")

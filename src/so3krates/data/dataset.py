@@ -173,20 +173,29 @@ def _check_stress(data: Dataset) -> None:
 
 
 def _check_overlaps(data: Dataset, min_distance: float) -> None:
+    for k in range(len(data)):
+        pair = find_overlap(data.positions[k], data.cells[k], data.pbc[k], min_distance)
+        if pair is not None:
+            raise DataError(
+                f"{data.source}: structure {k}: atoms {pair[0]} and {pair[1]} overlap "
+                f"(closer than {min_distance} Å)"
+            )
+
+
+def find_overlap(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray,
+                 min_distance: float = 0.1) -> tuple[int, int, float] | None:
+    """``(i, j, distance Å)`` of the first pair of atoms closer than ``min_distance`` Å
+    (periodic images included), or None."""
     from so3krates.neighbours import neighbour_list
 
     # Search at >= 1 Å: a cell list with a tiny cutoff would have millions of cells.
-    search = max(min_distance, 1.0)
-    for k in range(len(data)):
-        r = data.positions[k]
-        nl = neighbour_list(r, data.cells[k], data.pbc[k], cutoff=search)
-        if not len(nl.centers):
-            continue
-        vec = r[nl.neighbors] - r[nl.centers] + nl.shifts @ data.cells[k]
-        close = np.flatnonzero(np.einsum("pk,pk->p", vec, vec) < min_distance**2)
-        if close.size:
-            i, j = int(nl.centers[close[0]]), int(nl.neighbors[close[0]])
-            raise DataError(
-                f"{data.source}: structure {k}: atoms {i} and {j} overlap "
-                f"(closer than {min_distance} Å)"
-            )
+    nl = neighbour_list(positions, cell, pbc, cutoff=max(min_distance, 1.0))
+    if not len(nl.centers):
+        return None
+    vec = positions[nl.neighbors] - positions[nl.centers] + nl.shifts @ cell
+    dist2 = np.einsum("pk,pk->p", vec, vec)
+    close = np.flatnonzero(dist2 < min_distance**2)
+    if not close.size:
+        return None
+    p = close[0]
+    return int(nl.centers[p]), int(nl.neighbors[p]), float(np.sqrt(dist2[p]))

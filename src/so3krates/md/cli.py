@@ -30,7 +30,27 @@ def read_structures(path: str, index: str = ":") -> list:
     frames = frames if isinstance(frames, list) else [frames]
     if not frames:
         raise ValueError(f"{path} holds no structures (index {index!r})")
+    for k, atoms in enumerate(frames):
+        check_structure(atoms, f"{path}, structure {k}")
     return frames
+
+
+def check_structure(atoms, where: str) -> None:
+    """Refuse what a model cannot evaluate: NaN positions, overlapping atoms (they give zero
+    or NaN forces, and a relaxation would report them converged), a periodic cell without
+    volume."""
+    from so3krates.data.dataset import find_overlap
+    from so3krates.neighbours.verlet import complete_cell
+
+    if not np.isfinite(atoms.positions).all():
+        raise ValueError(f"{where}: positions contain NaN or inf")
+    try:
+        cell = complete_cell(atoms.cell[:], atoms.pbc)
+    except ValueError as err:  # a periodic cell without volume
+        raise ValueError(f"{where}: {err}") from None
+    pair = find_overlap(atoms.positions, cell, atoms.pbc)
+    if pair is not None:
+        raise ValueError(f"{where}: atoms {pair[0]} and {pair[1]} overlap ({pair[2]:.3f} Å apart)")
 
 
 def _add_run_args(p, temperature: float) -> None:

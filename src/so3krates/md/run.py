@@ -23,7 +23,7 @@ from so3krates.md.stability import StabilityCriteria
 from so3krates.md.system import System, model_energy_fn
 from so3krates.fileio import atomic_write_bytes
 from so3krates.md.restart import load_state, save_state
-from so3krates.md.trajectory import TrajectoryWriter, truncate_trajectory
+from so3krates.md.trajectory import TrajectoryWriter, trajectory_format, truncate_trajectory
 
 ENSEMBLE_ALIASES = {"nve": "nve", "nvt": "langevin", "langevin": "langevin",
                     "nose-hoover": "nose-hoover", "nhc": "nose-hoover", "npt": "npt"}
@@ -95,6 +95,15 @@ def run_md(
     if ensemble.kind == "npt" and not system.pbc.all():
         raise ValueError("NPT needs a cell periodic in all three directions "
                          f"(this structure has pbc={system.pbc.tolist()})")
+    trajectory_format(output)  # an unsupported extension fails here, not after compiling
+    meta = {"model": str(Path(model_dir).resolve()), "n_atoms": system.n_atoms,
+            "settings": asdict(settings)}
+    # The restart file is read and checked before the engine compiles: refusals come fast.
+    if restart:
+        arrays, saved = load_state(restart_path(output))
+        _check_restart(saved, meta)
+    elif output.exists() or restart_path(output).exists():
+        raise ValueError(f"{output} exists; pass --restart to continue it or choose another --output")
     criteria = StabilityCriteria(settings.max_bond_deviation, settings.max_force)
     velocities = None
     if structure.has("momenta") and np.any(structure.get_momenta()):
@@ -104,20 +113,14 @@ def run_md(
         skin=settings.skin, stride=settings.stride, chunk_frames=settings.chunk_frames,
         monitor=criteria if settings.monitor else None, velocities=velocities, seed=settings.seed,
     )
-    meta = {"model": str(Path(model_dir).resolve()), "n_atoms": system.n_atoms,
-            "settings": asdict(settings)}
     frames_written = 0
     if restart:
-        arrays, saved = load_state(restart_path(output))
-        _check_restart(saved, meta)
         sim.set_state(arrays["positions"], arrays["velocities"], arrays["chain"], arrays["key"],
                       int(arrays["step"]), arrays.get("cell"), arrays.get("cell_momentum"),
                       arrays.get("barostat_chain"))
         frames_written = int(saved["frames"])
         dropped = truncate_trajectory(output, frames_written)
         console.print(f"restart from step {sim.step} ({frames_written} frames kept, {dropped} dropped)")
-    elif output.exists() or restart_path(output).exists():
-        raise ValueError(f"{output} exists; pass --restart to continue it or choose another --output")
     output.parent.mkdir(parents=True, exist_ok=True)
 
     n_atoms = system.n_atoms

@@ -486,7 +486,12 @@ def read_trajectory(path: str | os.PathLike) -> Trajectory:
         return _read_h5(path)
     import ase.io
 
-    images = ase.io.read(str(path), index=":")
+    try:
+        images = ase.io.read(str(path), index=":")
+    except StopIteration:  # ASE's reaction to some empty files
+        images = []
+    except Exception as err:  # ASE raises many kinds: name the file, not a parser's traceback
+        raise ValueError(f"cannot read trajectory {path}: {type(err).__name__}: {err}") from None
     if not images:
         raise ValueError(f"trajectory {path} holds no frames")
     first = images[0]

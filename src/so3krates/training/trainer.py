@@ -30,7 +30,7 @@ from so3krates.evaluate import label_errors, metrics_of_errors, predict_dataset
 from so3krates.fileio import atomic_write_bytes
 from so3krates.model_io import build_module, init_params, reference_table, save_model
 from so3krates.potential import make_predict_fn
-from so3krates.training.checkpoint import load_checkpoint, save_checkpoint
+from so3krates.training.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from so3krates.training.data_parallel import GradientExchange, run_data_parallel
 from so3krates.training.guard import DivergenceGuard
 from so3krates.training.loss import errors_loss, with_stress_weight
@@ -113,6 +113,16 @@ def _check_resume_config(output: Path, config: Config) -> None:
                 )
 
 
+def _resume_checkpoint(output: Path, read):
+    """``read()`` of the checkpoint in ``output``, its errors (corrupt, another version, another
+    layout) as one message that says what to do."""
+    try:
+        return read()
+    except ValueError as err:
+        raise ValueError(f"cannot resume training: {err}; use another --output to start a "
+                         f"new run") from err
+
+
 def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
@@ -158,8 +168,11 @@ def train(
     shard = (0, 1) if exchange is None else (exchange.rank, exchange.size)
 
     resume = (output / LATEST).exists()
+    saved = None
     if resume:
         _check_resume_config(output, config)
+        # Read now: a corrupt checkpoint fails before the batches are built and compiled.
+        saved = _resume_checkpoint(output, lambda: read_checkpoint(output / LATEST))
     elif root:
         dump_yaml(config.model_dump(), output / CONFIG_FILE)
     if (output / SPLIT_FILE).exists():
@@ -210,11 +223,7 @@ def train(
         },
     }
     if resume:
-        try:
-            state = load_checkpoint(output / LATEST, state)
-        except ValueError as err:  # a different layout: written by another version
-            raise ValueError(f"{output / LATEST} does not match this version's training state "
-                             f"({err}); use another --output to start a new run") from err
+        state = _resume_checkpoint(output, lambda: load_checkpoint(output / LATEST, state, saved))
     start_step = int(state["host"]["step"])
     if root:
         _truncate_metrics(output / METRICS_FILE, start_step)
