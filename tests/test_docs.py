@@ -1,6 +1,7 @@
 """The documentation cannot rot: every code block of the README and of ``docs/`` runs here.
 
-Each page runs in its own working directory, its blocks in order (a model trained in one
+Each page runs in its own working directory (the README's blocks are those of
+``docs/getting-started.md`` and run there), its blocks in order (a model trained in one
 block is used by the next): Python blocks in one namespace per page, shell blocks through
 bash with ``set -e``. The directory holds what the pages assume a user has: ``mydata.extxyz``
 (the shipped ethanol set), ``start.xyz`` (its first structure), ``runs/model`` and
@@ -33,20 +34,21 @@ NOT_CODE = {"text", "yaml", "bibtex"}  # printed output, configuration, citation
 FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```\s*$", re.S | re.M)
 
 # Budgets of the shell commands in the test (the pages show the real ones).
+# Training: the tiny network of conftest.TINY_TRAIN at a constant rate, good enough for the
+# pages' MD, relaxations and minima search to run stably.
 QUICK_TRAIN = ["model.features=16", "model.num_layers=1", "model.num_radial=8",
-               "model.degrees=[1,2]", "training.max_steps=300", "training.valid_every=100",
+               "model.degrees=[1,2]", "training.batch_size=4", "training.max_steps=800",
+               "training.valid_every=200", "training.decay_steps=100000",
                "training.progress=false"]
-QUICK_OPTIONS = {  # command -> {option: function of the page's value}
-    "md": {"--steps": lambda v: str(max(20, int(v) // 5000))},
-    "explore": {"--quenches": lambda v: "2", "--quench-every": lambda v: "20"},
+# command -> {option: the test's value, as a function of the page's (None: not given)}
+QUICK_OPTIONS = {
+    "md": {"--steps": lambda v: str(max(20, int(v) // 5000)) if v else "20"},
+    "explore": {"--quenches": lambda v: "2", "--quench-every": lambda v: "20",
+                "--equilibration": lambda v: "20"},
     "thermal-conductivity": {"--runs": lambda v: "2", "--production": lambda v: "0.2",
-                             "--equilibration": lambda v: "0.1"},
+                             "--equilibration": lambda v: "0.1", "--max-lag": lambda v: "0.05"},
 }
-QUICK_APPEND = {
-    "train": [a for s in QUICK_TRAIN for a in ("--set", s)],
-    "explore": ["--equilibration", "20"],
-    "thermal-conductivity": ["--equilibration", "0.1", "--max-lag", "0.05"],
-}
+QUICK_APPEND = {"train": [a for s in QUICK_TRAIN for a in ("--set", s)]}
 
 
 def code_blocks(page: Path) -> list[tuple[str, str]]:
@@ -77,12 +79,14 @@ def quick(line: str) -> str:
         return code
     command = m.group(1)
     words = code.split()
+    background = words[-1] == "&"
+    words = words[:-1] if background else words
     for option, value in QUICK_OPTIONS.get(command, {}).items():
         if option in words:
             i = words.index(option)
             words[i + 1] = value(words[i + 1])
-    background = words[-1] == "&"
-    words = words[:-1] if background else words
+        else:
+            words += [option, value(None)]
     words += QUICK_APPEND.get(command, [])
     return " ".join(words) + (" &" if background else "")
 
@@ -170,8 +174,19 @@ def test_yaml_configurations_validate(page):
 
 
 TUTORIALS = ROOT / "docs" / "tutorials"
+GETTING_STARTED = ROOT / "docs" / "getting-started.md"
+# The README's blocks are the getting-started page's (checked below), run there.
 RUNNABLE = [p for p in PAGES if any(lang in RUN for lang, _ in code_blocks(p))
-            and p.parent != TUTORIALS]
+            and p.parent != TUTORIALS and p.name != "README.md"]
+
+
+def test_readme_blocks_run_in_getting_started():
+    """Each runnable block of the README is, verbatim, a block of docs/getting-started.md
+    (which runs, with its fixtures, in test_page_runs)."""
+    runnable = set(code_blocks(GETTING_STARTED))
+    for language, code in code_blocks(ROOT / "README.md"):
+        if language in RUN:
+            assert (language, code) in runnable, f"README block not in getting-started.md:\n{code}"
 
 
 def tutorial_order() -> list[Path]:
