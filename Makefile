@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -ra --durations=15 -n 2
 
 docs: $(STAMP)
-	$(VENV)/bin/python -m mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/python -m mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) demo_output site

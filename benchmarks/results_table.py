@@ -43,6 +43,11 @@ RELEVANT = [
     "train_step_pairs_5rounds_epyc_2026-11-23d.json",
     "train_step_h100_chunk1024.json",
 ]
+# The current result of the benchmarks that have their own summary (the docs' benchmarks page).
+SUMMARIES = {
+    "materials": "materials_epyc2core_2026-12-07.json",
+    "thermal": "thermal_argon_epyc_2026-12-07b.json",
+}
 
 
 def fmt(x, digits: int = 2) -> str:
@@ -240,17 +245,22 @@ def render(paths: list[Path], link_prefix: str | None = "results/") -> str:
 
 
 def thermal_section(path: Path) -> str:
-    """Green–Kubo results of ``thermal.py``: one row per system in the file."""
+    """Green–Kubo results of ``thermal.py``: one row per system (and correlation window) in
+    the file."""
     d = json.loads(path.read_text())
     rows = []
     for name in ("argon", "silicon"):
         r = d.get(name)
         if not r:
             continue
-        rows.append([name, fmt(r.get("temperature_K"), 0), fmt(r.get("n_atoms")),
-                     f"{len(r.get('kappa_per_run_W_mK', []))} × {fmt(r.get('production_ps_per_run'), 0)}",
-                     f"{fmt(r.get('kappa_mean_W_mK'), 3)} ± {fmt(r.get('kappa_mean_W_mK_stderr'), 3)}",
-                     fmt(r.get("ns_per_day_with_heat_flux"), 1)])
+        windows = {k: v for k, v in r.items() if k.startswith("window_")} or {"": r}
+        for window, w in windows.items():
+            runs = r.get("runs") if isinstance(r.get("runs"), int) else len(w.get("kappa_per_run_W_mK", []))
+            label = f"{name} ({window.removeprefix('window_')} window)" if window else name
+            rows.append([label, fmt(r.get("temperature_K"), 0), fmt(r.get("n_atoms")),
+                         f"{runs} × {fmt(r.get('production_ps_per_run'), 0)}",
+                         f"{fmt(w.get('kappa_mean_W_mK'), 3)} ± {fmt(w.get('kappa_mean_W_mK_stderr'), 3)}",
+                         fmt(r.get("ns_per_day_with_heat_flux"), 1)])
     if not rows:
         return ""
     header = ["system", "T (K)", "atoms", "runs × ps", "κ (W/m/K)", "ns/day with flux"]

@@ -4,8 +4,7 @@ A page asks for generated content with a marker line; the hook replaces it:
 
 - ``<!-- generated: cli-reference -->``: ``so3krates COMMAND --help`` of every command;
 - ``<!-- generated: benchmark-tables -->``: the tables of ``benchmarks/results_table.py``
-  (the files in its ``RELEVANT`` list) and the summaries of the materials and thermal
-  benchmarks.
+  (the files in its ``RELEVANT`` list and ``SUMMARIES``).
 
 Generated at build time so that these pages cannot disagree with the code or the results.
 """
@@ -50,23 +49,18 @@ def _benchmarks_module(name: str):
         sys.path.pop(0)
 
 
-def _newest(pattern: str) -> Path | None:
-    paths = sorted(RESULTS.glob(pattern), key=lambda p: p.stat().st_mtime)
-    return paths[-1] if paths else None
-
-
 def benchmark_tables() -> str:
     """Markdown tables of the current benchmark results, straight from their JSON files."""
     results_table = _benchmarks_module("results_table")
     parts = [results_table.render([RESULTS / n for n in results_table.RELEVANT], link_prefix=None)]
-    materials = _newest("materials_*.json")
-    if materials is not None:
+    summaries = {k: RESULTS / name for k, name in results_table.SUMMARIES.items()}
+    if "materials" in summaries:
         report = _benchmarks_module("materials_report")
-        text = report.table(json.loads(materials.read_text())).strip()
-        parts.append(f"**Materials (`materials.py`, `{materials.name}`)**\n\n```text\n{text}\n```")
-    thermal = _newest("thermal_*.json")
-    if thermal is not None:
-        parts.append(results_table.thermal_section(thermal))
+        text = report.table(json.loads(summaries["materials"].read_text())).strip()
+        parts.append(f"**Materials (`materials.py`, `{summaries['materials'].name}`)**\n\n"
+                     f"```text\n{text}\n```")
+    if "thermal" in summaries:
+        parts.append(results_table.thermal_section(summaries["thermal"]))
     return "\n\n".join(p for p in parts if p)
 
 

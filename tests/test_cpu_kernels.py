@@ -40,15 +40,15 @@ def random_pairs(rng, dt, halves: bool, rows: int, n=9, f=16, p=160, knots=13):
     s = rng.uniform(0, knots, p)
     s[:3] = [0.0, knots, knots - 1e-9]  # the table's ends
     cut = rng.uniform(0, 1, p) * (rng.uniform(size=p) > 0.2)  # some pairs beyond the cutoff
-    centers, neighbors = rng.integers(0, n, p), rng.integers(0, n, p)
+    centers, neighbours = rng.integers(0, n, p), rng.integers(0, n, p)
     if halves:
         h = p // 2
         s[h:], cut[h:] = s[:h], cut[:h]
-        centers[h:], neighbors[h:] = neighbors[:h], centers[:h]
+        centers[h:], neighbours[h:] = neighbours[:h], centers[:h]
     arrays = dict(qkv=rng.normal(size=(n, 5 * f)), ev=rng.normal(size=(rows, 2, f)), s=s,
                   cut=cut, ylm=rng.normal(size=(p, d)))
     fixed = dict(table=jnp.asarray(rng.normal(size=(knots, 4, 2, f)), dt),
-                 centers=jnp.asarray(centers, jnp.int32), neighbors=jnp.asarray(neighbors, jnp.int32))
+                 centers=jnp.asarray(centers, jnp.int32), neighbours=jnp.asarray(neighbours, jnp.int32))
     return {k: jnp.asarray(v, dt) for k, v in arrays.items()}, fixed
 
 
@@ -74,12 +74,12 @@ def test_kernel_matches_the_jax_reference(dtype, tol, halves, rows):
         w = evaluate_table(fixed["table"], s) + jnp.concatenate([ev] * (p // rows))
         q, k = [qkv[:, :f], qkv[:, 3 * f : 4 * f]], [qkv[:, f : 2 * f], qkv[:, 4 * f :]]
         return pair_messages(q, k, qkv[:, 2 * f : 3 * f], [w[:, 0], w[:, 1]], cut, ylm,
-                             fixed["centers"], fixed["neighbors"], n, deg, heads,
+                             fixed["centers"], fixed["neighbours"], n, deg, heads,
                              [np.asarray(a, dt) for a in scales])
 
     def kernel(qkv, ev, s, cut, ylm):
         return cpu_kernels.pair_attention(qkv, ev, fixed["table"], s, cut, ylm,
-                                          fixed["centers"], fixed["neighbors"], deg, heads,
+                                          fixed["centers"], fixed["neighbours"], deg, heads,
                                           scales, halves=halves)
 
     args = tuple(x.values())
@@ -106,7 +106,7 @@ def test_kernel_without_qkv_gradient(halves, rows):
 
     def kernel(qkv_grad):
         return lambda *a: cpu_kernels.pair_attention(
-            a[0], a[1], fixed["table"], *a[2:], fixed["centers"], fixed["neighbors"], deg,
+            a[0], a[1], fixed["table"], *a[2:], fixed["centers"], fixed["neighbours"], deg,
             (4, 4), (0.5, 0.25), halves=halves, qkv_grad=qkv_grad)
 
     args = tuple(x.values())
@@ -124,7 +124,7 @@ def test_kernel_rejects_rows_that_do_not_divide_the_pairs():
     x, fixed = random_pairs(np.random.default_rng(0), np.float64, True, 3)
     with pytest.raises(ValueError, match="filter rows"):
         cpu_kernels.pair_attention(x["qkv"], x["ev"], fixed["table"], x["s"], x["cut"], x["ylm"],
-                                   fixed["centers"], fixed["neighbors"],
+                                   fixed["centers"], fixed["neighbours"],
                                    degree_index((1, 2, 3, 4)), (4, 4), (1.0, 1.0), halves=True)
 
 

@@ -19,7 +19,7 @@ from so3krates.neighbours import neighbour_list
 
 
 def pair_set(nbrs, n):
-    c, j, s = (np.asarray(a) for a in (nbrs.centers, nbrs.neighbors, nbrs.shifts))
+    c, j, s = (np.asarray(a) for a in (nbrs.centers, nbrs.neighbours, nbrs.shifts))
     m = c < n
     return set(zip(c[m], j[m], map(tuple, np.rint(s[m]).astype(int))))
 
@@ -48,19 +48,19 @@ def test_neighbour_list_matches_vesin(name):
     # The Verlet list holds the pairs within cutoff + skin, the selection those within cutoff.
     for lst, radius in ((nbrs.verlet, 3.5), (nbrs, 3.0)):
         ref = neighbour_list(atoms.positions, system.cell, system.pbc, radius)
-        assert pair_set(lst, len(atoms)) == set(zip(ref.centers, ref.neighbors, map(tuple, ref.shifts)))
+        assert pair_set(lst, len(atoms)) == set(zip(ref.centers, ref.neighbours, map(tuple, ref.shifts)))
         c = np.asarray(lst.centers)
         m = c < len(atoms)
         # The halves layout: pair P/2 + k is the reverse of pair k, padding opposite padding.
         h = len(c) // 2
-        j, s = np.asarray(lst.neighbors), np.asarray(lst.shifts)
+        j, s = np.asarray(lst.neighbours), np.asarray(lst.shifts)
         np.testing.assert_array_equal(m[:h], m[h:])
         np.testing.assert_array_equal(c[:h][m[:h]], j[h:][m[h:]])
         np.testing.assert_array_equal(j[:h][m[:h]], c[h:][m[h:]])
         np.testing.assert_array_equal(s[:h][m[:h]], -s[h:][m[h:]])
         # The vectors implied by the shifts are the true separations.
         pos, cell = atoms.positions, system.cell
-        vec = pos[np.asarray(lst.neighbors)[m]] - pos[c[m]] + np.asarray(lst.shifts)[m] @ cell
+        vec = pos[np.asarray(lst.neighbours)[m]] - pos[c[m]] + np.asarray(lst.shifts)[m] @ cell
         assert np.all(np.linalg.norm(vec, axis=1) < radius)
 
 

@@ -199,14 +199,14 @@ def test_pairs_in_any_order_give_the_same_results(tiny_predict, knots):
     rng = np.random.default_rng(3)
     shuffled = rng.permutation(len(graph.pair_mask))
     first_of_couples = np.flatnonzero(np.asarray(graph.centers)[:n_real]
-                                      < np.asarray(graph.neighbors)[:n_real])
+                                      < np.asarray(graph.neighbours)[:n_real])
     others = np.setdiff1d(np.arange(len(graph.pair_mask)), first_of_couples)
     # the i < j pairs, then the others in reverse order: every reverse exists, but not where
     # the lookup in sorted keys expects it
     halves = np.concatenate([first_of_couples, others[::-1]])
     for order in (shuffled, halves):
         g = graph._replace(**{k: getattr(graph, k)[order]
-                              for k in ("centers", "neighbors", "shifts", "pair_mask")})
+                              for k in ("centers", "neighbours", "shifts", "pair_mask")})
         out = predict(params, g)
         assert abs(float(out.energy[0] - ref.energy[0])) <= 1e-12 * abs(float(ref.energy[0]))
         np.testing.assert_allclose(np.asarray(out.forces), np.asarray(ref.forces), rtol=0,
@@ -228,11 +228,11 @@ def test_halves_layout_gives_the_same_results(tiny_predict):
         h = len(order) // 2
         first, second = order[:h], order[h:]
         assert sorted(order) == list(range(len(nl.centers)))
-        np.testing.assert_array_equal(nl.centers[first], nl.neighbors[second])
-        np.testing.assert_array_equal(nl.neighbors[first], nl.centers[second])
+        np.testing.assert_array_equal(nl.centers[first], nl.neighbours[second])
+        np.testing.assert_array_equal(nl.neighbours[first], nl.centers[second])
         np.testing.assert_array_equal(nl.shifts[first], -nl.shifts[second])
     assert np.any(nls[0].shifts != 0) and np.any(np.bincount(
-        nls[0].centers * 4 + nls[0].neighbors) > 1)  # several images of one pair
+        nls[0].centers * 4 + nls[0].neighbours) > 1)  # several images of one pair
     cap = Capacity(atoms=24, pairs=round_up(sum(len(n.centers) for n in nls) + 10, 64), structures=3)
     sorted_graph = pack(numbers, positions, cells, nls, cap, dtype=np.float64)
     halves_graph = pack(numbers, positions, cells, nls, cap, dtype=np.float64, halves=halves)
@@ -253,6 +253,6 @@ def test_reverse_halves_needs_every_reverse():
     data = ethanol_frames(1)
     nl = neighbour_list(data.positions[0], np.zeros((3, 3)), np.zeros(3, bool), 4.0)
     assert reverse_halves(nl) is not None
-    keep = nl.centers < nl.neighbors
-    half = NeighbourList(nl.centers[keep], nl.neighbors[keep], nl.shifts[keep])
+    keep = nl.centers < nl.neighbours
+    half = NeighbourList(nl.centers[keep], nl.neighbours[keep], nl.shifts[keep])
     assert reverse_halves(half) is None

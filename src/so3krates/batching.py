@@ -25,7 +25,7 @@ class Graph(NamedTuple):
         centers: atom ``i`` of each pair, (P,) int32 (padding pairs point at the last atom,
             a padding atom). Pairs are sorted by (centre, neighbour), or in the halves layout
             (see :func:`pack`).
-        neighbors: atom ``j`` of each pair, (P,) int32.
+        neighbours: atom ``j`` of each pair, (P,) int32.
         shifts: lattice shift of each pair in cell-vector units, (P, 3) float.
         cells: lattice vectors as rows in Å, (S, 3, 3).
         atom_mask: True for real atoms, (N,).
@@ -37,7 +37,7 @@ class Graph(NamedTuple):
     numbers: np.ndarray
     structure: np.ndarray
     centers: np.ndarray
-    neighbors: np.ndarray
+    neighbours: np.ndarray
     shifts: np.ndarray
     cells: np.ndarray
     atom_mask: np.ndarray
@@ -152,12 +152,12 @@ def pack(
     pos[n_atoms:, 0] = 1000.0 + 10.0 * np.arange(capacity.atoms - n_atoms)
 
     centers = np.full(capacity.pairs, pad_atom, dtype=np.int32)
-    neighbors = np.full(capacity.pairs, pad_atom, dtype=np.int32)
+    neighbours = np.full(capacity.pairs, pad_atom, dtype=np.int32)
     shifts = np.zeros((capacity.pairs, 3), dtype=dtype)
     pair_mask = np.zeros(capacity.pairs, dtype=bool)
     if n_pairs:
         c = np.concatenate([nl.centers + o for nl, o in zip(neighbour_lists, offsets)])
-        j = np.concatenate([nl.neighbors + o for nl, o in zip(neighbour_lists, offsets)])
+        j = np.concatenate([nl.neighbours + o for nl, o in zip(neighbour_lists, offsets)])
         s = np.concatenate([nl.shifts for nl in neighbour_lists])
         if halves is None:
             slots = np.arange(n_pairs)
@@ -165,7 +165,7 @@ def pack(
             order, slots = _halves_layout(neighbour_lists, halves, capacity.pairs)
             c, j, s = c[order], j[order], s[order]
         pair_mask[slots] = True
-        centers[slots], neighbors[slots], shifts[slots] = c, j, s
+        centers[slots], neighbours[slots], shifts[slots] = c, j, s
     cell = np.zeros((capacity.structures, 3, 3), dtype=dtype)
     cell[:n_struct] = cells
 
@@ -174,7 +174,7 @@ def pack(
         numbers=z,
         structure=structure,
         centers=centers,
-        neighbors=neighbors,
+        neighbours=neighbours,
         shifts=shifts,
         cells=cell,
         atom_mask=np.arange(capacity.atoms) < n_atoms,

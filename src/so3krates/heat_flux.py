@@ -62,7 +62,7 @@ def unfold(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray, pbc: np
     n = len(numbers)
     nl = neighbour_list(positions, cell, pbc, reach)
     replicas = {(int(i), tuple(int(s) for s in shift))
-                for i, shift in zip(nl.neighbors, nl.shifts) if np.any(shift)}
+                for i, shift in zip(nl.neighbours, nl.shifts) if np.any(shift)}
     replicas = sorted(replicas)
     index = np.concatenate([np.arange(n), np.array([i for i, _ in replicas], dtype=np.int64)])
     shifts = np.array([s for _, s in replicas], dtype=np.float64).reshape(-1, 3)

@@ -73,7 +73,7 @@ def init_params(module: So3krates, graph, seed: int):
 
     @jit
     def init(key, g):
-        return module.init(key, g.numbers, pair_vectors(g), g.centers, g.neighbors, g.pair_mask)
+        return module.init(key, g.numbers, pair_vectors(g), g.centers, g.neighbours, g.pair_mask)
 
     return init(jax.random.PRNGKey(seed), graph)["params"]
 

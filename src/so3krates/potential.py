@@ -52,7 +52,7 @@ def pair_vectors(graph: Graph) -> jnp.ndarray:
     """r_ij = R_j - R_i + S_ij @ cell, (P, 3) in Å."""
     cell = graph.cells[graph.structure[graph.centers]]
     offset = jnp.einsum("pk,pkl->pl", graph.shifts.astype(cell.dtype), cell)
-    return graph.positions[graph.neighbors] - graph.positions[graph.centers] + offset
+    return graph.positions[graph.neighbours] - graph.positions[graph.centers] + offset
 
 
 def deform(positions: jnp.ndarray, cells: jnp.ndarray, strain: jnp.ndarray,
@@ -139,7 +139,7 @@ def make_atomic_energy_fn(
     (``vectors``: the pair vectors (P, 3) to use instead of :func:`pair_vectors`).
 
     Args:
-        model: the network: a flax module mapping ``(numbers, vectors, centers, neighbors,
+        model: the network: a flax module mapping ``(numbers, vectors, centers, neighbours,
             pair_mask, pair_halves)`` to per-atom energies (see ``so3krates.model``).
         reference_energies: per-element reference energies e_Z in eV, indexed by atomic
             number, shape (num_elements,); kept in float64.
@@ -154,7 +154,7 @@ def make_atomic_energy_fn(
             graph.numbers,
             pair_vectors(graph) if vectors is None else vectors,
             graph.centers,
-            graph.neighbors,
+            graph.neighbours,
             graph.pair_mask,
             pair_halves,
         )
@@ -234,12 +234,12 @@ def _pair_virial_predict_fn(atomic_energy_fn):
 
         (_, atomic), g = jax.value_and_grad(total, has_aux=True)(vectors)
         g = jnp.where(graph.pair_mask[:, None], g, 0.0)
-        grad = (jax.ops.segment_sum(g, graph.neighbors, n_atoms)
+        grad = (jax.ops.segment_sum(g, graph.neighbours, n_atoms)
                 - jax.ops.segment_sum(g, graph.centers, n_atoms))
         pair_w = 0.5 * jnp.einsum("pa,pb->pab", vectors, g).astype(jnp.float64)
         pair_w = 0.5 * (pair_w + jnp.swapaxes(pair_w, 1, 2))
         atom_w = (jax.ops.segment_sum(pair_w, graph.centers, n_atoms)
-                  + jax.ops.segment_sum(pair_w, graph.neighbors, n_atoms))
+                  + jax.ops.segment_sum(pair_w, graph.neighbours, n_atoms))
         atom_w = jnp.where(graph.atom_mask[:, None, None], atom_w, 0.0)
         volume = cell_volume(graph.cells)[graph.structure]
         atom_sigma = jnp.where(volume[:, None, None] > 0,

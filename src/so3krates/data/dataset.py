@@ -192,10 +192,10 @@ def find_overlap(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray,
     nl = neighbour_list(positions, cell, pbc, cutoff=max(min_distance, 1.0))
     if not len(nl.centers):
         return None
-    vec = positions[nl.neighbors] - positions[nl.centers] + nl.shifts @ cell
+    vec = positions[nl.neighbours] - positions[nl.centers] + nl.shifts @ cell
     dist2 = np.einsum("pk,pk->p", vec, vec)
     close = np.flatnonzero(dist2 < min_distance**2)
     if not close.size:
         return None
     p = close[0]
-    return int(nl.centers[p]), int(nl.neighbors[p]), float(np.sqrt(dist2[p]))
+    return int(nl.centers[p]), int(nl.neighbours[p]), float(np.sqrt(dist2[p]))

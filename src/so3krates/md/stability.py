@@ -76,7 +76,7 @@ def find_bonds(
         return _bonds_from(np.zeros((0, 2)), np.zeros((0, 3)), np.zeros(0))
     cutoff = scale * 2.0 * float(radii.max())
     nl = neighbour_list(positions, cell, pbc, cutoff)
-    i, j, s = nl.centers, nl.neighbors, nl.shifts
+    i, j, s = nl.centers, nl.neighbours, nl.shifts
     # The full list holds every bond twice, (i, j, S) and (j, i, -S): keep one of them.
     first_nonzero = np.take_along_axis(s, np.argmax(s != 0, axis=1)[:, None], axis=1)[:, 0]
     keep = (i < j) | ((i == j) & (first_nonzero > 0))

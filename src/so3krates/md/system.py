@@ -88,7 +88,7 @@ def graph(positions: jnp.ndarray, cell: jnp.ndarray, system: System, nbrs: Neigh
         numbers=jnp.asarray(np.append(system.numbers, 0), jnp.int32),
         structure=jnp.asarray(np.append(np.zeros(n, np.int32), 1)),
         centers=nbrs.centers,
-        neighbors=nbrs.neighbors,
+        neighbours=nbrs.neighbours,
         shifts=nbrs.shifts.astype(dtype),
         cells=jnp.stack([cell, jnp.zeros_like(cell)]),
         atom_mask=jnp.asarray(np.arange(n + 1) < n),

@@ -132,13 +132,13 @@ def _pair_attention(heads: tuple[int, int], scales: tuple[float, float], halves:
     attrs = dict(heads0=np.int64(heads[0]), heads1=np.int64(heads[1]),
                  scale0=np.float64(scales[0]), scale1=np.float64(scales[1]), halves=halves)
 
-    def forward(qkv, ev_w, table, s, cut, ylm, centers, neighbors, component_degree):
+    def forward(qkv, ev_w, table, s, cut, ylm, centers, neighbours, component_degree):
         dt, n_heads = qkv.dtype, heads[0] + heads[1]
         out = (jax.ShapeDtypeStruct((qkv.shape[0], ev_w.shape[-1] + ylm.shape[1]), dt),
                jax.ShapeDtypeStruct((cut.shape[0], n_heads), dt))
         call = jax.ffi.ffi_call(f"so3krates_pair_attention_forward_{_dtype_name(dt)}",
                                 out, vmap_method="sequential")
-        return call(qkv, ev_w, table, s, cut, ylm, centers, neighbors, component_degree, **attrs)
+        return call(qkv, ev_w, table, s, cut, ylm, centers, neighbours, component_degree, **attrs)
 
     @jax.custom_vjp
     def attention(*args):
@@ -165,7 +165,7 @@ def _pair_attention(heads: tuple[int, int], scales: tuple[float, float], halves:
     return attention
 
 
-def pair_attention(qkv, ev_w, table, s, cut, ylm, centers, neighbors, component_degree,
+def pair_attention(qkv, ev_w, table, s, cut, ylm, centers, neighbours, component_degree,
                    heads: Sequence[int], scales: Sequence[float], halves: bool = False,
                    qkv_grad: bool = True) -> jnp.ndarray:
     """One block's messages summed per center atom, (N, F + D), by the fused CPU kernel.
@@ -177,7 +177,7 @@ def pair_attention(qkv, ev_w, table, s, cut, ylm, centers, neighbors, component_
         table: (K, 4, 2, F) the radial filters' spline table, s: (P,) the pairs' spline
             coordinates (``so3krates.model.radial_table``).
         cut: (P,) cutoff weights (0: no message); ylm: (P, D) spherical harmonics.
-        centers, neighbors: (P,) int32; component_degree: (D,) int32, the EV-branch head of
+        centers, neighbours: (P,) int32; component_degree: (D,) int32, the EV-branch head of
             each EV component.
         heads: (H0, H1) heads of both branches; scales: their attention scales.
         halves: the pairs are in the halves layout (``so3krates.neighbours.pairs``: pair P/2 + k
@@ -202,7 +202,7 @@ def pair_attention(qkv, ev_w, table, s, cut, ylm, centers, neighbors, component_
     dt = qkv.dtype
     as_int = lambda a: jnp.asarray(a, jnp.int32)  # noqa: E731
     return fn(qkv, ev_w.astype(dt), table.astype(dt), s.astype(dt), cut.astype(dt),
-              ylm.astype(dt), as_int(centers), as_int(neighbors), as_int(component_degree))
+              ylm.astype(dt), as_int(centers), as_int(neighbours), as_int(component_degree))
 
 
 __all__ = ["available", "build", "enabled", "library_path", "pair_attention"]

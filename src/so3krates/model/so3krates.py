@@ -81,7 +81,7 @@ def activate_qkv(qkv: jnp.ndarray) -> jnp.ndarray:
                             nn.silu(qkv[..., 3 * f :])], axis=-1)
 
 
-def pair_messages(q, k, v, w, cut, ylm, centers, neighbors, n_atoms: int, component_degree,
+def pair_messages(q, k, v, w, cut, ylm, centers, neighbours, n_atoms: int, component_degree,
                   heads: Sequence[int], scales: Sequence, barrier: bool = False) -> jnp.ndarray:
     """One block's messages summed per center atom, (N, F + D) (pure JAX; the reference of
     ``cpu_kernels.pair_attention``).
@@ -89,7 +89,7 @@ def pair_messages(q, k, v, w, cut, ylm, centers, neighbors, n_atoms: int, compon
     Args (P pairs, N atoms, branch 0 invariant, branch 1 EV):
         q, k: per branch (N, F) activated queries and keys; v: (N, F) values;
         w: per branch (P, F) filters; cut: (P,) cutoff weights; ylm: (P, D);
-        centers, neighbors: (P,); component_degree: (D,) the EV head of each component;
+        centers, neighbours: (P,); component_degree: (D,) the EV head of each component;
         heads: heads per branch; scales: their attention scales;
         barrier: keep the EV weights in memory (see ``EuclideanAttention``).
 
@@ -101,11 +101,11 @@ def pair_messages(q, k, v, w, cut, ylm, centers, neighbors, n_atoms: int, compon
 
     n, f = cut.shape[0], v.shape[1]
     alpha = [
-        (at(q[b], centers) * w[b] * at(k[b], neighbors)).reshape(n, heads[b], -1).sum(-1)
+        (at(q[b], centers) * w[b] * at(k[b], neighbours)).reshape(n, heads[b], -1).sum(-1)
         * (cut * scales[b])[:, None]
         for b in range(2)
     ]
-    vj = at(v, neighbors).reshape(n, heads[0], -1)
+    vj = at(v, neighbours).reshape(n, heads[0], -1)
     msg_x = (alpha[0][:, :, None] * vj).reshape(n, f)
     if barrier:
         alpha[1] = materialize(alpha[1])
@@ -121,7 +121,7 @@ class EuclideanAttention(nn.Module):
     the invariant one, branch 1 the EV one):
         x (N, F); chi (N, D), or None for the all-zero EVs of the first block;
         pair_inputs: a tuple of (P, ...) arrays, and pair_fn, mapping them (or a chunk of
-            them) to ``(cut, radial, ylm, centers, neighbors)``: cutoff weights (P,) (0 for
+            them) to ``(cut, radial, ylm, centers, neighbours)``: cutoff weights (P,) (0 for
             padding pairs), the radial basis (P, K) or, with ``radial_knots``, the distances'
             spline coordinates (P,) (see ``radial_table``), harmonics (P, D), atoms i and j (P,);
         valid: scalar bool, True if pairs [P/2, P) are the exact reverses of pairs [0, P/2)
@@ -211,7 +211,7 @@ class EuclideanAttention(nn.Module):
                 return matmul_with_transpose(h, p["w2_s"][b], p["w2_s_t"][b])
             return nn.silu(c @ p["w1_s"][b] + p["b1_s"][b]) @ p["w2_s"][b]
 
-        def filters(radial, centers, neighbors, chi, p):
+        def filters(radial, centers, neighbours, chi, p):
             """Both branches' filters of a set of pairs: two (P, F) arrays; without ``radial``
             (the fused kernel adds it) their EV-difference parts and biases only."""
             if radial is None:
@@ -223,12 +223,12 @@ class EuclideanAttention(nn.Module):
                 w = [nn.silu(radial @ p["w1_r"][b] + p["b1_r"][b]) @ p["w2_r"][b] + p["bias"][b]
                      for b in range(2)]
             if chi is not None:
-                dchi = at(chi, neighbors) - at(chi, centers)
+                dchi = at(chi, neighbours) - at(chi, centers)
                 c = (dchi * dchi) @ contract
                 w = [w[b] + ev_mlp(c, b, p) for b in range(2)]
             return w
 
-        def messages(cut, radial, ylm, centers, neighbors, in_chunks=False):
+        def messages(cut, radial, ylm, centers, neighbours, in_chunks=False):
             """Sums over pairs [first half | reverses] per center: (N, F + D)."""
             n = cut.shape[0]
             h = n // 2
@@ -237,22 +237,22 @@ class EuclideanAttention(nn.Module):
                     ev = weights["bias"][None]  # the same for every pair
                 else:  # the EV parts of the first half's pairs, or of all if not in halves
                     rows = h if valid is True else n
-                    ev = jnp.stack(filters(None, centers[:rows], neighbors[:rows], chi,
+                    ev = jnp.stack(filters(None, centers[:rows], neighbours[:rows], chi,
                                            weights), axis=1)
                 return cpu_kernels.pair_attention(qkv, ev, weights["table"], radial, cut, ylm,
-                                                  centers, neighbors, deg_idx, heads, scale,
+                                                  centers, neighbours, deg_idx, heads, scale,
                                                   halves=valid is True, qkv_grad=not looked_up)
-            first = filters(radial[:h], centers[:h], neighbors[:h], chi, weights)
+            first = filters(radial[:h], centers[:h], neighbours[:h], chi, weights)
             if valid is True:  # the caller's layout (``pair_halves``): no fallback needed
                 w = [jnp.concatenate([a, a]) for a in first]
             else:
                 w = self._with_second_half(first, valid, filters, weights, chi,
-                                           radial[h:], centers[h:], neighbors[h:])
+                                           radial[h:], centers[h:], neighbours[h:])
             # Without the barrier (in chunks) XLA:CPU fuses the per-degree weights into their
             # expansion to the 2l+1 components and recomputes each (P, F) product-sum once
             # per component (6x for degrees 1-4): 1,008 atoms 72.7 -> 66.8 ms,
             # interleaved. One aspirin (no chunks) got slower with it (1.98 -> 2.05 ms).
-            return pair_messages(q_atoms, k_atoms, v_atoms, w, cut, ylm, centers, neighbors,
+            return pair_messages(q_atoms, k_atoms, v_atoms, w, cut, ylm, centers, neighbours,
                                  n_atoms, deg_idx, heads, scale, barrier=in_chunks)
 
         n_half = jax.tree.leaves(pair_inputs)[0].shape[0] // 2
@@ -373,8 +373,8 @@ class So3krates(nn.Module):
 
     @nn.compact
     @full_precision_matmuls
-    def __call__(self, numbers, vectors, centers, neighbors, pair_mask, pair_halves: bool = False):
-        """numbers (N,), vectors r_ij (P, 3) in Å, centers/neighbors (P,), pair_mask (P,).
+    def __call__(self, numbers, vectors, centers, neighbours, pair_mask, pair_halves: bool = False):
+        """numbers (N,), vectors r_ij (P, 3) in Å, centers/neighbours (P,), pair_mask (P,).
 
         Padding pairs are masked by ``pair_mask``. Full neighbour lists sorted by (center,
         neighbour) are fastest (see ``reverse_pair_order``), but any pairs give the same result.
@@ -389,7 +389,7 @@ class So3krates(nn.Module):
             raise ValueError("features must be divisible by num_heads and by len(degrees)")
         dt, f = self.dtype, self.features
         n_atoms = numbers.shape[0]
-        centers, neighbors = jnp.asarray(centers, jnp.int32), jnp.asarray(neighbors, jnp.int32)
+        centers, neighbours = jnp.asarray(centers, jnp.int32), jnp.asarray(neighbours, jnp.int32)
         pair_mask = jnp.asarray(pair_mask)
         vectors = jnp.asarray(vectors, dt)
         # Inference on the CPU, up to one chunk of pairs: messages from the fused kernel. On
@@ -400,26 +400,26 @@ class So3krates(nn.Module):
         if pair_halves:  # the caller's promise, checked at the end
             if pair_mask.shape[0] % 2:
                 raise ValueError("pair_halves needs an even number of pairs")
-            layout_holds = is_halves_layout(centers, neighbors, vectors, pair_mask)
+            layout_holds = is_halves_layout(centers, neighbours, vectors, pair_mask)
             valid = True
         else:
             if pair_mask.shape[0] % 2:  # one null pair more, so that the pairs split into halves
-                centers, neighbors = (jnp.append(a, n_atoms - 1) for a in (centers, neighbors))
+                centers, neighbours = (jnp.append(a, n_atoms - 1) for a in (centers, neighbours))
                 vectors = jnp.concatenate([vectors, jnp.zeros((1, 3), dt)])
                 pair_mask = jnp.append(pair_mask, False)
             if fused:  # the kernel takes the pairs in any order (filters of every pair)
                 valid = None
             elif n_atoms * n_atoms < 2**31:  # reorder: the second half reverses the first
-                order, valid = reverse_pair_order(centers, neighbors, vectors, pair_mask, n_atoms)
-                centers, neighbors, vectors, pair_mask = (
+                order, valid = reverse_pair_order(centers, neighbours, vectors, pair_mask, n_atoms)
+                centers, neighbours, vectors, pair_mask = (
                     a.at[order].get(mode="promise_in_bounds", unique_indices=True)
-                    for a in (centers, neighbors, vectors, pair_mask)
+                    for a in (centers, neighbours, vectors, pair_mask)
                 )
             else:
                 valid = jnp.asarray(False)
 
-        def geometry(vectors, pair_mask, centers, neighbors):
-            """(cut, radial, ylm, centers, neighbors) of (a chunk of) pairs, see EuclideanAttention."""
+        def geometry(vectors, pair_mask, centers, neighbours):
+            """(cut, radial, ylm, centers, neighbours) of (a chunk of) pairs, see EuclideanAttention."""
             # Padding pairs get a harmless unit-length vector so that no NaN reaches a gradient.
             safe = jnp.where(pair_mask[:, None], vectors, jnp.ones_like(vectors))
             d = jnp.sqrt(jnp.sum(safe * safe, axis=-1))
@@ -429,9 +429,9 @@ class So3krates(nn.Module):
             else:
                 radial = self.basis(d).astype(dt)
             ylm = spherical_harmonics(safe / d[:, None], self.degrees).astype(dt)
-            return cut, radial, ylm, centers, neighbors
+            return cut, radial, ylm, centers, neighbours
 
-        pair_inputs = (vectors, pair_mask, centers, neighbors)
+        pair_inputs = (vectors, pair_mask, centers, neighbours)
         if pair_mask.shape[0] <= pair_chunk():  # geometry once for all blocks
             pair_inputs, pair_fn = geometry(*pair_inputs), lambda *a: a
         else:  # each block evaluates it chunk by chunk (cheaper than keeping it in memory)

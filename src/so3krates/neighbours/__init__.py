@@ -18,12 +18,12 @@ class NeighbourList(NamedTuple):
 
     Attributes:
         centers: index ``i`` of each pair, shape (P,), int32.
-        neighbors: index ``j`` of each pair, shape (P,), int32.
+        neighbours: index ``j`` of each pair, shape (P,), int32.
         shifts: lattice shift of each pair in units of the cell vectors, shape (P, 3), int32.
     """
 
     centers: np.ndarray
-    neighbors: np.ndarray
+    neighbours: np.ndarray
     shifts: np.ndarray
 
 
@@ -50,12 +50,12 @@ def neighbour_list(
     order = np.lexsort((j, i))
     return NeighbourList(
         centers=i[order].astype(np.int32),
-        neighbors=j[order].astype(np.int32),
+        neighbours=j[order].astype(np.int32),
         shifts=s[order].astype(np.int32),
     )
 
 
-def reverse_partners(centers, neighbors, shifts, pair_mask, xp=np):
+def reverse_partners(centers, neighbours, shifts, pair_mask, xp=np):
     """Each pair's reverse: ``(partner, found)``, both (P,).
 
     The reverse of pair (i, j, S) is (j, i, -S); ``partner[k]`` is its index and ``found[k]``
@@ -66,11 +66,11 @@ def reverse_partners(centers, neighbors, shifts, pair_mask, xp=np):
     """
     s = xp.rint(shifts).astype(xp.int32)
     padding = ~pair_mask  # a primary key: real pairs first in both orders
-    fwd = xp.lexsort((s[:, 2], s[:, 1], s[:, 0], neighbors, centers, padding))
-    rev = xp.lexsort((-s[:, 2], -s[:, 1], -s[:, 0], centers, neighbors, padding))
+    fwd = xp.lexsort((s[:, 2], s[:, 1], s[:, 0], neighbours, centers, padding))
+    rev = xp.lexsort((-s[:, 2], -s[:, 1], -s[:, 0], centers, neighbours, padding))
     partner = rev[xp.argsort(fwd)]  # partner[fwd[k]] = rev[k]
     idx = xp.arange(len(centers))
-    found = ((centers[partner] == neighbors) & (neighbors[partner] == centers)
+    found = ((centers[partner] == neighbours) & (neighbours[partner] == centers)
              & xp.all(s[partner] == -s, axis=1) & pair_mask[partner] & (partner != idx)
              & (partner[partner] == idx))
     return partner, found
@@ -85,7 +85,7 @@ def reverse_halves(nl: NeighbourList) -> np.ndarray | None:
     distance on the first half only (see ``so3krates.neighbours.pairs``); batches laid out this
     way on the host spare it finding the reverses at every call.
     """
-    partner, found = reverse_partners(nl.centers, nl.neighbors, nl.shifts,
+    partner, found = reverse_partners(nl.centers, nl.neighbours, nl.shifts,
                                       np.ones(len(nl.centers), dtype=bool))
     if not found.all():
         return None

@@ -29,19 +29,19 @@ COMPARE_ALL_MAX_PAIRS = 1024
 
 
 def is_halves_layout(
-    centers: jnp.ndarray, neighbors: jnp.ndarray, vectors: jnp.ndarray, pair_mask: jnp.ndarray,
+    centers: jnp.ndarray, neighbours: jnp.ndarray, vectors: jnp.ndarray, pair_mask: jnp.ndarray,
 ) -> jnp.ndarray:
     """True (scalar bool) if pairs [P/2, P) are the exact reverses of pairs [0, P/2), padding
     opposite padding: the layout :func:`reverse_pair_order` makes (and ``so3krates.batching``
     can make on the host). O(P)."""
     h = centers.shape[0] // 2
-    return (jnp.all(centers[:h] == neighbors[h:]) & jnp.all(neighbors[:h] == centers[h:])
+    return (jnp.all(centers[:h] == neighbours[h:]) & jnp.all(neighbours[:h] == centers[h:])
             & jnp.all(pair_mask[:h] == pair_mask[h:])
             & jnp.all((vectors[:h] == -vectors[h:]) | ~pair_mask[:h, None]))
 
 
 def reverse_pair_order(
-    centers: jnp.ndarray, neighbors: jnp.ndarray, vectors: jnp.ndarray, pair_mask: jnp.ndarray,
+    centers: jnp.ndarray, neighbours: jnp.ndarray, vectors: jnp.ndarray, pair_mask: jnp.ndarray,
     n_atoms: int,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """A pair order whose second half holds the exact reverses of its first half.
@@ -59,8 +59,8 @@ def reverse_pair_order(
     """
     n_pairs = centers.shape[0]
     idx = jnp.arange(n_pairs, dtype=centers.dtype)
-    key = centers * n_atoms + neighbors
-    reverse_key = neighbors * n_atoms + centers
+    key = centers * n_atoms + neighbours
+    reverse_key = neighbours * n_atoms + centers
     # O(P^2) / O(P log P) work
     method = "compare_all" if n_pairs <= COMPARE_ALL_MAX_PAIRS else "scan"
     partner = jnp.searchsorted(key, reverse_key, method=method)
@@ -68,12 +68,12 @@ def reverse_pair_order(
     found = (key[partner] == reverse_key) & (partner[partner] == idx) & pair_mask[partner]
     found &= jnp.all(vectors[partner] == -vectors, axis=1)
     order, valid = halves_order(partner, found, pair_mask)
-    already = is_halves_layout(centers, neighbors, vectors, pair_mask)
+    already = is_halves_layout(centers, neighbours, vectors, pair_mask)
     return jnp.where(already, idx, order), valid | already
 
 
 def reverse_pair_order_by_shifts(
-    centers: jnp.ndarray, neighbors: jnp.ndarray, shifts: jnp.ndarray, pair_mask: jnp.ndarray,
+    centers: jnp.ndarray, neighbours: jnp.ndarray, shifts: jnp.ndarray, pair_mask: jnp.ndarray,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """:func:`reverse_pair_order` for pairs in any order, several periodic images of one
     (i, j) included: the reverse of (i, j, S) is (j, i, -S), found by sorting (O(P log P),
@@ -82,7 +82,7 @@ def reverse_pair_order_by_shifts(
     ``shifts`` (P, 3) hold integers (any dtype). Returns ``(order, valid)`` as
     :func:`reverse_pair_order`, ``valid`` False unless every real pair's reverse is there.
     """
-    partner, found = reverse_partners(centers, neighbors, shifts, pair_mask, xp=jnp)
+    partner, found = reverse_partners(centers, neighbours, shifts, pair_mask, xp=jnp)
     return halves_order(partner, found, pair_mask)
 
 

@@ -77,7 +77,7 @@ class VerletList(NamedTuple):
 
     Attributes:
         centers: (P_v,) int32; padding pairs hold ``N``.
-        neighbors: (P_v,) int32.
+        neighbours: (P_v,) int32.
         shifts: (P_v, 3) lattice shifts of the pairs, float (same dtype as positions).
         reference: positions at the build, (N, 3) Å (for the displacement test).
         reference_cell: the cell at the build, (3, 3) Å.
@@ -91,7 +91,7 @@ class VerletList(NamedTuple):
     """
 
     centers: jnp.ndarray
-    neighbors: jnp.ndarray
+    neighbours: jnp.ndarray
     shifts: jnp.ndarray
     reference: jnp.ndarray
     reference_cell: jnp.ndarray
@@ -108,7 +108,7 @@ class Neighbours(NamedTuple):
 
     Attributes:
         centers: (P,) int32, in the halves layout; padding pairs hold ``N``.
-        neighbors: (P,) int32.
+        neighbours: (P,) int32.
         shifts: (P, 3) lattice shifts, float.
         n_pairs: the largest number of pairs within the cutoff seen (for re-allocation).
         overflow: True once any list did not fit: results since then are invalid.
@@ -116,7 +116,7 @@ class Neighbours(NamedTuple):
     """
 
     centers: jnp.ndarray
-    neighbors: jnp.ndarray
+    neighbours: jnp.ndarray
     shifts: jnp.ndarray
     n_pairs: jnp.ndarray
     overflow: jnp.ndarray
@@ -178,7 +178,7 @@ def allocate(
     radius = cutoff + skin
     nl = neighbour_list(positions, cell, pbc, radius)
     counts = np.bincount(nl.centers, minlength=len(positions))
-    r = positions[nl.neighbors] - positions[nl.centers] + nl.shifts @ cell
+    r = positions[nl.neighbours] - positions[nl.centers] + nl.shifts @ cell
     n_within = int(np.sum(np.sum(r * r, axis=1) < cutoff**2))
     minimum = bool(pbc.all() and np.all(plane_spacings(cell) > 2 * radius) and _is_orthorhombic(cell))
     images = ((0, 0, 0),) if minimum else lattice_images(cell, pbc, radius)
@@ -295,20 +295,20 @@ def build_verlet(positions: jnp.ndarray, cell: jnp.ndarray, spec: NeighbourSpec)
     centers = jnp.full(spec.verlet_capacity, n, jnp.int32).at[dest].set(
         jnp.repeat(jnp.arange(n, dtype=jnp.int32), m), mode="drop"
     )
-    neighbors = jnp.full(spec.verlet_capacity, n, jnp.int32).at[dest].set(nb_j.reshape(-1), mode="drop")
+    neighbours = jnp.full(spec.verlet_capacity, n, jnp.int32).at[dest].set(nb_j.reshape(-1), mode="drop")
     shifts = jnp.zeros((spec.verlet_capacity, 3), dtype).at[dest].set(nb_s.reshape(-1, 3), mode="drop")
     # Undo the wrapping: r_ij = w_j - w_i + S cell = R_j - R_i + (S + n_i - n_j) cell.
     real = centers < n
-    ci, cj = jnp.minimum(centers, n - 1), jnp.minimum(neighbors, n - 1)
+    ci, cj = jnp.minimum(centers, n - 1), jnp.minimum(neighbours, n - 1)
     shifts = jnp.where(real[:, None], shifts + wrap[ci] - wrap[cj], 0.0)
     # The halves layout (a full list always has it; an overflowing one is redone anyway).
-    order, _ = reverse_pair_order_by_shifts(centers, neighbors, shifts, real)
-    centers, neighbors, shifts = (a[order] for a in (centers, neighbors, shifts))
+    order, _ = reverse_pair_order_by_shifts(centers, neighbours, shifts, real)
+    centers, neighbours, shifts = (a[order] for a in (centers, neighbours, shifts))
     n_pairs = jnp.sum(counts).astype(jnp.int32)
     max_count = jnp.max(counts).astype(jnp.int32)
     covered = images_cover(cell, spec)
     overflow = (n_pairs > spec.verlet_capacity) | (max_count > m) | ~covered
-    return VerletList(centers, neighbors, shifts, positions, cell.astype(dtype), n_pairs,
+    return VerletList(centers, neighbours, shifts, positions, cell.astype(dtype), n_pairs,
                       max_count, needed_images(cell, spec), covered, overflow)
 
 
@@ -347,20 +347,20 @@ def images_cover(cell: jnp.ndarray, spec: NeighbourSpec) -> jnp.ndarray:
 
 
 def select(positions: jnp.ndarray, cell: jnp.ndarray, verlet: VerletList, spec: NeighbourSpec):
-    """The pairs of ``verlet`` within ``cutoff`` now: ``(centers, neighbors, shifts, count)``
+    """The pairs of ``verlet`` within ``cutoff`` now: ``(centers, neighbours, shifts, count)``
     of fixed size ``spec.capacity``, each half compacted into its half (the halves layout)."""
     n = positions.shape[0]
     pos = jnp.concatenate([positions, jnp.zeros((1, 3), positions.dtype)])
-    vec = pos[verlet.neighbors] - pos[verlet.centers] + verlet.shifts @ cell
+    vec = pos[verlet.neighbours] - pos[verlet.centers] + verlet.shifts @ cell
     keep = (verlet.centers < n) & (jnp.sum(vec * vec, axis=-1) < spec.cutoff**2)
     half, cap_half = keep.shape[0] // 2, spec.capacity // 2
     rank = jnp.cumsum(keep.reshape(2, half), axis=1).reshape(-1) - 1
     start = jnp.where(jnp.arange(keep.shape[0]) < half, 0, cap_half)
     dest = jnp.where(keep & (rank < cap_half), start + rank, spec.capacity)
     centers = jnp.full(spec.capacity, n, jnp.int32).at[dest].set(verlet.centers, mode="drop")
-    neighbors = jnp.full(spec.capacity, n, jnp.int32).at[dest].set(verlet.neighbors, mode="drop")
+    neighbours = jnp.full(spec.capacity, n, jnp.int32).at[dest].set(verlet.neighbours, mode="drop")
     shifts = jnp.zeros((spec.capacity, 3), verlet.shifts.dtype).at[dest].set(verlet.shifts, mode="drop")
-    return centers, neighbors, shifts, jnp.sum(keep).astype(jnp.int32)
+    return centers, neighbours, shifts, jnp.sum(keep).astype(jnp.int32)
 
 
 def build(positions: jnp.ndarray, cell: jnp.ndarray, spec: NeighbourSpec, reference=None,
@@ -374,9 +374,9 @@ def build(positions: jnp.ndarray, cell: jnp.ndarray, spec: NeighbourSpec, refere
 
 
 def _with_selection(positions, cell, verlet: VerletList, spec: NeighbourSpec) -> Neighbours:
-    centers, neighbors, shifts, count = select(positions, cell, verlet, spec)
+    centers, neighbours, shifts, count = select(positions, cell, verlet, spec)
     overflow = verlet.overflow | (count > spec.capacity)
-    return Neighbours(centers, neighbors, shifts, count, overflow, verlet)
+    return Neighbours(centers, neighbours, shifts, count, overflow, verlet)
 
 
 def needs_update(positions: jnp.ndarray, cell: jnp.ndarray, nbrs: Neighbours,
