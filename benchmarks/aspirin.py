@@ -56,18 +56,15 @@ REFERENCE_OVERRIDES = [
 # Decay to 1 % instead of 3 % (30-minute runs, both cores): test forces 16.2 and 15.6 meV/Å
 # (94,184 / 97,399 steps) against 17.8-18.9 in four runs with 3 % (92,651-105,407 steps);
 # to 0.3 %: 16.4. The 1 % model ran 3 of 3 MD runs stably at 500 K for 10 ps.
+# Since issue 31 this recipe is the package's training defaults (Adam, lr 3e-3 -> 1 % over the
+# budget, batch 2, weight decay 0.01) with the `huber` preset (Huber loss, EMA 0.999), which
+# config.TRAINING_PRESETS keeps for accuracy benchmarks: its models broke apart in hot MD
+# (benchmarks/defaults.py), so the defaults use MSE and EMA 0.99.
 BUDGET_OVERRIDES = [
     "model.num_layers=3",
-    "training.optimizer=adam",
-    "training.loss=huber",
-    "training.huber_delta=0.01",
-    "training.weight_decay=0.01",
-    "training.learning_rate=3e-3",
-    "training.batch_size=2",
+    "training.preset=huber",
     "training.decay_steps=budget",
-    "training.decay_rate=0.01",
     "training.valid_every=1000",
-    "training.ema_decay=0.999",
 ]
 # First 950 configurations train, next 50 validate; the test set is the separate test file.
 SPLIT_OVERRIDES = [

@@ -135,6 +135,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
             *[a for s in TINY_TRAIN for a in ("--set", s)],
             "--set", "training.max_steps=40", "--set", "training.valid_every=10",
             "--set", "training.decay_steps=budget",
+            "--set", "training.learning_rate=1e-3", "--set", "training.decay_rate=0.1",
             "--set", "training.weight_decay=0.01"]  # its (empty) optimiser state is checkpointed too
     full, broken = tmp_path / "full", tmp_path / "broken"
     run_cli(*args, "--output", str(full))
@@ -277,7 +278,7 @@ def test_learning_rate_decays_over_the_budgeted_steps():
         budget_horizon, current_learning_rate, decay_horizon, make_optimizer, set_decay_horizon,
     )
 
-    cfg = TrainingConfig(learning_rate=1e-3, decay_rate=0.01, warmup_steps=10)
+    cfg = TrainingConfig(learning_rate=1e-3, decay_rate=0.01, warmup_steps=10, weight_decay=0.0)
     state = make_optimizer(cfg, horizon=1000).init({"w": jax.numpy.zeros(3)})
     assert decay_horizon(state) == 1000
     assert current_learning_rate(cfg, 0, state) == pytest.approx(1e-5)
@@ -297,7 +298,8 @@ def test_cosine_schedule_falls_from_one_to_decay_rate_over_the_horizon():
     from so3krates.config import TrainingConfig
     from so3krates.training.optimizer import current_learning_rate, make_optimizer
 
-    cfg = TrainingConfig(learning_rate=1e-3, decay_rate=0.05, schedule="cosine", warmup_steps=10)
+    cfg = TrainingConfig(learning_rate=1e-3, decay_rate=0.05, schedule="cosine", warmup_steps=10,
+                         weight_decay=0.0)
     state = make_optimizer(cfg, horizon=1000).init({"w": jax.numpy.zeros(3)})
     lr = [current_learning_rate(cfg, s, state) for s in (10, 260, 510, 760, 1010, 5000)]
     assert lr[0] == pytest.approx(1e-3, rel=1e-6)
