@@ -263,7 +263,7 @@ def _eager_init(module, graph, seed: int):
     from so3krates.potential import pair_vectors
 
     return module.init(jax.random.PRNGKey(seed), graph.numbers, pair_vectors(graph),
-                       graph.centers, graph.neighbors, graph.pair_mask)["params"]
+                       graph.centers, graph.neighbours, graph.pair_mask)["params"]
 
 
 def count_params(params) -> int:

@@ -47,6 +47,7 @@ RELEVANT = [
 SUMMARIES = {
     "materials": "materials_epyc2core_2026-12-07.json",
     "thermal": "thermal_argon_epyc_2026-12-07b.json",
+    "defaults": "defaults_epyc1core_2026-12-07.json",
 }
 
 
@@ -265,6 +266,27 @@ def thermal_section(path: Path) -> str:
         return ""
     header = ["system", "T (K)", "atoms", "runs × ps", "κ (W/m/K)", "ns/day with flux"]
     return f"**Green–Kubo thermal conductivity (`thermal.py`, `{path.name}`)**\n\n{table(header, rows)}"
+
+
+def defaults_section(path: Path) -> str:
+    """Training recipes side by side (``defaults.py``): test errors after the same budget and
+    the stability of hot NVT runs of the trained models."""
+    d = json.loads(path.read_text())
+    rows = []
+    for r in d.get("results", []):
+        stability = []
+        for temperature, s in sorted((r.get("stability") or {}).items()):
+            times = ", ".join(f"{x:g}" for x in s.get("time_to_instability_ps", []))
+            stability.append(f"{temperature} K: {s['stable']}/{s['runs']}" + (f" (broke at {times} ps)" if times else ""))
+        rows.append([r["recipe"], r["dataset"], fmt(r.get("steps")), fmt(r.get("test_energy_mae_meV"), 1),
+                     fmt(r.get("test_forces_mae_meV_per_A"), 1), "; ".join(stability) or "–"])
+    if not rows:
+        return ""
+    header = ["recipe", "data", "steps", "test E MAE (meV)", "test F MAE (meV/Å)", "stable NVT runs"]
+    protocol = d.get("protocol", {})
+    note = (f"{protocol.get('n_train', '?')} training structures, budget (minutes) "
+            f"{protocol.get('minutes', '?')}, NVT {protocol.get('time_ps', '?')} ps per run")
+    return (f"**Training recipes (`defaults.py`, `{path.name}`; {note})**\n\n{table(header, rows)}")
 
 
 def main(argv: list[str] | None = None) -> int:

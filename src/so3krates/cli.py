@@ -10,6 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from so3krates.config import TRAINING_PRESETS
 from so3krates.md import cli as md_cli
 
 console = Console(soft_wrap=True)  # messages with long paths stay on one line (greppable logs)
@@ -17,7 +18,7 @@ console = Console(soft_wrap=True)  # messages with long paths stay on one line (
 
 def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train an SO3krates model on your data")
-    p.add_argument("config", nargs="?", help="YAML config (defaults: published settings)")
+    p.add_argument("config", nargs="?", help="YAML config (default: the package defaults)")
     p.add_argument("--data", help="dataset path (.npz, extxyz, any ASE format)")
     p.add_argument("--n-train", type=int)
     p.add_argument("--n-valid", type=int)
@@ -26,6 +27,10 @@ def _train_parser(sub) -> None:
     p.add_argument("--processes", type=int, metavar="N",
                    help="train in N processes, one per CPU core, each with a share of every "
                         "batch (training.processes; small molecules on a multi-core CPU)")
+    p.add_argument("--preset", choices=list(TRAINING_PRESETS),
+                   help="a named training recipe (training.preset; settings given with --set "
+                        "or in the YAML file win): huber = lowest errors with long budgets, "
+                        "check MD stability; legacy = the former defaults")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config entry, e.g. --set model.features=64")
 
@@ -62,6 +67,8 @@ def cmd_train(args) -> int:
         overrides.append(f"training.max_time_minutes={args.max_time}")
     if args.processes:
         overrides.append(f"training.processes={args.processes}")
+    if args.preset:
+        overrides.append(f"training.preset={args.preset}")
     config = load_config_file(args.config, overrides)
     result = train(config, args.output, console=console)
     console.print(f"model directory: [bold]{result.output}[/bold]")

@@ -23,7 +23,7 @@ class ModelConfig(_Strict):
     features: int = Field(128, gt=0)
     # The specification's default; the reference code's published aspirin runs used 2. On rMD17
     # aspirin 3 blocks cost 1.55x per step and still won at equal training time (30 minutes:
-    # test forces 18.8 vs 22.0 meV/Å, benchmarks/README.md).
+    # test forces 18.8 vs 22.0 meV/Å, docs/performance-notes.md).
     num_layers: int = Field(3, gt=0)
     num_heads: int = Field(4, gt=0)
     degrees: list[int] = [1, 2, 3, 4]
@@ -34,7 +34,7 @@ class ModelConfig(_Strict):
     layer_norm: bool = False
     residual_mlp: bool = True
     # Zeros: two 30-minute rMD17 aspirin pairs side by side (seeds 0 and 1) ended at test forces
-    # 17.93 / 18.74 meV/Å against 19.14 / 19.14 with lecun_normal (benchmarks/README.md).
+    # 17.93 / 18.74 meV/Å against 19.14 / 19.14 with lecun_normal (docs/performance-notes.md).
     output_init: Literal["lecun_normal", "zeros"] = Field(
         "zeros", description="initialiser of the energy head's last kernel; 'zeros': the "
         "untrained model predicts the reference energies and zero forces"
@@ -96,7 +96,7 @@ TRAINING_PRESETS: dict[str, dict[str, Any]] = {
     # defaults: benchmarks/aspirin.py's recipe, the lowest rMD17 aspirin errors after 30 minutes
     # (test forces 15.6 meV/Å; Huber vs MSE there: 21.0 vs 23.4), but its models break apart in
     # hot MD: 3 of 6 stable at 600 K over 10 ps (issue 31 side by side; a user's 50 ps runs: 1
-    # of 3), the Huber models of benchmarks/README.md 0 of 3 at 500 K over 100 ps; with 2.5
+    # of 3), the Huber models of docs/performance-notes.md 0 of 3 at 500 K over 100 ps; with 2.5
     # minutes on MD17 ethanol it trailed the defaults (test forces 50.2 vs 36.1 meV/Å, energies
     # 134 vs 8.8 meV).
     # Check dynamics (`benchmarks/md.py --stability`) before relying on such a model.
