@@ -8,8 +8,6 @@ which returns the exit code); one case runs the installed ``so3krates`` script i
 
 from __future__ import annotations
 
-import errno
-import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +16,7 @@ from pathlib import Path
 import ase.io
 import numpy as np
 import pytest
+from fault_helpers import FullDisk
 from ase import Atoms
 from ase.build import molecule
 from ase.calculators.singlepoint import SinglePointCalculator
@@ -83,26 +82,6 @@ def train_args(output: Path, *extra: str) -> list[str]:
 def snapshot(directory: Path) -> dict[str, bytes]:
     return {str(p.relative_to(directory)): p.read_bytes()
             for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
-class FullDisk:
-    """Stands in for ``os.fdopen`` in ``so3krates.fileio``: the file opens, every write fails
-    with ENOSPC (what a full disk does to the atomic writes of checkpoints, models, restart
-    files and truncated trajectories)."""
-
-    real_fdopen = os.fdopen
-
-    def __init__(self, fd, mode):
-        self.fh = FullDisk.real_fdopen(fd, mode)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.fh.close()
-
-    def write(self, data):
-        raise OSError(errno.ENOSPC, "No space left on device")
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import errno
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fault_helpers import FullDisk
 from flax import serialization
 
 from conftest import TINY_TRAIN
@@ -195,21 +195,6 @@ def test_atomic_write_keeps_old_file_on_full_disk(tmp_path, monkeypatch):
     target = tmp_path / "ckpt.msgpack"
     atomic_write_bytes(target, b"old content")
 
-    real_fdopen = os.fdopen
-
-    class FullDisk:
-        def __init__(self, fd, mode):
-            self.fh = real_fdopen(fd, mode)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.fh.close()
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
     monkeypatch.setattr("so3krates.fileio.os.fdopen", FullDisk)
     with pytest.raises(OSError, match="could not write .*ckpt.msgpack"):
         atomic_write_bytes(target, b"new content that does not fit")
@@ -313,7 +298,6 @@ def test_weight_decay_shrinks_weight_matrices_only_by_lr_times_rate():
     """Decoupled decay: with zero gradients, masked weights shrink by lr * rate per step (the
     plateau factor included), biases, embeddings and per-element parameters do not move; the
     mask survives the trainer's flat layout."""
-    import jax
     import jax.numpy as jnp
     from jax.flatten_util import ravel_pytree
 
