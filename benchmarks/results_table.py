@@ -48,6 +48,7 @@ SUMMARIES = {
     "materials": "materials_epyc2core_2026-12-07.json",
     "thermal": "thermal_argon_epyc_2026-12-07b.json",
     "defaults": "defaults_epyc1core_2026-12-07.json",
+    "defaults_seeds3-5": "defaults_epyc1core_2026-12-07_seeds3-5.json",
 }
 
 
@@ -272,21 +273,28 @@ def defaults_section(path: Path) -> str:
     """Training recipes side by side (``defaults.py``): test errors after the same budget and
     the stability of hot NVT runs of the trained models."""
     d = json.loads(path.read_text())
+    results = d.get("results", [])
+    if not results:
+        return ""
+    periodic = any("test_stress_mae_GPa" in r for r in results)
     rows = []
-    for r in d.get("results", []):
+    for r in results:
         stability = []
         for temperature, s in sorted((r.get("stability") or {}).items()):
             times = ", ".join(f"{x:g}" for x in s.get("time_to_instability_ps", []))
             stability.append(f"{temperature} K: {s['stable']}/{s['runs']}" + (f" (broke at {times} ps)" if times else ""))
-        rows.append([r["recipe"], r["dataset"], fmt(r.get("steps")), fmt(r.get("test_energy_mae_meV"), 1),
-                     fmt(r.get("test_forces_mae_meV_per_A"), 1), "; ".join(stability) or "–"])
-    if not rows:
-        return ""
-    header = ["recipe", "data", "steps", "test E MAE (meV)", "test F MAE (meV/Å)", "stable NVT runs"]
+        energy = (f"{fmt(r.get('test_energy_mae_meV_per_atom'), 2)}/atom" if periodic
+                  else fmt(r.get("test_energy_mae_meV"), 1))
+        row = [r["recipe"], r["dataset"], fmt(r.get("steps")), energy, fmt(r.get("test_forces_mae_meV_per_A"), 1)]
+        if periodic:
+            row.append(fmt(r.get("test_stress_mae_GPa"), 3))
+        rows.append(row + ["; ".join(stability) or "–"])
+    header = ["recipe", "data", "steps", "test E MAE (meV)", "test F MAE (meV/Å)",
+              *(["test stress MAE (GPa)"] if periodic else []), "stable NVT runs"]
     protocol = d.get("protocol", {})
-    note = (f"{protocol.get('n_train', '?')} training structures, budget (minutes) "
-            f"{protocol.get('minutes', '?')}, NVT {protocol.get('time_ps', '?')} ps per run")
-    return (f"**Training recipes (`defaults.py`, `{path.name}`; {note})**\n\n{table(header, rows)}")
+    note = (f"budget (minutes) {protocol.get('minutes', '?')}, NVT {protocol.get('time_ps', '?')} ps "
+            f"per run, {protocol.get('timestep_fs', '?')} fs steps")
+    return f"**Training recipes (`defaults.py`, `{path.name}`; {note})**\n\n{table(header, rows)}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,8 +61,9 @@ def benchmark_tables() -> str:
                      f"```text\n{text}\n```")
     if "thermal" in summaries:
         parts.append(results_table.thermal_section(summaries["thermal"]))
-    if "defaults" in summaries:
-        parts.append(results_table.defaults_section(summaries["defaults"]))
+    for key, path in summaries.items():
+        if key.startswith("defaults"):
+            parts.append(results_table.defaults_section(path))
     return "\n\n".join(p for p in parts if p)
 
 
