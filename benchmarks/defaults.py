@@ -97,6 +97,10 @@ DATASETS: dict[str, dict[str, Any]] = {
                 "unit": "eV"},
     # Original MD17 ethanol (2000 consecutive frames, 500 K DFT MD): test on the split's rest.
     "ethanol": {"train": "md17_ethanol_2000.npz", "test_file": None, "unit": "kcal/mol"},
+    # mlearn silicon (PBE; 239 periodic cells with stress: bulk MD, strains, surfaces,
+    # vacancies): a seeded 180/20 split, the other 39 test; MD from a 64-atom diamond cell.
+    "silicon": {"train": "materials/mlearn_si_pbe.extxyz", "test_file": None, "unit": "eV",
+                "n_train": 180, "n_valid": 20, "n_test": 39, "start": "diamond_si_64"},
 }
 
 
@@ -115,7 +119,7 @@ def _table(text: str, cast=float) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    p.add_argument("--datasets", default="aspirin,ethanol", help="subset of aspirin,ethanol")
+    p.add_argument("--datasets", default="aspirin,ethanol", help="subset of aspirin,ethanol,silicon")
     p.add_argument("--recipes", default="old_defaults,tuned_huber,tuned_mse,tuned_mse_no_wd",
                    help=f"comma-separated subset of {','.join(RECIPES)}")
     p.add_argument("--minutes", default="aspirin=7,ethanol=3",
@@ -161,12 +165,13 @@ def build_config(recipe: str, dataset: str, args: argparse.Namespace):
     from so3krates.config import load_config
 
     spec = DATASETS[dataset]
-    n_test = 0 if spec["test_file"] else args.n_test
+    n_test = 0 if spec["test_file"] else spec.get("n_test", args.n_test)
     overrides = [
         *(_COMMON if RECIPES[recipe] else []), *RECIPES[recipe],
         f"data.path={args.data_dir / spec['train']}",
         f"data.energy_unit={spec['unit']}",
-        f"data.n_train={args.n_train}", f"data.n_valid={args.n_valid}", f"data.n_test={n_test}",
+        f"data.n_train={spec.get('n_train', args.n_train)}",
+        f"data.n_valid={spec.get('n_valid', args.n_valid)}", f"data.n_test={n_test}",
         f"data.split_seed={args.split_seed}", "data.shuffle_split=true",
         f"training.max_time_minutes={args.minutes[dataset]}",
         "training.processes=1", "training.progress=false",
@@ -262,6 +267,9 @@ def train_one(recipe: str, dataset: str, args) -> dict[str, Any]:
         "test_forces_rmse_meV_per_A": round(1e3 * metrics["forces_rmse"], 2),
         "test_forces_max_error_meV_per_A": round(1e3 * metrics["forces_max_error"], 1),
         "n_test": metrics["n_structures"],
+        "test_energy_mae_meV_per_atom": round(1e3 * metrics["energy_mae_per_atom"], 3),
+        **({"test_stress_mae_GPa": round(metrics["stress_mae_GPa"], 3)}
+           if "stress_mae_GPa" in metrics else {}),
         "model_dir": str(run_dir),
         "training_config": config.training.model_dump(),
         "stability": None,
@@ -278,7 +286,7 @@ def md_one(entry: dict[str, Any], args) -> None:
     run_dir = Path(entry["model_dir"])
     model = load_model(run_dir)
     data = test_data(entry["dataset"], run_dir, args)
-    start = _atoms(data, 0)
+    start = _start(entry["dataset"], data)
     log(f"{entry['dataset']} / {entry['recipe']}: MD {args.time_ps} ps at "
         f"{', '.join(f'{t:g}' for t in args.temperatures)} K, seeds {args.seeds}")
     runs = [stability_run(model, start, t, s, args) for t in args.temperatures for s in args.seeds]
@@ -293,10 +301,13 @@ def md_one(entry: dict[str, Any], args) -> None:
     entry["md_runs"] = runs
 
 
-def _atoms(data, i: int):
-    from ase import Atoms
+def _start(dataset: str, data):
+    """The MD start: the first test structure (with its cell), or the dataset's crystal."""
+    if DATASETS[dataset].get("start") == "diamond_si_64":
+        from ase.build import bulk
 
-    return Atoms(numbers=data.numbers[i], positions=data.positions[i])
+        return bulk("Si", "diamond", a=5.469, cubic=True).repeat(2)
+    return data.to_atoms(0)
 
 
 def main(argv: list[str] | None = None) -> int:

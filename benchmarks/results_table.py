@@ -49,6 +49,7 @@ SUMMARIES = {
     "thermal": "thermal_argon_epyc_2026-12-07b.json",
     "defaults": "defaults_epyc1core_2026-12-07.json",
     "defaults_seeds3-5": "defaults_epyc1core_2026-12-07_seeds3-5.json",
+    "defaults_silicon": "defaults_epyc1core_2026-12-07_silicon.json",
 }
 
 
