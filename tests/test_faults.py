@@ -396,7 +396,7 @@ def test_exploding_md_stops_and_keeps_the_frames_before(capsys, trained_model_di
     before the instability are kept, every one of them intact and stable."""
     import json
 
-    from so3krates.md.trajectory import read_trajectory
+    from so3krates.md.trajectory_read import read_trajectory
 
     out = tmp_path / "hot.xyz"
     code, text = cli(capsys, "md", trained_model_dir, start, "--temperature", "20000",
@@ -421,7 +421,7 @@ def test_md_full_disk_then_restart_loses_nothing(capsys, trained_model_dir, star
     once, in order, the frames before the restart point untouched."""
     from so3krates.md import run as md_run
     from so3krates.md.restart import load_state
-    from so3krates.md.trajectory import read_trajectory
+    from so3krates.md.trajectory_read import read_trajectory
 
     out = tmp_path / "md.xyz"
     state = tmp_path / "md.xyz.restart.npz"

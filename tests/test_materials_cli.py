@@ -109,7 +109,7 @@ def test_md_npt_command_writes_cells_and_pressure(trained_cu_model_dir, tmp_path
                  "--stride", "20", "--chunk", "10", "--output", str(out), "--no-progress",
                  "--max-bond-deviation", "1.0"])  # the tiny model is a soft crystal
     assert code == 0
-    from so3krates.md.trajectory import read_trajectory
+    from so3krates.md.trajectory_read import read_trajectory
 
     traj = read_trajectory(out)
     assert traj.cells.shape == (30, 3, 3) and np.ptp(traj.cells[:, 0, 0]) > 1e-3

@@ -24,7 +24,8 @@ from so3krates.md.analysis import (
     vibrational_spectrum,
 )
 from so3krates.md.restart import load_state, save_state
-from so3krates.md.trajectory import TrajectoryWriter, read_trajectory, truncate_trajectory
+from so3krates.md.trajectory import TrajectoryWriter, truncate_trajectory
+from so3krates.md.trajectory_read import read_trajectory
 
 FORMATS = (".xyz", ".traj", ".h5")
 

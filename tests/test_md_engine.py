@@ -223,7 +223,7 @@ def test_stability_monitor_stops_a_broken_model(model64, ethanol):
 def test_md_cli_restart_equals_uninterrupted_run(trained_model_dir, tmp_path):
     from so3krates.cli import main
     from so3krates.datasets import shipped_dataset_path
-    from so3krates.md.trajectory import read_trajectory
+    from so3krates.md.trajectory_read import read_trajectory
 
     common = [str(trained_model_dir), str(shipped_dataset_path()), "--dtype", "float64",
               "--ensemble", "nvt", "--stride", "10", "--chunk", "20", "--no-progress",

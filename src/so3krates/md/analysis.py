@@ -14,7 +14,8 @@ from ase import units
 
 from so3krates.fileio import atomic_write_bytes
 from so3krates.neighbours.verlet import complete_cell, plane_spacings
-from so3krates.md.trajectory import Trajectory, read_trajectory
+from so3krates.md.trajectory import Trajectory
+from so3krates.md.trajectory_read import read_trajectory
 from so3krates.plotting import pyplot, save_figure
 
 SPEED_OF_LIGHT_CM_PER_FS = 2.99792458e-5
