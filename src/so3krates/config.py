@@ -40,6 +40,24 @@ class ModelConfig(_Strict):
         "untrained model predicts the reference energies and zero forces"
     )
     dtype: Literal["float32", "float64"] = "float32"
+    # Physics beyond the cutoff (SpookyNet / SO3LR), each off by default; see docs/long-range.md.
+    charge_spin: bool = Field(False, description="embed the total charge and the number of "
+                              "unpaired electrons of each structure into the atomic features")
+    electrostatics: bool = Field(False, description="learned partial charges summing to the "
+                                 "total charge, and their damped Coulomb energy")
+    dispersion: Literal["none", "learned"] = Field(
+        "none", description="'learned': Tkatchenko-Scheffler dispersion from learned "
+        "Hirshfeld-volume ratios (SO3LR)")
+    zbl: bool = Field(False, description="Ziegler-Biersack-Littmark nuclear repulsion, switched "
+                      "off smoothly at the cutoff")
+    long_range_cutoff: float | None = Field(
+        None, gt=0, description="Å, pairs of the electrostatics and dispersion terms; None: "
+        "every pair of a molecule (periodic structures need a value)")
+
+    @property
+    def long_range(self) -> bool:
+        """True if a term needs the long-range pair set."""
+        return self.electrostatics or self.dispersion != "none"
 
     @field_validator("degrees")
     @classmethod
@@ -70,6 +88,15 @@ class DataConfig(_Strict):
                             "per volume; 6 Voigt or 9 numbers)")
     virial_key: str = Field("virial", description="optional virial label (3x3, energy), "
                             "used where a structure has no stress")
+    charge_key: str = Field("charge", description="per-structure total charge in e (info key; "
+                            "'total_charge' is read too)")
+    spin_key: str = Field("spin", description="per-structure number of unpaired electrons "
+                          "(info key; 'multiplicity' is read too, as 2S + 1)")
+    dipole_key: str = Field("dipole", description="optional dipole label, e Å (3 numbers)")
+    charges_key: str = Field("charges", description="optional per-atom partial-charge label, e")
+    default_charge: float = Field(0.0, description="total charge of structures without one")
+    default_spin: float = Field(0.0, ge=0, description="unpaired electrons of structures "
+                                "without a spin")
     energy_unit: str = "eV"
     length_unit: str = "Angstrom"
     nan_labels: Literal["error", "mask"] = "error"
@@ -131,6 +158,12 @@ class TrainingConfig(_Strict):
     stress_weight: float | None = Field(
         None, ge=0, description="weight of the stress term (errors in eV/Å³); None: "
         "100 when the training data has stress labels, else off")
+    dipole_weight: float | None = Field(
+        None, ge=0, description="weight of the dipole term (errors in e Å); None: 1 when the "
+        "model has electrostatics and the data dipole labels, else off")
+    charges_weight: float | None = Field(
+        None, ge=0, description="weight of the partial-charge term (errors in e); None: 1 when "
+        "the model has electrostatics and the data charge labels, else off")
     loss: Literal["mse", "huber"] = "mse"
     huber_delta: float = Field(
         0.01, gt=0, description="loss 'huber': errors beyond it (eV per structure, eV/Å per "

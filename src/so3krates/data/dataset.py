@@ -29,6 +29,11 @@ class Dataset:
         source: where the data came from (for messages).
         stress: stress in eV/Å³ (ASE's sign: tension positive), shape (S, 3, 3), NaN where a
             structure has none (molecules); None if no structure has one.
+        charge: total charge per structure in e, shape (S,) float64 (zeros if not given).
+        spin: unpaired electrons per structure (2S), shape (S,) float64 (zeros if not given).
+        dipole: dipole label in e Å, shape (S, 3), NaN where missing; None if none has one.
+        charges: per structure, partial-charge labels in e, shape (n_i,), NaN where missing;
+            None if no structure has them.
     """
 
     numbers: list[np.ndarray]
@@ -39,6 +44,16 @@ class Dataset:
     forces: list[np.ndarray]
     source: str = "<memory>"
     stress: np.ndarray | None = None
+    charge: np.ndarray | None = None
+    spin: np.ndarray | None = None
+    dipole: np.ndarray | None = None
+    charges: list[np.ndarray] | None = None
+
+    def __post_init__(self):
+        # Electronic state is always defined: neutral, closed shell unless given.
+        for name in ("charge", "spin"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, np.zeros(len(self.numbers)))
 
     def __len__(self) -> int:
         return len(self.numbers)
@@ -65,6 +80,10 @@ class Dataset:
             forces=[self.forces[k] for k in idx],
             source=self.source,
             stress=None if self.stress is None else self.stress[idx],
+            charge=self.charge[idx],
+            spin=self.spin[idx],
+            dipole=None if self.dipole is None else self.dipole[idx],
+            charges=None if self.charges is None else [self.charges[k] for k in idx],
         )
 
     @property
@@ -72,16 +91,30 @@ class Dataset:
         """True if some structure has a stress label."""
         return self.stress is not None and bool(np.isfinite(self.stress).all(axis=(1, 2)).any())
 
+    @property
+    def has_dipole(self) -> bool:
+        """True if some structure has a dipole label."""
+        return self.dipole is not None and bool(np.isfinite(self.dipole).all(axis=1).any())
+
+    @property
+    def has_charges(self) -> bool:
+        """True if some structure has partial-charge labels."""
+        return self.charges is not None and any(np.isfinite(q).any() for q in self.charges)
+
     def to_atoms(self, k: int):
-        """Structure ``k`` as an ``ase.Atoms`` (no labels attached)."""
+        """Structure ``k`` as an ``ase.Atoms`` (no labels attached; its total charge and
+        unpaired electrons in ``info``)."""
         from ase import Atoms
 
-        return Atoms(
+        atoms = Atoms(
             numbers=self.numbers[k],
             positions=self.positions[k],
             cell=self.cells[k],
             pbc=self.pbc[k],
         )
+        atoms.info["charge"] = float(self.charge[k])
+        atoms.info["spin"] = float(self.spin[k])
+        return atoms
 
 
 def validate(
