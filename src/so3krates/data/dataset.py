@@ -129,6 +129,9 @@ def validate(
         data: the dataset to check.
         nan_labels: ``"error"`` rejects NaN/inf labels; ``"mask"`` keeps them (they are
             masked in the loss and in metrics).
+            The total charge and the spin are inputs, never masked: they must be finite
+            (spin >= 0). Per-atom charge labels must sum to the total charge within
+            :func:`charge_sum_tolerance`.
         min_distance: atoms closer than this (Å) are reported as overlapping.
     """
     where = data.source
@@ -167,6 +170,7 @@ def validate(
         )
     if data.stress is not None:
         _check_stress(data)
+    _check_electronic(data, nan_labels)
     bad = ~np.isfinite(data.energy)
     if nan_labels == "error" and bad.any():
         k = int(np.flatnonzero(bad)[0])
@@ -203,6 +207,63 @@ def _check_stress(data: Dataset) -> None:
     for k in np.flatnonzero(labelled & (asym > 1e-6 * np.maximum(scale, 1e-12) + 1e-10)):
         raise DataError(f"{data.source}: structure {k}: the stress is not symmetric "
                         f"({s[k].tolist()}); is it a 3x3 in another layout?")
+
+
+def charge_sum_tolerance(n_atoms: int) -> float:
+    """How far (e) per-atom charge labels may sum from the total charge: rounding of each
+    atom's charge (1e-3 e per atom) or 0.01 e, whichever is larger."""
+    return max(1e-3 * n_atoms, 0.01)
+
+
+def _check_electronic(data: Dataset, nan_labels: str) -> None:
+    """Total charge and unpaired electrons (inputs: finite, spin >= 0); dipole (S, 3) and
+    per-atom charges (n_i,) labels (NaN per ``nan_labels``), which sum to the total charge."""
+    where, n = data.source, len(data)
+    for name in ("charge", "spin"):
+        value = getattr(data, name)
+        if np.shape(value) != (n,):
+            raise DataError(f"{where}: {name} has shape {np.shape(value)}, expected ({n},)")
+        for k in np.flatnonzero(~np.isfinite(value)):
+            raise DataError(
+                f"{where}: structure {k}: the {'total charge' if name == 'charge' else 'spin'} "
+                f"is {value[k]}: it is an input of the model, not a label, and cannot be "
+                f"masked (leave the key out to use data.default_{name})")
+    for k in np.flatnonzero(data.spin < 0):
+        raise DataError(f"{where}: structure {k}: spin {data.spin[k]:g} < 0 (the spin label "
+                        "is the number of unpaired electrons 2S; a multiplicity 2S + 1 is read "
+                        "from the key 'multiplicity')")
+    hint = "set data.nan_labels=mask to train with missing labels masked"
+    if data.dipole is not None:
+        d = data.dipole
+        if d.shape != (n, 3):
+            raise DataError(f"{where}: dipole has shape {d.shape}, expected ({n}, 3): "
+                            "3 numbers per structure")
+        if nan_labels == "error" and not np.isfinite(d).all():
+            k = int(np.flatnonzero(~np.isfinite(d).all(axis=1))[0])
+            raise DataError(f"{where}: structure {k}: the dipole is {d[k].tolist()} ({hint}, "
+                            "or give every structure a dipole)")
+    if data.charges is not None:
+        if len(data.charges) != n:
+            raise DataError(f"{where}: partial charges for {len(data.charges)} structures, "
+                            f"expected {n}")
+        for k, (z, q) in enumerate(zip(data.numbers, data.charges)):
+            if np.shape(q) != (len(z),):
+                raise DataError(f"{where}: structure {k}: partial charges have shape "
+                                f"{np.shape(q)}, expected ({len(z)},) for {len(z)} atoms")
+            finite = np.isfinite(q)
+            if nan_labels == "error" and not finite.all():
+                raise DataError(f"{where}: structure {k}: partial charges contain NaN or inf "
+                                f"({hint}, or give every structure partial charges)")
+            if not finite.all():
+                continue  # a partly labelled structure: its sum says nothing
+            total, expected = float(q.sum()), float(data.charge[k])
+            if abs(total - expected) > charge_sum_tolerance(len(z)):
+                raise DataError(
+                    f"{where}: structure {k}: the partial charges sum to {total:.4g} e but the "
+                    f"total charge is {expected:g} e (difference {total - expected:+.3g} e, "
+                    f"more than {charge_sum_tolerance(len(z)):g} e for {len(z)} atoms): likely "
+                    "the wrong data.charges_key, or a missing total charge (data.charge_key, "
+                    "data.default_charge)")
 
 
 def _check_overlaps(data: Dataset, min_distance: float) -> None:

@@ -6,6 +6,7 @@ All readers return a validated :class:`~so3krates.data.dataset.Dataset` in ASE u
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,12 @@ from so3krates.units import energy_factor, length_factor
 
 SGDML_KEYS = ("R", "z", "E", "F")
 MLFF_KEYS = ("positions", "atomic_numbers", "energy", "forces")
+# Labels of the electronic state and of electrostatics: the default key and the other key read
+# when the default is in use (a multiplicity 2S + 1 is converted to unpaired electrons 2S).
+CHARGE_KEYS = ("charge", "total_charge")
+SPIN_KEYS = ("spin", "multiplicity")
+DIPOLE_KEY = "dipole"
+CHARGES_KEY = "charges"
 
 
 def read_dataset(
@@ -24,6 +31,12 @@ def read_dataset(
     forces_key: str = "forces",
     stress_key: str = "stress",
     virial_key: str = "virial",
+    charge_key: str = "charge",
+    spin_key: str = "spin",
+    dipole_key: str = "dipole",
+    charges_key: str = "charges",
+    default_charge: float = 0.0,
+    default_spin: float = 0.0,
     energy_unit: str = "eV",
     length_unit: str = "Angstrom",
     nan_labels: str = "error",
@@ -43,6 +56,20 @@ def read_dataset(
             (molecules) get none.
         virial_key: name of an optional virial label (3x3, extensive, energy; the virial
             ``W = -stress * volume``), used where a structure has no stress label.
+        charge_key: total charge per structure in e (ASE: an ``info`` key; npz: (S,) or one
+            number for all). With the default ``"charge"``, ``"total_charge"`` is read too.
+        spin_key: number of unpaired electrons (2S) per structure, like ``charge_key``. With
+            the default ``"spin"``, ``"multiplicity"`` (2S + 1) is read too and converted; a
+            key named ``"multiplicity"`` is always converted.
+        dipole_key: optional dipole label in e x length unit (3 numbers; ASE: ``info`` or
+            calculator results; npz: (S, 3)). Converted with the length unit; a dipole in
+            Debye must be converted by the user (1 D = 0.20819 e Å).
+        charges_key: optional per-atom partial-charge labels in e (ASE: an ``arrays`` key or
+            calculator results, where extxyz puts a ``charge``/``charges`` column; npz:
+            (S, n)). ASE's ``initial_charges`` are read only when named here.
+        default_charge: total charge of the structures without a ``charge_key`` label.
+        default_spin: unpaired electrons of the structures without a ``spin_key`` label.
+            A key other than the defaults that no structure has is an error.
         energy_unit: unit the energies are stored in (see ``so3krates.units``).
         length_unit: unit the positions are stored in; forces are in energy/length.
         nan_labels: ``"error"`` or ``"mask"`` (see :func:`validate`).
@@ -58,10 +85,12 @@ def read_dataset(
         raise DataError(f"{path}: the file is empty")
     e_fac = energy_factor(energy_unit)
     l_fac = length_factor(length_unit)
+    keys = _ElectronicKeys(charge_key, spin_key, dipole_key, charges_key,
+                           float(default_charge), float(default_spin))
     if format == "npz" or (format is None and path.suffix == ".npz"):
-        data = _read_npz(path, energy_key, forces_key, stress_key)
+        data = _read_npz(path, energy_key, forces_key, stress_key, keys)
     else:
-        data = _read_ase(path, energy_key, forces_key, stress_key, virial_key, format)
+        data = _read_ase(path, energy_key, forces_key, stress_key, virial_key, format, keys)
     data = Dataset(
         numbers=data.numbers,
         positions=[r * l_fac for r in data.positions],
@@ -71,8 +100,60 @@ def read_dataset(
         forces=[f * (e_fac / l_fac) for f in data.forces],
         source=str(path),
         stress=None if data.stress is None else data.stress * (e_fac / l_fac**3),
+        charge=data.charge,
+        spin=data.spin,
+        dipole=None if data.dipole is None else data.dipole * l_fac,
+        charges=data.charges,
     )
     return validate(data, nan_labels=nan_labels)
+
+
+@dataclass(frozen=True)
+class _ElectronicKeys:
+    charge: str
+    spin: str
+    dipole: str
+    charges: str
+    default_charge: float
+    default_spin: float
+
+    def charge_keys(self) -> tuple[str, ...]:
+        """Keys read for the total charge, in order of preference."""
+        return CHARGE_KEYS if self.charge == CHARGE_KEYS[0] else (self.charge,)
+
+    def spin_keys(self) -> tuple[str, ...]:
+        return SPIN_KEYS if self.spin == SPIN_KEYS[0] else (self.spin,)
+
+    def named(self, kind: str) -> bool:
+        """True when the user named this label's key (not the default): then some structure
+        must have it."""
+        default = {"charge": CHARGE_KEYS[0], "spin": SPIN_KEYS[0], "dipole": DIPOLE_KEY,
+                   "charges": CHARGES_KEY}[kind]
+        return getattr(self, kind) != default
+
+
+def _spin_value(key: str, value: float, where: str) -> float:
+    """Unpaired electrons from a ``spin`` (2S) or ``multiplicity`` (2S + 1) value."""
+    if key != "multiplicity":
+        return value
+    if value < 1:  # NaN passes: validate reports it
+        raise DataError(f"{where}: multiplicity {value:g} < 1 (the multiplicity 2S + 1 is at "
+                        "least 1; a singlet is 1)")
+    return value - 1.0
+
+
+def _number(value, what: str, where: str) -> float:
+    try:
+        return float(np.asarray(value, dtype=np.float64).reshape(()))
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: {what} {value!r} is not a number") from None
+
+
+def _not_found(kind: str, key: str, path: Path, available) -> DataError:
+    return DataError(
+        f"{path}: no structure has the {kind} label {key!r} (data.{kind}_key); "
+        f"available keys: {sorted(available)}"
+    )
 
 
 def stress_matrix(value, where: str) -> np.ndarray:
@@ -97,7 +178,8 @@ def _require(npz, keys: tuple[str, ...], path: Path, layout: str) -> None:
         )
 
 
-def _read_npz(path: Path, energy_key: str, forces_key: str, stress_key: str) -> Dataset:
+def _read_npz(path: Path, energy_key: str, forces_key: str, stress_key: str,
+              keys: _ElectronicKeys) -> Dataset:
     try:
         npz = np.load(path, allow_pickle=False)
     except Exception as err:  # numpy raises several types for corrupt files
@@ -146,6 +228,7 @@ def _read_npz(path: Path, energy_key: str, forces_key: str, stress_key: str) -> 
                                 f"({n_struct}, 3, 3) or ({n_struct}, 6)")
             stress = np.stack([stress_matrix(s, f"{path}: structure {k}")
                                for k, s in enumerate(raw)])
+        charge, spin, dipole, charges = _npz_electronic(npz, path, n_struct, n_atoms, keys)
     if energy.size != n_struct:
         raise DataError(f"{path}: {energy.size} energies for {n_struct} structures")
     if forces.shape != positions.shape:
@@ -163,7 +246,73 @@ def _read_npz(path: Path, energy_key: str, forces_key: str, stress_key: str) -> 
         forces=[forces[k][m] for k, m in enumerate(keep)],
         source=str(path),
         stress=stress,
+        charge=charge,
+        spin=spin,
+        dipole=dipole,
+        charges=None if charges is None else [charges[k][m] for k, m in enumerate(keep)],
     )
+
+
+def _npz_electronic(npz, path: Path, n_struct: int, n_atoms: int, keys: _ElectronicKeys):
+    """Total charge, unpaired electrons (defaults where the file has none), dipole (S, 3) and
+    per-atom charges (S, n) of an npz file (None where absent)."""
+
+    def per_structure(kind: str, candidates: tuple[str, ...], default: float) -> np.ndarray:
+        found = [k for k in candidates if k in npz.files]
+        if not found:
+            if keys.named(kind):
+                raise _not_found(kind, candidates[0], path, npz.files)
+            return np.full(n_struct, default)
+        values = [(key, one_key(key, kind)) for key in found]
+        for key, v in values[1:]:  # both keys given (charge and total_charge): they must agree
+            same = np.isclose(v, values[0][1], rtol=0, atol=1e-9, equal_nan=True)
+            differ = np.flatnonzero(~same)
+            if differ.size:
+                k = int(differ[0])
+                raise DataError(f"{path}: structure {k}: {values[0][0]} and {key} disagree "
+                                f"({kind}: {values[0][1][k]:g} and {v[k]:g})")
+        return values[0][1]
+
+    def one_key(key: str, kind: str) -> np.ndarray:
+        raw = np.asarray(npz[key])
+        try:
+            raw = raw.astype(np.float64)
+        except (TypeError, ValueError):
+            raise DataError(f"{path}: {key} is not numeric (dtype {raw.dtype})") from None
+        if raw.size == 1:  # one value for every structure
+            raw = np.full(n_struct, raw.reshape(()))
+        if raw.shape not in ((n_struct,), (n_struct, 1)):
+            hint = ("; per-atom charges belong in data.charges_key" if raw.ndim >= 2 else "")
+            raise DataError(f"{path}: {key} has shape {raw.shape}, expected ({n_struct},) "
+                            f"(one value per structure){hint}")
+        raw = raw.reshape(n_struct)
+        if kind == "spin":
+            raw = np.array([_spin_value(key, v, f"{path}: structure {k}")
+                            for k, v in enumerate(raw)])
+        return raw
+
+    charge = per_structure("charge", keys.charge_keys(), keys.default_charge)
+    spin = per_structure("spin", keys.spin_keys(), keys.default_spin)
+    dipole = charges = None
+    if keys.dipole in npz.files:
+        dipole = np.asarray(npz[keys.dipole], dtype=np.float64)
+        if dipole.shape != (n_struct, 3):
+            raise DataError(f"{path}: {keys.dipole} has shape {dipole.shape}, expected "
+                            f"({n_struct}, 3): 3 numbers per structure")
+    elif keys.named("dipole"):
+        raise _not_found("dipole", keys.dipole, path, npz.files)
+    if keys.charges in npz.files:
+        charges = np.asarray(npz[keys.charges], dtype=np.float64)
+        if charges.shape == (n_struct, n_atoms, 1):
+            charges = charges[..., 0]
+        if charges.shape != (n_struct, n_atoms):
+            hint = ("; a total charge per structure belongs in data.charge_key"
+                    if charges.shape == (n_struct,) else "")
+            raise DataError(f"{path}: {keys.charges} has shape {charges.shape}, expected "
+                            f"({n_struct}, {n_atoms}): one partial charge per atom{hint}")
+    elif keys.named("charges"):
+        raise _not_found("charges", keys.charges, path, npz.files)
+    return charge, spin, dipole, charges
 
 
 def _npz_cells(npz, path: Path, n_struct: int) -> tuple[np.ndarray, np.ndarray]:
@@ -216,8 +365,71 @@ def _stress_label(atoms, stress_key: str, virial_key: str, k: int, path: Path) -
     return np.full((3, 3), np.nan)
 
 
+def _ase_electronic(frames, path: Path, keys: _ElectronicKeys):
+    """Total charge, unpaired electrons, dipole and per-atom charges of ASE structures.
+
+    Scalars and the dipole come from ``info`` or the calculator results (extxyz moves a
+    ``dipole`` there); per-atom charges from ``arrays`` or the calculator results (extxyz
+    reads a ``charge`` or ``charges`` column as the result ``charges``)."""
+    charge, spin, dipole, charges = [], [], [], []
+    seen = {kind: False for kind in ("charge", "spin", "dipole", "charges")}
+    available: set[str] = set()
+    charges_keys = (keys.charges, "charges") if keys.charges == "charge" else (keys.charges,)
+    for k, atoms in enumerate(frames):
+        where = f"{path}: structure {k}"
+        results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
+        available |= set(atoms.info) | set(results) | set(atoms.arrays)
+        scalars = {**results, **atoms.info}
+        # total charge: the first key present; two keys that disagree are an error
+        found = [(key, _number(scalars[key], "total charge", where))
+                 for key in keys.charge_keys() if key in scalars]
+        if len({v for _, v in found if v == v}) > 1:
+            raise DataError(f"{where}: the total charge labels disagree: "
+                            + ", ".join(f"{key}={v:g}" for key, v in found))
+        charge.append(found[0][1] if found else keys.default_charge)
+        seen["charge"] |= bool(found)
+        found = [(key, _spin_value(key, _number(scalars[key], key, where), where))
+                 for key in keys.spin_keys() if key in scalars]
+        if len({v for _, v in found if v == v}) > 1:
+            raise DataError(f"{where}: the spin labels disagree: "
+                            + ", ".join(f"{key} -> {v:g} unpaired electrons" for key, v in found))
+        spin.append(found[0][1] if found else keys.default_spin)
+        seen["spin"] |= bool(found)
+        if keys.dipole in scalars:
+            try:
+                d = np.asarray(scalars[keys.dipole], dtype=np.float64)
+            except (TypeError, ValueError):
+                raise DataError(f"{where}: the dipole label {keys.dipole!r} "
+                                f"({scalars[keys.dipole]!r}) is not 3 numbers") from None
+            if d.size != 3:
+                raise DataError(f"{where}: the dipole label {keys.dipole!r} has {d.size} "
+                                f"number(s) ({d.tolist()}), expected 3 (x y z in e Å)")
+            dipole.append(d.reshape(3))
+            seen["dipole"] = True
+        else:
+            dipole.append(np.full(3, np.nan))
+        q = next((store[key] for key in charges_keys for store in (atoms.arrays, results)
+                  if key in store), None)
+        if q is None:
+            charges.append(np.full(len(atoms), np.nan))
+        else:
+            try:
+                q = np.asarray(q, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise DataError(f"{where}: the partial charges {keys.charges!r} are not "
+                                "numbers") from None
+            charges.append(q.reshape(-1) if q.ndim == 2 and q.shape[1] == 1 else q)
+            seen["charges"] = True
+    for kind, key in (("charge", keys.charge), ("spin", keys.spin), ("dipole", keys.dipole),
+                      ("charges", keys.charges)):
+        if keys.named(kind) and not seen[kind]:
+            raise _not_found(kind, key, path, available)
+    return (np.asarray(charge, dtype=np.float64), np.asarray(spin, dtype=np.float64),
+            np.stack(dipole) if seen["dipole"] else None, charges if seen["charges"] else None)
+
+
 def _read_ase(path: Path, energy_key: str, forces_key: str, stress_key: str, virial_key: str,
-              format: str | None) -> Dataset:
+              format: str | None, keys: _ElectronicKeys) -> Dataset:
     import ase.io
 
     try:
@@ -240,6 +452,7 @@ def _read_ase(path: Path, energy_key: str, forces_key: str, stress_key: str, vir
             raise DataError(f"{path}: structure {k}: energy {e!r} is not a number") from None
         f = np.asarray(_label(atoms, forces_key, "forces", k, path), dtype=np.float64)
         forces.append(f)
+    charge, spin, dipole, charges = _ase_electronic(frames, path, keys)
     return Dataset(
         numbers=[a.numbers.astype(np.int64) for a in frames],
         positions=[a.positions.astype(np.float64) for a in frames],
@@ -249,4 +462,8 @@ def _read_ase(path: Path, energy_key: str, forces_key: str, stress_key: str, vir
         forces=forces,
         source=str(path),
         stress=np.stack(stresses) if np.isfinite(stresses).any() else None,
+        charge=charge,
+        spin=spin,
+        dipole=dipole,
+        charges=charges,
     )
