@@ -12,7 +12,24 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from so3krates.neighbours import NeighbourList, neighbour_list, reverse_halves
+from so3krates.neighbours import NeighbourList, long_range_list, neighbour_list, reverse_halves
+
+
+class PairSet(NamedTuple):
+    """A second set of pairs (L of them, padded), for the long-range terms (see
+    ``so3krates.neighbours.long_range_list``); same conventions as the pairs of :class:`Graph`.
+
+    Attributes:
+        centers, neighbours: atoms ``i`` and ``j`` of each pair, (L,) int32 (padding pairs
+            point at the last atom, a padding atom).
+        shifts: lattice shifts in cell-vector units, (L, 3).
+        mask: True for real pairs, (L,).
+    """
+
+    centers: np.ndarray
+    neighbours: np.ndarray
+    shifts: np.ndarray
+    mask: np.ndarray
 
 
 class Graph(NamedTuple):
@@ -31,6 +48,9 @@ class Graph(NamedTuple):
         atom_mask: True for real atoms, (N,).
         pair_mask: True for real pairs, (P,).
         structure_mask: True for real structures, (S,).
+        charge: total charge of each structure in e, (S,) (None: all neutral).
+        spin: unpaired electrons of each structure, (S,) (None: all closed-shell).
+        long_range: the pairs of the long-range terms, or None when no term needs them.
     """
 
     positions: np.ndarray
@@ -43,6 +63,9 @@ class Graph(NamedTuple):
     atom_mask: np.ndarray
     pair_mask: np.ndarray
     structure_mask: np.ndarray
+    charge: np.ndarray | None = None
+    spin: np.ndarray | None = None
+    long_range: PairSet | None = None
 
 
 class Labels(NamedTuple):
@@ -55,6 +78,10 @@ class Labels(NamedTuple):
         forces_mask: (N, 3) bool.
         stress: stress in eV/Å³, (S, 3, 3), or None for datasets without stress.
         stress_mask: (S, 3, 3) bool (False for structures without a stress label), or None.
+        dipole: dipoles in e Å, (S, 3), or None for datasets without dipoles.
+        dipole_mask: (S, 3) bool, or None.
+        charges: partial charges in e, (N,), or None for datasets without them.
+        charges_mask: (N,) bool, or None.
     """
 
     energy: np.ndarray
@@ -63,14 +90,20 @@ class Labels(NamedTuple):
     forces_mask: np.ndarray
     stress: np.ndarray | None = None
     stress_mask: np.ndarray | None = None
+    dipole: np.ndarray | None = None
+    dipole_mask: np.ndarray | None = None
+    charges: np.ndarray | None = None
+    charges_mask: np.ndarray | None = None
 
 
 class Capacity(NamedTuple):
-    """Padded sizes of a batch: atoms, pairs and structures (each including one padding)."""
+    """Padded sizes of a batch: atoms, pairs and structures (each including one padding), and
+    long-range pairs (0: none)."""
 
     atoms: int
     pairs: int
     structures: int
+    long_pairs: int = 0
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -79,7 +112,8 @@ def round_up(n: int, multiple: int) -> int:
 
 
 def bucket_ladder(
-    max_atoms: int, max_pairs: int, structures: int, n_buckets: int = 3, ratio: float = 0.6
+    max_atoms: int, max_pairs: int, structures: int, n_buckets: int = 3, ratio: float = 0.6,
+    max_long_pairs: int = 0,
 ) -> list[Capacity]:
     """A few capacities, geometrically spaced below the largest needed batch.
 
@@ -94,16 +128,19 @@ def bucket_ladder(
             # pairs need no padding slot; every padded pair is work in every (P, F) kernel
             pairs=round_up(max(math.ceil(max_pairs * s), 1), 16),
             structures=structures + 1,
+            long_pairs=round_up(math.ceil(max_long_pairs * s), 16) if max_long_pairs else 0,
         )
         if not ladder or cap.atoms < ladder[-1].atoms and cap.pairs < ladder[-1].pairs:
             ladder.append(cap)
     return ladder[::-1]  # smallest first
 
 
-def choose_capacity(ladder: Sequence[Capacity], n_atoms: int, n_pairs: int) -> Capacity:
-    """The smallest capacity of ``ladder`` that holds ``n_atoms`` real atoms and ``n_pairs`` pairs."""
+def choose_capacity(ladder: Sequence[Capacity], n_atoms: int, n_pairs: int,
+                    n_long_pairs: int = 0) -> Capacity:
+    """The smallest capacity of ``ladder`` that holds ``n_atoms`` real atoms, ``n_pairs`` pairs
+    and ``n_long_pairs`` long-range pairs."""
     for cap in ladder:
-        if n_atoms < cap.atoms and n_pairs <= cap.pairs:
+        if n_atoms < cap.atoms and n_pairs <= cap.pairs and n_long_pairs <= cap.long_pairs:
             return cap
     raise ValueError(
         f"batch with {n_atoms} atoms and {n_pairs} pairs exceeds the largest capacity {ladder[-1]}"
@@ -118,6 +155,9 @@ def pack(
     capacity: Capacity,
     dtype=np.float32,
     halves: Sequence[np.ndarray] | None = None,
+    charge: np.ndarray | None = None,
+    spin: np.ndarray | None = None,
+    long_range_lists: Sequence[NeighbourList] | None = None,
 ) -> Graph:
     """Concatenate structures into one padded :class:`Graph` of the given capacity.
 
@@ -128,6 +168,9 @@ def pack(
     Pairs are then laid out as [first halves, padding, their reverses in the same order,
     padding]: pair ``P/2 + k`` is the reverse of pair ``k``, which the model can be told
     (``pair_halves``, see ``so3krates.potential``). Without it, pairs stay in list order.
+
+    ``charge``, ``spin``: per structure (default 0); ``long_range_lists``: per structure, the
+    pairs of the long-range terms (``capacity.long_pairs`` slots), or None.
     """
     n_struct = len(numbers)
     counts = np.array([len(z) for z in numbers])
@@ -168,6 +211,15 @@ def pack(
         centers[slots], neighbours[slots], shifts[slots] = c, j, s
     cell = np.zeros((capacity.structures, 3, 3), dtype=dtype)
     cell[:n_struct] = cells
+    electronic = []
+    for values in (charge, spin):
+        v = np.zeros(capacity.structures, dtype=dtype)
+        if values is not None:
+            v[:n_struct] = values
+        electronic.append(v)
+    long_range = None
+    if long_range_lists is not None:
+        long_range = _pair_set(long_range_lists, offsets, capacity.long_pairs, pad_atom, dtype)
 
     return Graph(
         positions=pos,
@@ -180,7 +232,26 @@ def pack(
         atom_mask=np.arange(capacity.atoms) < n_atoms,
         pair_mask=pair_mask,
         structure_mask=np.arange(capacity.structures) < n_struct,
+        charge=electronic[0],
+        spin=electronic[1],
+        long_range=long_range,
     )
+
+
+def _pair_set(lists: Sequence[NeighbourList], offsets: np.ndarray, capacity: int, pad_atom: int,
+              dtype) -> PairSet:
+    """The long-range pairs of :func:`pack`, in list order, padded to ``capacity``."""
+    n = int(sum(len(nl.centers) for nl in lists))
+    if n > capacity:
+        raise ValueError(f"{n} long-range pairs do not fit {capacity} slots")
+    centers = np.full(capacity, pad_atom, dtype=np.int32)
+    neighbours = np.full(capacity, pad_atom, dtype=np.int32)
+    shifts = np.zeros((capacity, 3), dtype=dtype)
+    if n:
+        centers[:n] = np.concatenate([nl.centers + o for nl, o in zip(lists, offsets)])
+        neighbours[:n] = np.concatenate([nl.neighbours + o for nl, o in zip(lists, offsets)])
+        shifts[:n] = np.concatenate([nl.shifts for nl in lists])
+    return PairSet(centers, neighbours, shifts, np.arange(capacity) < n)
 
 
 def _halves_layout(neighbour_lists, halves, capacity: int) -> tuple[np.ndarray, np.ndarray]:
@@ -201,10 +272,12 @@ def _halves_layout(neighbour_lists, halves, capacity: int) -> tuple[np.ndarray, 
 
 def pack_labels(
     energy: np.ndarray, forces: Sequence[np.ndarray], capacity: Capacity,
-    stress: np.ndarray | None = None,
+    stress: np.ndarray | None = None, dipole: np.ndarray | None = None,
+    charges: Sequence[np.ndarray] | None = None,
 ) -> Labels:
     """Padded labels matching :func:`pack`; NaN labels and padding are masked. ``stress``:
-    (S, 3, 3) eV/Å³, NaN for structures without one (None: no stress labels at all)."""
+    (S, 3, 3) eV/Å³, NaN for structures without one (None: no stress labels at all);
+    ``dipole`` (S, 3) e Å and ``charges`` (per structure (n_i,), e) likewise."""
     n_struct = len(energy)
     e = np.zeros(capacity.structures, dtype=np.float64)
     e[:n_struct] = energy
@@ -221,6 +294,19 @@ def pack_labels(
         s[:n_struct] = stress
         s_mask = np.isfinite(s)
         s = np.where(s_mask, s, 0.0)
+    d = d_mask = q = q_mask = None
+    if dipole is not None:
+        d = np.zeros((capacity.structures, 3), dtype=np.float64)
+        d[:n_struct] = dipole
+        d_mask = np.isfinite(d)
+        d = np.where(d_mask, d, 0.0)
+    if charges is not None:
+        q = np.full(capacity.atoms, np.nan, dtype=np.float64)
+        if len(charges):
+            cat = np.concatenate(charges)
+            q[: len(cat)] = cat
+        q_mask = np.isfinite(q)
+        q = np.where(q_mask, q, 0.0)
     return Labels(
         energy=np.where(e_mask, e, 0.0),
         forces=np.where(f_mask, f, 0.0),
@@ -228,6 +314,10 @@ def pack_labels(
         forces_mask=f_mask,
         stress=s,
         stress_mask=s_mask,
+        dipole=d,
+        dipole_mask=d_mask,
+        charges=q,
+        charges_mask=q_mask,
     )
 
 
@@ -244,12 +334,19 @@ def single_graph(
     capacity: Capacity | None = None,
     dtype=np.float32,
     pair_halves: bool = False,
+    charge: float = 0.0,
+    spin: float = 0.0,
+    long_range: bool = False,
+    long_range_cutoff: float | None = None,
 ) -> tuple[Graph, Capacity]:
     """One structure as a :class:`Graph`; the capacity grows (with headroom) only when needed.
 
     Reusing the returned capacity on the next call keeps the compiled shape while atoms move
     and the pair count fluctuates. ``pair_halves``: pairs in the halves layout of :func:`pack`
     (for ``Model.predict_halves_fn``); otherwise sorted by (centre, neighbour).
+    ``charge``, ``spin``: the structure's total charge (e) and unpaired electrons;
+    ``long_range``: add the long-range pairs (within ``long_range_cutoff``, or all pairs of a
+    molecule when it is None).
     """
     nl = neighbour_list(positions, cell, pbc, cutoff)
     halves = None
@@ -257,17 +354,24 @@ def single_graph(
         halves = [reverse_halves(nl)]
         if halves[0] is None:  # cannot happen for full lists; guards a changed neighbour_list
             raise ValueError("the neighbour list lacks reverse pairs: no halves layout")
+    lr = [long_range_list(positions, cell, pbc, long_range_cutoff)] if long_range else None
     n, p = len(numbers), len(nl.centers)
+    lp = len(lr[0].centers) if lr else 0
+    if capacity is not None and lp > capacity.long_pairs:
+        capacity = capacity._replace(
+            long_pairs=round_up(math.ceil(max(lp, capacity.long_pairs) * PAIR_HEADROOM), 16))
     if capacity is None or n >= capacity.atoms or p > capacity.pairs:
         # Padding pairs cost as much as real ones, so the headroom is small; a capacity that
         # has to grow grows by at least the headroom, which bounds the recompilations.
         pairs = round_up(math.ceil(p * PAIR_HEADROOM), 16)
         if capacity is not None:
             pairs = max(pairs, round_up(math.ceil(capacity.pairs * PAIR_HEADROOM), 16))
+        long_pairs = round_up(math.ceil(lp * PAIR_HEADROOM), 16) if lr else 0
         capacity = Capacity(atoms=max(round_up(n + 1, 8), capacity.atoms if capacity else 0),
-                            pairs=pairs, structures=2)
+                            pairs=pairs, structures=2,
+                            long_pairs=max(long_pairs, capacity.long_pairs if capacity else 0))
     graph = pack([numbers], [positions], np.asarray(cell)[None], [nl], capacity, dtype=dtype,
-                 halves=halves)
+                 halves=halves, charge=[charge], spin=[spin], long_range_lists=lr)
     return graph, capacity
 
 
@@ -285,20 +389,28 @@ class GraphDataset:
     """
 
     def __init__(self, data, cutoff: float, batch_size: int, n_buckets: int = 3, dtype=np.float32,
-                 pair_halves: bool = True):
+                 pair_halves: bool = True, long_range: bool = False,
+                 long_range_cutoff: float | None = None):
         self.data = data
         self.batch_size = batch_size
         self.dtype = dtype
         self.neighbour_lists = [
             neighbour_list(r, c, p, cutoff) for r, c, p in zip(data.positions, data.cells, data.pbc)
         ]
+        # Pairs of the long-range terms (``long_range``): within ``long_range_cutoff``, or all.
+        self.long_range_lists = None
+        if long_range:
+            self.long_range_lists = [long_range_list(r, c, p, long_range_cutoff)
+                                     for r, c, p in zip(data.positions, data.cells, data.pbc)]
         halves = [reverse_halves(nl) for nl in self.neighbour_lists] if pair_halves else [None]
         self._halves = halves if all(h is not None for h in halves) else None
         n_atoms = np.sort(data.n_atoms)[::-1]
         n_pairs = np.sort([len(nl.centers) for nl in self.neighbour_lists])[::-1]
         b = min(batch_size, len(data))
+        n_long = np.sort([len(nl.centers) for nl in self.long_range_lists or []])[::-1]
         self.ladder = bucket_ladder(
-            int(n_atoms[:b].sum()), int(n_pairs[:b].sum()), batch_size, n_buckets
+            int(n_atoms[:b].sum()), int(n_pairs[:b].sum()), batch_size, n_buckets,
+            max_long_pairs=int(n_long[:b].sum()),
         )
 
     def __len__(self) -> int:
@@ -314,7 +426,11 @@ class GraphDataset:
         d = self.data
         nls = [self.neighbour_lists[k] for k in indices]
         n_atoms = int(sum(len(d.numbers[k]) for k in indices))
-        cap = choose_capacity(self.ladder, n_atoms, sum(len(nl.centers) for nl in nls))
+        lrs = (None if self.long_range_lists is None
+               else [self.long_range_lists[k] for k in indices])
+        cap = choose_capacity(self.ladder, n_atoms, sum(len(nl.centers) for nl in nls),
+                              sum(len(nl.centers) for nl in lrs or []))
+        idx = np.asarray(indices, dtype=np.int64)
         graph = pack(
             [d.numbers[k] for k in indices],
             [d.positions[k] for k in indices],
@@ -323,10 +439,14 @@ class GraphDataset:
             cap,
             self.dtype,
             halves=None if self._halves is None else [self._halves[k] for k in indices],
+            charge=d.charge[idx],
+            spin=d.spin[idx],
+            long_range_lists=lrs,
         )
-        idx = np.asarray(indices, dtype=np.int64)
         labels = pack_labels(d.energy[idx], [d.forces[k] for k in indices], cap,
-                             None if d.stress is None else d.stress[idx])
+                             None if d.stress is None else d.stress[idx],
+                             None if d.dipole is None else d.dipole[idx],
+                             None if d.charges is None else [d.charges[k] for k in indices])
         return graph, labels
 
     def batches(self, order: Sequence[int] | None = None, start: int = 0,

@@ -55,6 +55,23 @@ def neighbour_list(
     )
 
 
+def long_range_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray,
+                    cutoff: float | None) -> NeighbourList:
+    """The pairs of the long-range terms (electrostatics, dispersion): those within ``cutoff``
+    (Å), or every pair ``i != j`` of a molecule when ``cutoff`` is None."""
+    pbc = np.asarray(pbc, dtype=bool).reshape(3)
+    if cutoff is not None:
+        return neighbour_list(positions, cell, pbc, cutoff)
+    if pbc.any():
+        raise ValueError("a periodic structure needs a finite long-range cutoff "
+                         "(model.long_range_cutoff)")
+    n = len(positions)
+    i, j = np.divmod(np.arange(n * n, dtype=np.int64), n)
+    keep = i != j
+    return NeighbourList(i[keep].astype(np.int32), j[keep].astype(np.int32),
+                         np.zeros((int(keep.sum()), 3), np.int32))
+
+
 def reverse_partners(centers, neighbours, shifts, pair_mask, xp=np):
     """Each pair's reverse: ``(partner, found)``, both (P,).
 
