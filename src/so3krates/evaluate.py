@@ -13,11 +13,14 @@ EV_PER_A3_IN_GPA = 160.21766208  # 1 eV/Å³ in GPa
 
 
 def predict_dataset(
-    predict_fn: Callable, params, graphs: GraphDataset
-) -> tuple[np.ndarray, list[np.ndarray], np.ndarray | None]:
+    predict_fn: Callable, params, graphs: GraphDataset, extras: bool = False
+):
     """Energies (S,), per-structure forces and stresses (S, 3, 3) (None if ``predict_fn``
-    computes no stress) of every structure of ``graphs``, in order."""
+    computes no stress) of every structure of ``graphs``, in order. With ``extras`` a fourth
+    item: a dict of what the potential predicts besides ("dipole" (S, 3) e Å, "charges" per
+    structure (n_i,) e, "energy_terms" {name: (S,) eV}), empty for a plain network."""
     energies, forces, stresses = [], [], []
+    more: dict = {}
     for graph, _ in graphs.batches():
         pred = predict_fn(params, graph)
         n_struct = int(graph.structure_mask.sum())
@@ -28,7 +31,48 @@ def predict_dataset(
         forces.extend(np.split(f[: counts.sum()], np.cumsum(counts)[:-1]))
         if pred.stress is not None:
             stresses.append(np.asarray(pred.stress, dtype=np.float64)[:n_struct])
-    return np.concatenate(energies), forces, np.concatenate(stresses) if stresses else None
+        if extras and pred.dipole is not None:
+            more.setdefault("dipole", []).append(np.asarray(pred.dipole)[:n_struct])
+            q = np.asarray(pred.charges, dtype=np.float64)
+            more.setdefault("charges", []).extend(np.split(q[: counts.sum()],
+                                                           np.cumsum(counts)[:-1]))
+        if extras and pred.energy_terms is not None:
+            for name, e_term in pred.energy_terms.items():
+                more.setdefault("energy_terms", {}).setdefault(name, []).append(
+                    np.asarray(e_term)[:n_struct])
+    out = (np.concatenate(energies), forces, np.concatenate(stresses) if stresses else None)
+    if not extras:
+        return out
+    if "dipole" in more:
+        more["dipole"] = np.concatenate(more["dipole"])
+    if "energy_terms" in more:
+        more["energy_terms"] = {k: np.concatenate(v) for k, v in more["energy_terms"].items()}
+    return (*out, more)
+
+
+def electronic_errors(data: Dataset, extras: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Prediction minus label of dipole components (e Å) and partial charges (e), flat,
+    labelled entries only (empty without predictions or labels)."""
+    dd = dq = np.zeros(0)
+    if "dipole" in extras and data.dipole is not None:
+        ok = np.isfinite(data.dipole)
+        dd = (extras["dipole"] - data.dipole)[ok]
+    if "charges" in extras and data.charges is not None:
+        dq = np.concatenate([(p - r)[np.isfinite(r)] for p, r in zip(extras["charges"],
+                                                                      data.charges)])
+    return dd, dq
+
+
+def electronic_metrics(dd: np.ndarray, dq: np.ndarray) -> dict[str, float]:
+    """MAE/RMSE of dipole components (``dipole_mae``, e Å) and partial charges
+    (``charges_mae``, e), where there are errors."""
+    out = {}
+    for name, err in (("dipole", dd), ("charges", dq)):
+        if err.size:
+            out.update({f"{name}_mae": float(np.mean(np.abs(err))),
+                        f"{name}_rmse": float(np.sqrt(np.mean(err**2))),
+                        f"{name}_max_error": float(np.max(np.abs(err)))})
+    return out
 
 
 def label_errors(
@@ -92,11 +136,23 @@ def evaluate_model(
     """Metrics, predicted energies, forces and (for data with stress labels) stresses of a
     loaded model on ``data``.
 
+    With physical terms the metrics hold dipole and partial-charge errors where labelled, and
+    ``energy_terms_mean``: each term's mean energy per structure (eV).
+
     Raises ``ValueError`` if ``data`` contains elements the model never saw.
     """
     for zs in data.numbers:
         model.check_elements(zs)
-    graphs = GraphDataset(data, model.cutoff, batch_size, n_buckets=2, dtype=np.dtype(model.dtype))
+    model.terms.check_periodic(data.pbc)
+    graphs = GraphDataset(data, model.cutoff, batch_size, n_buckets=2, dtype=np.dtype(model.dtype),
+                          long_range=model.terms.long_range,
+                          long_range_cutoff=model.config.long_range_cutoff)
     predict_fn = model.predict_function(graphs.pair_halves, stress=data.has_stress)
-    energy, forces, stress = predict_dataset(predict_fn, model.inference_params, graphs)
-    return error_metrics(data, energy, forces, stress), energy, forces, stress
+    energy, forces, stress, extras = predict_dataset(predict_fn, model.inference_params, graphs,
+                                                     extras=True)
+    metrics = error_metrics(data, energy, forces, stress)
+    metrics.update(electronic_metrics(*electronic_errors(data, extras)))
+    if "energy_terms" in extras:
+        metrics["energy_terms_mean"] = {k: float(np.mean(v))
+                                        for k, v in extras["energy_terms"].items()}
+    return metrics, energy, forces, stress

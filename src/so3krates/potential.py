@@ -39,6 +39,11 @@ class Prediction(NamedTuple):
             requested; zero for structures without volume (molecules, padding).
         atomic_stresses: per-atom stresses in eV/Å³ (N, 3, 3), summing to ``stress`` over a
             structure's atoms, or None when not requested.
+        energy_terms: with physical terms, each term's energy per structure, (S,) float64 eV
+            by name ("network", "zbl", "electrostatics", "dispersion"); else None.
+        charges: partial charges in e (N,) of a model with electrostatics, else None.
+        dipole: Σ q_i R_i per structure (S, 3) in e Å of such a model, else None.
+        hirshfeld_ratios: (N,) of a model with learned dispersion, else None.
     """
 
     energy: jnp.ndarray
@@ -46,6 +51,10 @@ class Prediction(NamedTuple):
     atomic_energies: jnp.ndarray
     stress: jnp.ndarray | None = None
     atomic_stresses: jnp.ndarray | None = None
+    energy_terms: dict | None = None
+    charges: jnp.ndarray | None = None
+    dipole: jnp.ndarray | None = None
+    hirshfeld_ratios: jnp.ndarray | None = None
 
 
 def pair_vectors(graph: Graph) -> jnp.ndarray:
@@ -133,10 +142,15 @@ def hessian(energy_fn: Callable) -> Callable:
 
 
 def make_atomic_energy_fn(
-    model, reference_energies: np.ndarray, pair_halves: bool = False
+    model, reference_energies: np.ndarray, pair_halves: bool = False, terms=None,
+    aux: bool = False,
 ) -> Callable[..., jnp.ndarray]:
     """``atomic_energy_fn(params, graph, vectors=None) -> (N,)`` float64 per-atom energies
-    (``vectors``: the pair vectors (P, 3) to use instead of :func:`pair_vectors`).
+    (``vectors``: the pair vectors (P, 3) to use instead of :func:`pair_vectors`): the
+    network's plus those of the physical ``terms``
+    (:class:`so3krates.terms.physical.PhysicalTerms`, None: none). With ``aux`` it returns
+    ``(energies, aux)``, ``aux`` a dict with each term's per-atom energies ("energy_terms")
+    and the :class:`~so3krates.terms.physical.Electronic` quantities ("electronic").
 
     Args:
         model: the network: a flax module mapping ``(numbers, vectors, centers, neighbours,
@@ -147,27 +161,33 @@ def make_atomic_energy_fn(
             faster; NaN energies and forces for graphs that are not, see ``So3krates``).
     """
     ref = jnp.asarray(np.asarray(reference_energies, dtype=np.float64))
+    charge_spin = getattr(model, "charge_spin", False)
 
     def atomic_energy_fn(params: dict, graph: Graph, vectors=None) -> jnp.ndarray:
-        e = model.apply(
-            {"params": params},
-            graph.numbers,
-            pair_vectors(graph) if vectors is None else vectors,
-            graph.centers,
-            graph.neighbours,
-            graph.pair_mask,
-            pair_halves,
-        )
-        e = e.astype(jnp.float64) + ref[graph.numbers]
-        return jnp.where(graph.atom_mask, e, 0.0)
+        v = pair_vectors(graph) if vectors is None else vectors
+        electronic = None
+        if charge_spin:
+            zeros = jnp.zeros(graph.cells.shape[0], v.dtype)
+            electronic = (graph.structure, zeros if graph.charge is None else graph.charge,
+                          zeros if graph.spin is None else graph.spin, graph.atom_mask)
+        out = model.apply({"params": params}, graph.numbers, v, graph.centers, graph.neighbours,
+                          graph.pair_mask, pair_halves, electronic)
+        e, heads = out if isinstance(out, tuple) else (out, {})
+        e = jnp.where(graph.atom_mask, e.astype(jnp.float64) + ref[graph.numbers], 0.0)
+        if terms is None or not terms.active:
+            return (e, {"energy_terms": {"network": e}, "electronic": None}) if aux else e
+        electronic_out = terms.electronic(graph, heads)
+        parts = {"network": e, **terms.atomic_energies(graph, v, electronic_out)}
+        total = sum(parts.values())
+        return (total, {"energy_terms": parts, "electronic": electronic_out}) if aux else total
 
     return atomic_energy_fn
 
 
-def make_energy_fn(model, reference_energies: np.ndarray, pair_halves: bool = False):
+def make_energy_fn(model, reference_energies: np.ndarray, pair_halves: bool = False, terms=None):
     """``energy_fn(params, graph) -> (S,)`` float64 total energies per structure
-    (``pair_halves``: see :func:`make_atomic_energy_fn`)."""
-    atomic_energy_fn = make_atomic_energy_fn(model, reference_energies, pair_halves)
+    (``pair_halves``, ``terms``: see :func:`make_atomic_energy_fn`)."""
+    atomic_energy_fn = make_atomic_energy_fn(model, reference_energies, pair_halves, terms)
 
     def energy_fn(params: dict, graph: Graph) -> jnp.ndarray:
         e = atomic_energy_fn(params, graph)
@@ -177,22 +197,32 @@ def make_energy_fn(model, reference_energies: np.ndarray, pair_halves: bool = Fa
 
 
 def make_predict_fn(model, reference_energies: np.ndarray, pair_halves: bool = False,
-                    stress: bool = False, atomic_stresses: bool = False):
-    """:func:`predict_fn` of a network (``pair_halves``: see :func:`make_atomic_energy_fn`)."""
-    return predict_fn(make_atomic_energy_fn(model, reference_energies, pair_halves), stress,
-                      atomic_stresses)
+                    stress: bool = False, atomic_stresses: bool = False, terms=None):
+    """:func:`predict_fn` of a network and its physical ``terms`` (``pair_halves``, ``terms``:
+    see :func:`make_atomic_energy_fn`)."""
+    with_terms = terms is not None and terms.active
+    if atomic_stresses and with_terms and terms.long_range:
+        raise NotImplementedError("per-atom stresses of long-range terms are not available")
+    return predict_fn(make_atomic_energy_fn(model, reference_energies, pair_halves, terms,
+                                            aux=with_terms), stress, atomic_stresses,
+                      aux=with_terms, terms=terms)
 
 
-def predict_fn(atomic_energy_fn: Callable, stress: bool = False, atomic_stresses: bool = False):
+def predict_fn(atomic_energy_fn: Callable, stress: bool = False, atomic_stresses: bool = False,
+               aux: bool = False, terms=None):
     """``predict(params, graph) -> Prediction`` of any ``atomic_energy_fn(params, graph,
     vectors=None) -> (N,)`` (per-atom energies, padding atoms zero; ``vectors`` the pair
     vectors to use instead of :func:`pair_vectors`): forces = -dE/dR in one backward pass;
     with ``stress`` the strain derivative in the same pass; with ``atomic_stresses`` per-atom
     stresses (and the stress, their sum) from the pair-vector gradient, for energies that
     depend on the positions through the pair vectors only. What is not requested is not
-    computed (each choice is its own compiled function)."""
+    computed (each choice is its own compiled function).
+
+    ``aux``: ``atomic_energy_fn`` returns ``(energies, aux)`` as with
+    :func:`make_atomic_energy_fn`'s ``aux``; the prediction then reports each term's energy,
+    and the partial charges, dipoles and Hirshfeld ratios (``terms``: the physical terms)."""
     if atomic_stresses:
-        return _pair_virial_predict_fn(atomic_energy_fn)
+        return _pair_virial_predict_fn(atomic_energy_fn, aux, terms)
 
     def predict(params: dict, graph: Graph) -> Prediction:
         n_struct = graph.cells.shape[0]
@@ -201,25 +231,42 @@ def predict_fn(atomic_energy_fn: Callable, stress: bool = False, atomic_stresses
             cells = graph.cells
             if strain is not None:
                 positions, cells = deform(positions, cells, strain, graph.structure)
-            e = atomic_energy_fn(params, graph._replace(positions=positions, cells=cells))
-            return jnp.sum(e), e
+            out = atomic_energy_fn(params, graph._replace(positions=positions, cells=cells))
+            e, extra = out if aux else (out, None)
+            return jnp.sum(e), (e, extra)
 
         if stress:
             strain = jnp.zeros((n_struct, 3, 3), graph.positions.dtype)
-            (_, atomic), (grad, virial) = jax.value_and_grad(total, (0, 1), has_aux=True)(
-                graph.positions, strain)
+            (_, (atomic, extra)), (grad, virial) = jax.value_and_grad(
+                total, (0, 1), has_aux=True)(graph.positions, strain)
             sigma = stress_from_virial(virial.astype(jnp.float64), graph.cells)
         else:
-            (_, atomic), grad = jax.value_and_grad(total, has_aux=True)(graph.positions, None)
+            (_, (atomic, extra)), grad = jax.value_and_grad(total, has_aux=True)(
+                graph.positions, None)
             sigma = None
         energy = jax.ops.segment_sum(atomic, graph.structure, num_segments=n_struct)
         forces = jnp.where(graph.atom_mask[:, None], -grad, 0.0)
-        return Prediction(energy, forces, atomic, sigma)
+        return Prediction(energy, forces, atomic, sigma,
+                          **_aux_fields(extra, graph, n_struct, terms))
 
     return predict
 
 
-def _pair_virial_predict_fn(atomic_energy_fn):
+def _aux_fields(extra, graph: Graph, n_struct: int, terms) -> dict:
+    """The :class:`Prediction` fields of a potential's aux output (empty without one)."""
+    if extra is None:
+        return {}
+    fields = {"energy_terms": {
+        name: jax.ops.segment_sum(e, graph.structure, num_segments=n_struct)
+        for name, e in extra["energy_terms"].items()}}
+    el = extra["electronic"]
+    if el is not None:
+        fields.update(charges=el.charges, hirshfeld_ratios=el.hirshfeld_ratios,
+                      dipole=terms.dipole(graph, el))
+    return fields
+
+
+def _pair_virial_predict_fn(atomic_energy_fn, aux: bool = False, terms=None):
     """:func:`make_predict_fn` with per-atom stresses: the gradient in the pair vectors gives
     the forces (``r_ij`` moves with ``R_j`` and against ``R_i``) and each pair's virial
     ``r_ij ⊗ dE/dr_ij``, half to each of its atoms."""
@@ -229,10 +276,11 @@ def _pair_virial_predict_fn(atomic_energy_fn):
         vectors = pair_vectors(graph)
 
         def total(v):
-            e = atomic_energy_fn(params, graph, v)
-            return jnp.sum(e), e
+            out = atomic_energy_fn(params, graph, v)
+            e, extra = out if aux else (out, None)
+            return jnp.sum(e), (e, extra)
 
-        (_, atomic), g = jax.value_and_grad(total, has_aux=True)(vectors)
+        (_, (atomic, extra)), g = jax.value_and_grad(total, has_aux=True)(vectors)
         g = jnp.where(graph.pair_mask[:, None], g, 0.0)
         grad = (jax.ops.segment_sum(g, graph.neighbours, n_atoms)
                 - jax.ops.segment_sum(g, graph.centers, n_atoms))
@@ -247,6 +295,7 @@ def _pair_virial_predict_fn(atomic_energy_fn):
         energy = jax.ops.segment_sum(atomic, graph.structure, num_segments=n_struct)
         sigma = jax.ops.segment_sum(atom_sigma, graph.structure, num_segments=n_struct)
         forces = jnp.where(graph.atom_mask[:, None], -grad, 0.0)
-        return Prediction(energy, forces, atomic, sigma, atom_sigma)
+        return Prediction(energy, forces, atomic, sigma, atom_sigma,
+                          **_aux_fields(extra, graph, n_struct, terms))
 
     return predict

@@ -44,6 +44,7 @@ from so3krates.model.basis import (
     radial_basis,
     spherical_harmonics,
 )
+from so3krates.model.electronic import AtomicHead, ElectronicEmbedding
 from so3krates.model.layers import (
     MATMUL_PRECISION,
     Dense,
@@ -370,11 +371,21 @@ class So3krates(nn.Module):
     radial_knots: int = 0
     output_init: str = "zeros"
     fused_kernels: bool = True
+    # Electronic degrees of freedom (``so3krates.model.electronic``): embed each structure's
+    # total charge and unpaired electrons; per-atom output heads besides the energy.
+    charge_spin: bool = False
+    heads: Sequence[str] = ()
 
     @nn.compact
     @full_precision_matmuls
-    def __call__(self, numbers, vectors, centers, neighbours, pair_mask, pair_halves: bool = False):
+    def __call__(self, numbers, vectors, centers, neighbours, pair_mask, pair_halves: bool = False,
+                 electronic=None):
         """numbers (N,), vectors r_ij (P, 3) in Å, centers/neighbours (P,), pair_mask (P,).
+
+        ``electronic``: ``(structure (N,), charge (S,), spin (S,), atom_mask (N,))``, needed
+        with ``charge_spin``. Returns the per-atom energies (N,), or with ``heads`` the tuple
+        ``(energies, {head: (N,)})`` ("charge": raw partial charges in e, before
+        ``so3krates.terms.coulomb.conserve_charge``; "hirshfeld": Hirshfeld-volume ratios).
 
         Padding pairs are masked by ``pair_mask``. Full neighbour lists sorted by (center,
         neighbour) are fastest (see ``reverse_pair_order``), but any pairs give the same result.
@@ -442,12 +453,21 @@ class So3krates(nn.Module):
         embed_init = nn.initializers.normal(stddev=1.0)
         embed = nn.Embed(self.num_elements, f, dtype=dt, param_dtype=dt, embedding_init=embed_init)
         x = embed(numbers)
+        if self.charge_spin:
+            if electronic is None:
+                raise ValueError("a model with charge_spin needs each structure's charge and "
+                                 "spin (electronic=...)")
+            structure, charge, spin, atom_mask = electronic
+            for name, psi in (("charge_embedding", charge), ("spin_embedding", spin)):
+                x = x + ElectronicEmbedding(dt, self.radial_knots > 0, name=name)(
+                    x, psi, structure, atom_mask)
         chi = None  # chi^0 = 0
         for t in range(self.num_layers):
             x, chi = EuclideanAttention(
                 self.num_heads, self.degrees, self.num_radial, self.layer_norm,
                 self.residual_mlp, dt, self.radial_knots, fused, name=f"attention_{t}",
-            )(x, chi, pair_inputs, pair_fn, valid, numbers if t == 0 else None)
+            )(x, chi, pair_inputs, pair_fn, valid,
+              numbers if t == 0 and not self.charge_spin else None)
             x, chi = Exchange(
                 self.degrees, self.layer_norm, self.residual_mlp, dt, self.radial_knots > 0,
                 name=f"exchange_{t}",
@@ -463,7 +483,13 @@ class So3krates(nn.Module):
         energies = scale[numbers] * out + shift[numbers]
         if pair_halves:  # a factor, not a where: forces (the gradient) become NaN as well
             energies = energies * jnp.where(layout_holds, 1.0, jnp.nan).astype(dt)
-        return energies
+        if not self.heads:
+            return energies
+        # Ratios start at 1 (free atoms), charges at 0.
+        offsets = {"charge": 0.0, "hirshfeld": 1.0}
+        outputs = {head: AtomicHead(self.num_elements, offsets[head], dt, tr, name=f"{head}_head")(
+            x, numbers) for head in self.heads}
+        return energies, outputs
 
     @property
     def basis(self):

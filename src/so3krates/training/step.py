@@ -39,7 +39,8 @@ def loss_and_gradients(predict, tcfg: TrainingConfig) -> Callable:
         def loss_fn(p):
             return energy_forces_loss(predict(p, graph), labels, tcfg.energy_weight,
                                       tcfg.forces_weight, huber_delta(tcfg),
-                                      tcfg.stress_weight or 0.0)
+                                      tcfg.stress_weight or 0.0, tcfg.dipole_weight or 0.0,
+                                      tcfg.charges_weight or 0.0)
 
         (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return loss, grads

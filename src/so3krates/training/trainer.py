@@ -26,14 +26,21 @@ from so3krates.compile import jit
 from so3krates.config import Config, dump_yaml
 from so3krates.data import DataError, Dataset, read_dataset
 from so3krates.data.split import SPLIT_FILE, load_split, make_split, save_split
-from so3krates.evaluate import label_errors, metrics_of_errors, predict_dataset
+from so3krates.evaluate import (
+    electronic_errors,
+    electronic_metrics,
+    label_errors,
+    metrics_of_errors,
+    predict_dataset,
+)
 from so3krates.fileio import atomic_write_bytes
 from so3krates.model_io import build_module, init_params, reference_table, save_model
 from so3krates.potential import make_predict_fn
 from so3krates.training.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from so3krates.training.data_parallel import GradientExchange, run_data_parallel
 from so3krates.training.guard import DivergenceGuard
-from so3krates.training.loss import errors_loss, with_stress_weight
+from so3krates.terms.physical import PhysicalTerms
+from so3krates.training.loss import errors_loss, with_electronic_weights, with_stress_weight
 from so3krates.training.optimizer import (
     budget_horizon,
     current_learning_rate,
@@ -190,19 +197,24 @@ def train(
             save_split(output, split, len(data))
     train_set, valid_set = data.subset(split["train"]), data.subset(split["valid"])
 
+    terms = PhysicalTerms.from_config(mcfg)
+    terms.check_periodic(data.pbc)
     tcfg = with_stress_weight(tcfg, train_set)
+    tcfg = with_electronic_weights(tcfg, train_set, terms.electrostatics)
     refs = fit_reference_energies(train_set)
     scale = force_scale(train_set)
     module = build_module(mcfg, scale)
     np_dtype = np.dtype(mcfg.dtype)
+    long_range = {"long_range": terms.long_range, "long_range_cutoff": mcfg.long_range_cutoff}
     train_graphs = GraphDataset(train_set, mcfg.cutoff, tcfg.batch_size // shard[1], tcfg.buckets,
-                                np_dtype)
-    valid_graphs = GraphDataset(valid_set, mcfg.cutoff, tcfg.batch_size, tcfg.buckets, np_dtype)
+                                np_dtype, **long_range)
+    valid_graphs = GraphDataset(valid_set, mcfg.cutoff, tcfg.batch_size, tcfg.buckets, np_dtype,
+                                **long_range)
     # Batches in the halves layout (always, for full neighbour lists): the network then
     # neither reorders pairs nor compiles a fallback for lists without reverses.
     predict = make_predict_fn(module, reference_table(refs),
                               pair_halves=train_graphs.pair_halves and valid_graphs.pair_halves,
-                              stress=bool(tcfg.stress_weight))
+                              stress=bool(tcfg.stress_weight), terms=terms)
     valid_predict = jit(predict)
 
     g0, _ = train_graphs.batch([0])
@@ -291,10 +303,11 @@ def train(
     def validate() -> dict:
         nonlocal opt_state, params, ema
         ema_params = unravel(ema)
-        e, f, s = predict_dataset(valid_predict, ema_params, valid_graphs)
+        e, f, s, extras = predict_dataset(valid_predict, ema_params, valid_graphs, extras=True)
         de, df, ds = label_errors(valid_set, e, f, s)
-        m = metrics_of_errors(valid_set, de, df, ds)
-        vloss = errors_loss(de, df, tcfg, ds)
+        dd, dq = electronic_errors(valid_set, extras)
+        m = {**metrics_of_errors(valid_set, de, df, ds), **electronic_metrics(dd, dq)}
+        vloss = errors_loss(de, df, tcfg, ds, dd, dq)
         train_loss = host["loss_sum"] / host["loss_count"] if host["loss_count"] else None
         host["loss_sum"], host["loss_count"] = 0.0, 0
         shown_train_loss = float("nan") if train_loss is None else train_loss

@@ -1,0 +1,166 @@
+"""The physical energy terms a model adds to its network (SpookyNet / SO3LR), as one
+configurable sum: nuclear repulsion (ZBL), electrostatics of learned partial charges and
+dispersion from learned Hirshfeld-volume ratios.
+
+:class:`PhysicalTerms` says which terms are on (``model.zbl``, ``model.electrostatics``,
+``model.dispersion`` in ``model.yaml``) and maps a padded graph plus the network's per-atom
+outputs to per-atom energies of each term. ZBL uses the network's pairs (it is switched off
+at the network's cutoff); electrostatics and dispersion use the graph's long-range pairs
+(``Graph.long_range``: within ``model.long_range_cutoff``, or all pairs of a molecule).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from so3krates.batching import Graph, PairSet
+from so3krates.terms.coulomb import conserve_charge, coulomb_pair_energy, dipole_moment
+from so3krates.terms.dispersion import ts_pair_energy
+from so3krates.terms.zbl import zbl_pair_energy
+
+
+class Electronic(NamedTuple):
+    """Per-atom electronic quantities of a prediction (padding atoms zero).
+
+    Attributes:
+        charges: partial charges in e summing to each structure's total charge, (N,), or None.
+        hirshfeld_ratios: Hirshfeld-volume ratios, (N,), or None.
+    """
+
+    charges: jnp.ndarray | None = None
+    hirshfeld_ratios: jnp.ndarray | None = None
+
+
+class PhysicalTerms(NamedTuple):
+    """Which physical terms a model has, and their ranges.
+
+    Attributes:
+        zbl: ZBL repulsion on the network's pairs, switched off at ``cutoff``.
+        electrostatics: damped Coulomb energy of the partial charges (the network's "charge"
+            head, shifted to sum to the total charge): ``1/sqrt(r² + 1)`` below
+            ``cutoff / 4``, exactly ``1/r`` beyond ``3 cutoff / 4`` (SpookyNet's switch),
+            shifted-force to zero at ``long_range_cutoff`` when that is set.
+        dispersion: "none", or "learned": Tkatchenko–Scheffler dispersion with the network's
+            Hirshfeld-volume ratios (its "hirshfeld" head; |h| is used), switched off over the
+            last 2 Å before ``long_range_cutoff`` when that is set.
+        cutoff: the network's cutoff in Å.
+        long_range_cutoff: Å, or None (every pair of a molecule).
+    """
+
+    zbl: bool = False
+    electrostatics: bool = False
+    dispersion: str = "none"
+    cutoff: float = 5.0
+    long_range_cutoff: float | None = None
+
+    @classmethod
+    def from_config(cls, config) -> "PhysicalTerms":
+        """From a :class:`so3krates.config.ModelConfig`."""
+        return cls(config.zbl, config.electrostatics, config.dispersion, config.cutoff,
+                   config.long_range_cutoff)
+
+    @property
+    def active(self) -> bool:
+        return self.zbl or self.long_range
+
+    @property
+    def long_range(self) -> bool:
+        """True if a term needs the long-range pairs (``Graph.long_range``)."""
+        return self.electrostatics or self.dispersion != "none"
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        """The per-atom network outputs the terms read."""
+        return (("charge",) if self.electrostatics else ()) + (
+            ("hirshfeld",) if self.dispersion == "learned" else ())
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The terms that are on, in the order of :meth:`atomic_energies`."""
+        return tuple(name for name, on in (("zbl", self.zbl),
+                                           ("electrostatics", self.electrostatics),
+                                           ("dispersion", self.dispersion != "none")) if on)
+
+    def check_periodic(self, pbc) -> None:
+        """Raise for a periodic structure (``pbc`` (3,) or (S, 3)) these terms cannot handle:
+        the Ewald sum is not part of the model's electrostatics yet, and a truncated Coulomb
+        sum in a periodic cell would be a silent approximation."""
+        import numpy as np
+
+        if self.electrostatics and np.asarray(pbc).any():
+            raise ValueError("electrostatics for periodic structures (an Ewald sum) is not "
+                             "available in models yet: switch model.electrostatics off for "
+                             "periodic data, or use so3krates.terms.ewald directly")
+
+    def electronic(self, graph: Graph, heads: dict) -> Electronic:
+        """Partial charges (summing to ``graph.charge``) and Hirshfeld ratios from the
+        network's raw per-atom outputs ``heads``."""
+        charges = ratios = None
+        if self.electrostatics:
+            total = (jnp.zeros(graph.cells.shape[0]) if graph.charge is None else graph.charge)
+            charges = conserve_charge(heads["charge"].astype(jnp.float64), graph.structure,
+                                      jnp.asarray(total, jnp.float64), graph.atom_mask)
+        if self.dispersion == "learned":
+            ratios = jnp.where(graph.atom_mask, jnp.abs(heads["hirshfeld"]), 0.0)
+        return Electronic(charges, ratios)
+
+    def atomic_energies(self, graph: Graph, vectors: jnp.ndarray,
+                        electronic: Electronic) -> dict[str, jnp.ndarray]:
+        """Per-atom energies (N,) in eV (float64) of each term that is on.
+
+        Args:
+            graph: the padded graph (with ``long_range`` pairs if a term needs them).
+            vectors: the network's pair vectors r_ij (P, 3), Å.
+            electronic: from :meth:`electronic`.
+        """
+        n_atoms = graph.positions.shape[0]
+
+        def per_atom(pair_energy, centers):  # full lists: half of each listing to its centre
+            return 0.5 * jax.ops.segment_sum(pair_energy.astype(jnp.float64), centers, n_atoms)
+
+        out = {}
+        if self.zbl:
+            r = _distances(vectors, graph.pair_mask)
+            z = graph.numbers
+            out["zbl"] = per_atom(zbl_pair_energy(r, z[graph.centers], z[graph.neighbours],
+                                                  self.cutoff, graph.pair_mask), graph.centers)
+        if self.long_range:
+            pairs = graph.long_range
+            if pairs is None:
+                raise ValueError("the graph has no long-range pairs: build it with the model's "
+                                 "long_range settings")
+            r = _distances(long_range_vectors(graph, pairs), pairs.mask)
+            i, j = pairs.centers, pairs.neighbours
+            if self.electrostatics:
+                q = electronic.charges
+                out["electrostatics"] = per_atom(coulomb_pair_energy(
+                    r, q[i], q[j], pairs.mask, 0.25 * self.cutoff, 0.75 * self.cutoff,
+                    self.long_range_cutoff), i)
+            if self.dispersion == "learned":
+                h, z = electronic.hirshfeld_ratios, graph.numbers
+                out["dispersion"] = per_atom(ts_pair_energy(
+                    r, z[i], z[j], h[i], h[j], pairs.mask, self.long_range_cutoff), i)
+        return {k: jnp.where(graph.atom_mask, v, 0.0) for k, v in out.items()}
+
+    def dipole(self, graph: Graph, electronic: Electronic) -> jnp.ndarray | None:
+        """Σ q_i R_i per structure, (S, 3) e Å, or None without electrostatics."""
+        if electronic.charges is None:
+            return None
+        return dipole_moment(graph.positions.astype(jnp.float64), electronic.charges,
+                             graph.structure, graph.cells.shape[0])
+
+
+def long_range_vectors(graph: Graph, pairs: PairSet) -> jnp.ndarray:
+    """r_ij = R_j - R_i + S_ij @ cell of the long-range pairs, (L, 3) in Å."""
+    cell = graph.cells[graph.structure[pairs.centers]]
+    offset = jnp.einsum("pk,pkl->pl", pairs.shifts.astype(cell.dtype), cell)
+    return graph.positions[pairs.neighbours] - graph.positions[pairs.centers] + offset
+
+
+def _distances(vectors: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+    """|r| of real pairs, 1 for padding pairs (no 0 under a square root's derivative)."""
+    safe = jnp.where(mask[:, None], vectors, 1.0)
+    return jnp.where(mask, jnp.sqrt(jnp.sum(safe * safe, axis=-1)), 1.0)
