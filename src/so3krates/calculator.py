@@ -23,9 +23,10 @@ import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.calculators.calculator import equal as ase_equal
 
-from so3krates.batching import Capacity, single_graph
+from so3krates.batching import Capacity
 from so3krates.compile import jit
 from so3krates.md.system import System, model_energy_fn
+from so3krates.model_io import electronic_state
 from so3krates.neighbours import verlet as nl
 from so3krates.neighbours.verlet import complete_cell
 from so3krates.potential import derive
@@ -132,6 +133,11 @@ class So3kratesCalculator(Calculator):
     """ASE calculator: ``energy``, ``free_energy``, ``forces``, per-atom ``energies``, and for
     periodic systems ``stress`` and per-atom ``stresses`` (eV/Å³, ASE's sign: tension positive).
 
+    Models with physical terms also give ``results["energy_terms"]`` (each term's energy, eV),
+    and with electrostatics ``charges`` (e) and ``dipole`` (e Å). The total charge and
+    unpaired electrons come from ``atoms.info`` ("charge" or "total_charge"; "spin", or
+    "multiplicity" = 2S + 1); changing them gives a new energy without recompiling.
+
     Slabs and wires (some directions not periodic) get the stress components of their periodic
     directions, over the volume of the cell as given (ASE's convention; the components along
     open directions are zero: a free surface carries no stress); a periodic cell without
@@ -143,7 +149,8 @@ class So3kratesCalculator(Calculator):
         skin: Verlet skin in Å of the device neighbour list of molecules.
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "energies", "stress", "stresses"]
+    implemented_properties = ["energy", "free_energy", "forces", "energies", "stress", "stresses",
+                              "charges", "dipole"]
 
     def __init__(self, model, dtype: str | None = None, skin: float = DEFAULT_SKIN, **kwargs):
         super().__init__(**kwargs)
@@ -159,7 +166,11 @@ class So3kratesCalculator(Calculator):
     def check_state(self, atoms, tol: float = 1e-15) -> list[str]:
         """ASE's :meth:`~ase.calculators.calculator.Calculator.check_state`, faster (see
         :func:`changed_properties`)."""
-        return changed_properties(self.atoms, atoms, tol, self.ignored_changes)
+        changes = changed_properties(self.atoms, atoms, tol, self.ignored_changes)
+        if self.atoms is not None and electronic_state(self.atoms.info) != electronic_state(
+                atoms.info):
+            changes.append("initial_charges")  # ASE's name for a changed electronic input
+        return changes
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -169,9 +180,14 @@ class So3kratesCalculator(Calculator):
         if "positions" in system_changes and not np.isfinite(atoms.positions).all():
             raise ValueError("positions contain NaN or inf")
         wants_stress = bool({"stress", "stresses"} & set(properties))
-        if atoms.pbc.any():
+        # Models with physical terms or electronic inputs go through padded graphs (as periodic
+        # systems do): their pairs, long-range pairs, charge and spin are graph inputs.
+        if atoms.pbc.any() or self._graph_inputs:
             self._molecule = None
-            self.results = self._periodic(atoms, wants_stress, "stresses" in properties)
+            if wants_stress and not atoms.pbc.any():
+                raise PropertyNotImplementedError(
+                    "stress needs a periodic cell; these atoms have pbc=False in every direction")
+            self.results = self._graph(atoms, wants_stress, "stresses" in properties)
             return
         if wants_stress:
             raise PropertyNotImplementedError(
@@ -185,14 +201,16 @@ class So3kratesCalculator(Calculator):
         if not np.isfinite(energy):
             explain_non_finite(atoms)
 
-    def _periodic(self, atoms, stress: bool, stresses: bool) -> dict:
+    @property
+    def _graph_inputs(self) -> bool:
+        return self.model.terms.active or self.model.config.charge_spin
+
+    def _graph(self, atoms, stress: bool, stresses: bool) -> dict:
         if stress and not abs(atoms.cell.volume) > 1e-9:
             raise ValueError(f"the cell {atoms.cell[:].tolist()} has no volume: no stress")
-        complete_cell(atoms.cell[:], atoms.pbc)  # a ValueError for a degenerate periodic cell
-        graph_, self._capacity = single_graph(
-            atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc, self.model.cutoff,
-            self._capacity, dtype=np.dtype(self.model.dtype), pair_halves=True,
-        )
+        if atoms.pbc.any():
+            complete_cell(atoms.cell[:], atoms.pbc)  # a ValueError for a degenerate cell
+        graph_, self._capacity = self.model.graph(atoms, self._capacity, pair_halves=True)
         pred = self.model.predict(graph_, pair_halves=True, stress=stress and not stresses,
                                   atomic_stresses=stresses)
         # Outputs to the host as they are, then slice off the padding there.
@@ -211,6 +229,12 @@ class So3kratesCalculator(Calculator):
             if stresses:  # (N, 6), all atoms at once
                 per_atom = np.where(periodic, np.asarray(pred.atomic_stresses, np.float64)[:n], 0.0)
                 results["stresses"] = per_atom[:, VOIGT[0], VOIGT[1]]
+        if pred.energy_terms is not None:
+            results["energy_terms"] = {k: float(np.asarray(v)[0])
+                                       for k, v in pred.energy_terms.items()}
+        if pred.charges is not None:
+            results["charges"] = np.asarray(pred.charges, np.float64)[:n]
+            results["dipole"] = np.asarray(pred.dipole, np.float64)[0]
         return results
 
     def compiled_variants(self, stress: bool = False) -> int:

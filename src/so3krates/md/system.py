@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from ase.data import atomic_masses
 
-from so3krates.batching import Graph
-from so3krates.model_io import reference_table
+from so3krates.batching import Graph, PairSet
+from so3krates.model_io import electronic_state, reference_table
+from so3krates.neighbours import long_range_list
 from so3krates.neighbours import verlet as nl
 from so3krates.neighbours.verlet import Neighbours, complete_cell
 from so3krates.potential import derive, make_atomic_energy_fn
@@ -35,22 +36,30 @@ class System(NamedTuple):
         cell: lattice vectors as rows in Å, (3, 3) float64 (zeros for molecules; zero vectors
             of open directions of slabs are completed, see ``complete_cell``).
         pbc: periodic directions, (3,) bool.
+        charge: total charge in e.
+        spin: unpaired electrons.
     """
 
     numbers: np.ndarray
     masses: np.ndarray
     cell: np.ndarray
     pbc: np.ndarray
+    charge: float = 0.0
+    spin: float = 0.0
 
     @classmethod
     def from_atoms(cls, atoms) -> "System":
-        """From an ``ase.Atoms`` (its masses, cell and pbc)."""
+        """From an ``ase.Atoms`` (its masses, cell and pbc; total charge and unpaired electrons
+        from ``info``, see ``so3krates.model_io.electronic_state``)."""
         pbc = np.asarray(atoms.pbc, dtype=bool)
+        charge, spin = electronic_state(atoms.info)
         return cls(
             numbers=np.asarray(atoms.numbers, dtype=np.int32),
             masses=np.asarray(atoms.get_masses(), dtype=np.float64),
             cell=complete_cell(atoms.cell[:], pbc),
             pbc=pbc,
+            charge=charge,
+            spin=spin,
         )
 
     @classmethod
@@ -71,13 +80,15 @@ class System(NamedTuple):
         return max(3 * self.n_atoms - 3, 1)
 
 
-def graph(positions: jnp.ndarray, cell: jnp.ndarray, system: System, nbrs: Neighbours) -> Graph:
+def graph(positions: jnp.ndarray, cell: jnp.ndarray, system: System, nbrs: Neighbours,
+          long_range: bool = False) -> Graph:
     """A one-structure :class:`Graph` (plus one padding atom) from in-loop neighbours.
 
     ``nbrs`` already holds only the pairs within the cutoff at these positions (see
     :func:`so3krates.neighbours.verlet.select`); the model's cutoff function is exactly zero
     beyond the cutoff, so a pair that rounding in a lower precision puts just outside adds 0.
     ``cell`` (3, 3) is traced: it may change during a run (NPT, cell relaxation).
+    ``long_range``: add every pair of the molecule as the long-range pairs (a constant).
     """
     n = system.n_atoms
     dtype = positions.dtype
@@ -94,7 +105,20 @@ def graph(positions: jnp.ndarray, cell: jnp.ndarray, system: System, nbrs: Neigh
         atom_mask=jnp.asarray(np.arange(n + 1) < n),
         pair_mask=nbrs.centers < n,
         structure_mask=jnp.array([True, False]),
+        charge=jnp.array([system.charge, 0.0], dtype),
+        spin=jnp.array([system.spin, 0.0], dtype),
+        long_range=_all_pairs(system) if long_range else None,
     )
+
+
+def _all_pairs(system: System) -> PairSet:
+    """Every pair ``i != j`` of a molecule, as constants."""
+    if system.pbc.any():
+        raise NotImplementedError("MD of periodic structures with long-range terms is not "
+                                  "available yet (it needs a long-range Verlet list)")
+    lists = long_range_list(np.zeros((system.n_atoms, 3)), system.cell, system.pbc, None)
+    return PairSet(jnp.asarray(lists.centers), jnp.asarray(lists.neighbours),
+                   jnp.zeros((len(lists.centers), 3)), jnp.ones(len(lists.centers), bool))
 
 
 def model_energy_fn(model, system: System, module=None, params=None) -> EnergyFn:
@@ -115,12 +139,17 @@ def model_energy_fn(model, system: System, module=None, params=None) -> EnergyFn
     model.check_elements(system.numbers)
     # The device neighbour lists are in the halves layout (see ``so3krates.neighbours.verlet``).
     atomic = make_atomic_energy_fn(module or model.module,
-                                   reference_table(model.reference_energies), pair_halves=True)
+                                   reference_table(model.reference_energies), pair_halves=True,
+                                   terms=model.terms)
     params = model.inference_params if params is None else params
     n, dtype = system.n_atoms, jnp.dtype(model.dtype)
+    long_range = model.terms.long_range
+    if long_range:
+        _all_pairs(system)  # the error for periodic systems now, not at the first step
 
     def energy_fn(positions, cell, nbrs):
-        return atomic(params, graph(positions.astype(dtype), cell, system, nbrs))[:n]
+        g = graph(positions.astype(dtype), cell, system, nbrs, long_range)
+        return atomic(params, g)[:n]
 
     return energy_fn
 

@@ -485,8 +485,8 @@ class So3krates(nn.Module):
             energies = energies * jnp.where(layout_holds, 1.0, jnp.nan).astype(dt)
         if not self.heads:
             return energies
-        # Ratios start at 1 (free atoms), charges at 0.
-        offsets = {"charge": 0.0, "hirshfeld": 1.0}
+        # Charges start at 0; Hirshfeld ratios (softplus of the head, see PhysicalTerms) at 1.
+        offsets = {"charge": 0.0, "hirshfeld": float(np.log(np.e - 1.0))}
         outputs = {head: AtomicHead(self.num_elements, offsets[head], dt, tr, name=f"{head}_head")(
             x, numbers) for head in self.heads}
         return energies, outputs

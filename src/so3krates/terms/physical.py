@@ -44,7 +44,7 @@ class PhysicalTerms(NamedTuple):
             ``cutoff / 4``, exactly ``1/r`` beyond ``3 cutoff / 4`` (SpookyNet's switch),
             shifted-force to zero at ``long_range_cutoff`` when that is set.
         dispersion: "none", or "learned": Tkatchenko–Scheffler dispersion with the network's
-            Hirshfeld-volume ratios (its "hirshfeld" head; |h| is used), switched off over the
+            Hirshfeld-volume ratios (softplus of its "hirshfeld" head), switched off over the
             last 2 Å before ``long_range_cutoff`` when that is set.
         cutoff: the network's cutoff in Å.
         long_range_cutoff: Å, or None (every pair of a molecule).
@@ -95,6 +95,27 @@ class PhysicalTerms(NamedTuple):
                              "available in models yet: switch model.electrostatics off for "
                              "periodic data, or use so3krates.terms.ewald directly")
 
+    def parameter_free_energies(self, data) -> "np.ndarray":
+        """Energies (S,) in eV of the terms without parameters (ZBL) for each structure of a
+        :class:`so3krates.data.Dataset`: the reference energies are fitted to the labels minus
+        these, so that the network does not start tens of eV off."""
+        import numpy as np
+
+        from so3krates.neighbours import neighbour_list
+
+        out = np.zeros(len(data))
+        if not self.zbl:
+            return out
+        for k in range(len(data)):
+            nl = neighbour_list(data.positions[k], data.cells[k], data.pbc[k], self.cutoff)
+            vec = (data.positions[k][nl.neighbours] - data.positions[k][nl.centers]
+                   + nl.shifts @ data.cells[k])
+            z = data.numbers[k]
+            e = zbl_pair_energy(jnp.asarray(np.linalg.norm(vec, axis=1)), z[nl.centers],
+                                z[nl.neighbours], self.cutoff, jnp.ones(len(vec), bool))
+            out[k] = 0.5 * float(jnp.sum(e))
+        return out
+
     def electronic(self, graph: Graph, heads: dict) -> Electronic:
         """Partial charges (summing to ``graph.charge``) and Hirshfeld ratios from the
         network's raw per-atom outputs ``heads``."""
@@ -104,7 +125,10 @@ class PhysicalTerms(NamedTuple):
             charges = conserve_charge(heads["charge"].astype(jnp.float64), graph.structure,
                                       jnp.asarray(total, jnp.float64), graph.atom_mask)
         if self.dispersion == "learned":
-            ratios = jnp.where(graph.atom_mask, jnp.abs(heads["hirshfeld"]), 0.0)
+            # softplus: positive, and smooth where |h| would have a kink (and a cube root of 0
+            # an infinite slope); the head starts at softplus^-1(1), the free atom.
+            ratios = jnp.where(graph.atom_mask, jax.nn.softplus(heads["hirshfeld"].astype(
+                jnp.float64)), 0.0)
         return Electronic(charges, ratios)
 
     def atomic_energies(self, graph: Graph, vectors: jnp.ndarray,

@@ -8,6 +8,7 @@ uninterrupted run with the same seed. Batch order is a pure function of (seed, e
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import os
@@ -201,7 +202,8 @@ def train(
     terms.check_periodic(data.pbc)
     tcfg = with_stress_weight(tcfg, train_set)
     tcfg = with_electronic_weights(tcfg, train_set, terms.electrostatics)
-    refs = fit_reference_energies(train_set)
+    refs = fit_reference_energies(dataclasses.replace(
+        train_set, energy=train_set.energy - terms.parameter_free_energies(train_set)))
     scale = force_scale(train_set)
     module = build_module(mcfg, scale)
     np_dtype = np.dtype(mcfg.dtype)
