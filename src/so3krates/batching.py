@@ -17,7 +17,8 @@ from so3krates.neighbours import NeighbourList, long_range_list, neighbour_list,
 
 class PairSet(NamedTuple):
     """A second set of pairs (L of them, padded), for the long-range terms (see
-    ``so3krates.neighbours.long_range_list``); same conventions as the pairs of :class:`Graph`.
+    ``so3krates.neighbours.long_range_list``: each pair once); same conventions as the pairs of
+    :class:`Graph`.
 
     Attributes:
         centers, neighbours: atoms ``i`` and ``j`` of each pair, (L,) int32 (padding pairs

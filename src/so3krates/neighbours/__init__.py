@@ -28,9 +28,10 @@ class NeighbourList(NamedTuple):
 
 
 def neighbour_list(
-    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float
+    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float, half: bool = False
 ) -> NeighbourList:
-    """All pairs ``i != j`` (or images of ``i`` itself) with ``|r_ij| < cutoff``.
+    """All pairs ``i != j`` (or images of ``i`` itself) with ``|r_ij| < cutoff``; with
+    ``half`` each pair once (one of (i, j, S) and (j, i, -S)).
 
     Args:
         positions: Cartesian positions in Å, shape (n, 3).
@@ -41,7 +42,7 @@ def neighbour_list(
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     pbc = np.asarray(pbc, dtype=bool).reshape(3)
     box = np.asarray(cell, dtype=np.float64).reshape(3, 3) if pbc.any() else np.zeros((3, 3))
-    calculator = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
+    calculator = vesin.NeighborList(cutoff=float(cutoff), full_list=not half)
     i, j, s = calculator.compute(
         points=positions, box=box, periodic=pbc.tolist() if pbc.any() else False, quantities="ijS"
     )
@@ -57,17 +58,18 @@ def neighbour_list(
 
 def long_range_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray,
                     cutoff: float | None) -> NeighbourList:
-    """The pairs of the long-range terms (electrostatics, dispersion): those within ``cutoff``
-    (Å), or every pair ``i != j`` of a molecule when ``cutoff`` is None."""
+    """The pairs of the long-range terms (electrostatics, dispersion), each pair once (a half
+    list: these terms are cheap per pair but have many pairs): those within ``cutoff`` (Å), or
+    every pair ``i < j`` of a molecule when ``cutoff`` is None."""
     pbc = np.asarray(pbc, dtype=bool).reshape(3)
     if cutoff is not None:
-        return neighbour_list(positions, cell, pbc, cutoff)
+        return neighbour_list(positions, cell, pbc, cutoff, half=True)
     if pbc.any():
         raise ValueError("a periodic structure needs a finite long-range cutoff "
                          "(model.long_range_cutoff)")
     n = len(positions)
     i, j = np.divmod(np.arange(n * n, dtype=np.int64), n)
-    keep = i != j
+    keep = i < j
     return NeighbourList(i[keep].astype(np.int32), j[keep].astype(np.int32),
                          np.zeros((int(keep.sum()), 3), np.int32))
 

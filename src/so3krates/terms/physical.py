@@ -6,7 +6,8 @@ dispersion from learned Hirshfeld-volume ratios.
 ``model.dispersion`` in ``model.yaml``) and maps a padded graph plus the network's per-atom
 outputs to per-atom energies of each term. ZBL uses the network's pairs (it is switched off
 at the network's cutoff); electrostatics and dispersion use the graph's long-range pairs
-(``Graph.long_range``: within ``model.long_range_cutoff``, or all pairs of a molecule).
+(``Graph.long_range``, a half list: within ``model.long_range_cutoff``, or all pairs of a
+molecule).
 """
 
 from __future__ import annotations
@@ -145,6 +146,10 @@ class PhysicalTerms(NamedTuple):
         def per_atom(pair_energy, centers):  # full lists: half of each listing to its centre
             return 0.5 * jax.ops.segment_sum(pair_energy.astype(jnp.float64), centers, n_atoms)
 
+        def per_atom_half(pair_energy, i, j):  # half lists: half of each pair to each atom
+            e = 0.5 * pair_energy.astype(jnp.float64)
+            return jax.ops.segment_sum(e, i, n_atoms) + jax.ops.segment_sum(e, j, n_atoms)
+
         out = {}
         if self.zbl:
             r = _distances(vectors, graph.pair_mask)
@@ -160,13 +165,13 @@ class PhysicalTerms(NamedTuple):
             i, j = pairs.centers, pairs.neighbours
             if self.electrostatics:
                 q = electronic.charges
-                out["electrostatics"] = per_atom(coulomb_pair_energy(
+                out["electrostatics"] = per_atom_half(coulomb_pair_energy(
                     r, q[i], q[j], pairs.mask, 0.25 * self.cutoff, 0.75 * self.cutoff,
-                    self.long_range_cutoff), i)
+                    self.long_range_cutoff), i, j)
             if self.dispersion == "learned":
                 h, z = electronic.hirshfeld_ratios, graph.numbers
-                out["dispersion"] = per_atom(ts_pair_energy(
-                    r, z[i], z[j], h[i], h[j], pairs.mask, self.long_range_cutoff), i)
+                out["dispersion"] = per_atom_half(ts_pair_energy(
+                    r, z[i], z[j], h[i], h[j], pairs.mask, self.long_range_cutoff), i, j)
         return {k: jnp.where(graph.atom_mask, v, 0.0) for k, v in out.items()}
 
     def dipole(self, graph: Graph, electronic: Electronic) -> jnp.ndarray | None:
