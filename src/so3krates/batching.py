@@ -364,10 +364,12 @@ def single_graph(
     if capacity is None or n >= capacity.atoms or p > capacity.pairs:
         # Padding pairs cost as much as real ones, so the headroom is small; a capacity that
         # has to grow grows by at least the headroom, which bounds the recompilations.
-        pairs = round_up(math.ceil(p * PAIR_HEADROOM), 16)
+        # (at least one slot: a structure without pairs, e.g. atoms far apart, still has a
+        # padding pair for the network to index)
+        pairs = max(round_up(math.ceil(p * PAIR_HEADROOM), 16), 16)
         if capacity is not None:
             pairs = max(pairs, round_up(math.ceil(capacity.pairs * PAIR_HEADROOM), 16))
-        long_pairs = round_up(math.ceil(lp * PAIR_HEADROOM), 16) if lr else 0
+        long_pairs = max(round_up(math.ceil(lp * PAIR_HEADROOM), 16), 16) if lr else 0
         capacity = Capacity(atoms=max(round_up(n + 1, 8), capacity.atoms if capacity else 0),
                             pairs=pairs, structures=2,
                             long_pairs=max(long_pairs, capacity.long_pairs if capacity else 0))
