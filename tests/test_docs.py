@@ -6,8 +6,9 @@ block is used by the next): Python blocks in one namespace per page, shell block
 bash with ``set -e``. The directory holds what the pages assume a user has: ``mydata.extxyz``
 (the shipped ethanol set), ``start.xyz`` (its first structure), ``runs/model`` and
 ``runs/mymodel`` (a trained model) and ``cu_model`` (a periodic one) where a page uses them
-without training them, and a ``.venv`` link. The tutorials run in one directory, in the order
-of their index (later ones use the model the first trains).
+without training them, and a ``.venv`` link. The tutorials run in the order of their index,
+in one directory per group: a tutorial that trains its own model starts a new group (the
+others use the model of the group's first), and groups run side by side.
 
 So that the suite stays short, shell commands run with small budgets (``QUICK``): the
 training commands get a tiny network and a step limit, MD fewer steps, the thermal
@@ -202,10 +203,25 @@ def test_page_runs(page, tmp_path, request):
     run_page(page, tmp_path)
 
 
-@pytest.mark.slow
-def test_tutorials_run_in_order(tmp_path, request):
-    pages = tutorial_order()
+def tutorial_groups() -> list[list[Path]]:
+    """The tutorials in index order, split where one trains its own model: a group runs in one
+    directory, in order, and groups are independent (pytest-xdist runs them side by side)."""
+    groups: list[list[Path]] = []
+    for page in tutorial_order():
+        if not groups or trained_outputs(page.read_text()):
+            groups.append([])
+        groups[-1].append(page)
+    return groups
+
+
+def test_every_tutorial_runs():
+    pages = [p for group in tutorial_groups() for p in group]
     assert sorted(pages) == sorted(p for p in TUTORIALS.glob("*.md") if p.name != "index.md")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pages", tutorial_groups(), ids=lambda g: "+".join(p.stem for p in g))
+def test_tutorials_run_in_order(pages, tmp_path, request):
     prepare_directory(tmp_path, pages, request)
     for page in pages:
         run_page(page, tmp_path)
