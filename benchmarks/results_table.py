@@ -50,6 +50,7 @@ SUMMARIES = {
     "defaults": "defaults_epyc1core_2026-12-07.json",
     "defaults_seeds3-5": "defaults_epyc1core_2026-12-07_seeds3-5.json",
     "defaults_silicon": "defaults_epyc1core_2026-12-07_silicon.json",
+    "long_range": "long_range_epyc_2026-12-07.json",
 }
 
 
@@ -296,6 +297,34 @@ def defaults_section(path: Path) -> str:
     note = (f"budget (minutes) {protocol.get('minutes', '?')}, NVT {protocol.get('time_ps', '?')} ps "
             f"per run, {protocol.get('timestep_fs', '?')} fs steps")
     return f"**Training recipes (`defaults.py`, `{path.name}`; {note})**\n\n{table(header, rows)}"
+
+
+def long_range_section(path: Path) -> str:
+    """Local model vs long-range terms (``long_range.py``): test errors after the same budget,
+    and the terms' cost."""
+    d = json.loads(path.read_text())
+    rows = []
+    for r in d.get("runs", []):
+        rows.append([r["dataset"], r["variant"], fmt(r.get("steps")),
+                     fmt(1e3 * r["energy_mae"], 2), fmt(1e3 * r["energy_rmse_per_atom"], 3),
+                     fmt(1e3 * r["forces_mae"], 1) if r["dataset"] != "sn2_F_I" else "(no labels)",
+                     fmt(1e3 * r["charges_mae"], 1) if "charges_mae" in r else "–",
+                     fmt(1e3 * r["dipole_mae"], 1) if "dipole_mae" in r else "–"])
+    out = []
+    if rows:
+        header = ["data", "model", "steps", "test E MAE (meV)", "E RMSE (meV/atom)",
+                  "F MAE (meV/Å)", "charges MAE (me)", "dipole MAE (me Å)"]
+        out.append(f"**Long-range terms (`long_range.py`, `{path.name}`; "
+                   f"{d.get('runs', [{}])[0].get('minutes', '?')} minutes each)**\n\n"
+                   f"{table(header, rows)}")
+    t = d.get("timing")
+    if t:
+        out.append(table(["cluster atoms", "local (ms)", "all terms, every pair (ms)",
+                          "all terms, 10 Å (ms)"],
+                         [[fmt(t["n_atoms"]), fmt(t["local_ms"], 1),
+                           f"{fmt(t['all_terms_ms'], 1)} ({fmt(t['ratio_all_pairs'], 2)}×)",
+                           f"{fmt(t['all_terms_cutoff10_ms'], 1)} ({fmt(t['ratio_cutoff10'], 2)}×)"]]))
+    return "\n\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
