@@ -29,12 +29,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ase import units as _units
 from jax.scipy.special import erfc
 
 from so3krates.neighbours import neighbour_list
+from so3krates.terms.coulomb import K_E
 
-COULOMB_CONSTANT = _units.Hartree * _units.Bohr
+COULOMB_CONSTANT = K_E  # eV Å / e², the electrostatics term's constant
 """k_e = 1/(4π ε0) in eV Å / e² (ASE's CODATA values, ~14.3996)."""
 
 

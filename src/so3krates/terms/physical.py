@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from so3krates.batching import Graph, PairSet
 from so3krates.terms.coulomb import conserve_charge, coulomb_pair_energy, dipole_moment
@@ -89,19 +90,15 @@ class PhysicalTerms(NamedTuple):
         """Raise for a periodic structure (``pbc`` (3,) or (S, 3)) these terms cannot handle:
         the Ewald sum is not part of the model's electrostatics yet, and a truncated Coulomb
         sum in a periodic cell would be a silent approximation."""
-        import numpy as np
-
         if self.electrostatics and np.asarray(pbc).any():
             raise ValueError("electrostatics for periodic structures (an Ewald sum) is not "
                              "available in models yet: switch model.electrostatics off for "
                              "periodic data, or use so3krates.terms.ewald directly")
 
-    def parameter_free_energies(self, data) -> "np.ndarray":
+    def parameter_free_energies(self, data) -> np.ndarray:
         """Energies (S,) in eV of the terms without parameters (ZBL) for each structure of a
         :class:`so3krates.data.Dataset`: the reference energies are fitted to the labels minus
         these, so that the network does not start tens of eV off."""
-        import numpy as np
-
         from so3krates.neighbours import neighbour_list
 
         out = np.zeros(len(data))
