@@ -207,9 +207,11 @@ def test_stability_monitor_stops_a_broken_model(model64, ethanol):
     sim = Simulation(broken, system, pos, Ensemble("nve", 0.5, 300.0), model64.cutoff,
                      stride=10, chunk_frames=50)
     frames = []
+    assert sim.monitor.mode == "bonds"  # a molecule: Fu et al.'s criterion, as before
     summary = sim.run(10000, frames.append)
     assert not summary.stable
     assert 0 < summary.time_to_instability_fs < 5000
+    assert "bond" in summary.instability or "force" in summary.instability
     assert summary.steps < 10000
     from so3krates.md.stability import find_bonds, max_bond_deviation
 
@@ -325,3 +327,135 @@ def test_periodic_engine_matches_ase_velocity_verlet(model64, ethanol):
         dyn.run(1)
         ase_pos.append(atoms.positions.copy())
     np.testing.assert_allclose(f["positions"], np.array(ase_pos), atol=1e-9, rtol=0)
+
+
+# --- stability of crystals: the collapse criterion -------------------------------------------
+
+SW_SI = dict(epsilon=2.1683, sigma=2.0951, a=1.80, lam=21.0, gamma=1.20, A=7.049556277,
+             B=0.6022245584)  # Stillinger & Weber (1985), silicon
+
+
+def stillinger_weber(hole=None):
+    """Stillinger–Weber silicon on all pairs with the minimum image (an orthorhombic cell
+    wider than twice the 3.77 Å cutoff), pure JAX: ``energy_fn(positions, cell, nbrs)``.
+
+    ``hole=(C, r_in, r_out)`` makes a model with a hole: below ``r_out`` the pair energy is
+    switched smoothly to ``-C / r`` (reached at ``r_in``), attractive without bound, as a
+    network extrapolating below its training data can be."""
+    p = SW_SI
+    rc = p["a"] * p["sigma"]
+
+    def energy_fn(positions, cell, nbrs):
+        n = positions.shape[0]
+        box = jnp.diag(cell)
+        d = positions[None, :, :] - positions[:, None, :]
+        d = d - box * jnp.round(d / box)
+        self_pair = jnp.eye(n, dtype=bool)
+        r = jnp.sqrt(jnp.where(self_pair, 1.0, jnp.sum(d * d, axis=-1)))
+        inside = (r < rc) & ~self_pair
+        rs = jnp.where(inside, r, 0.5 * rc)
+        cut = jnp.where(inside, jnp.exp(p["sigma"] / (rs - rc)), 0.0)
+        phi = p["A"] * p["epsilon"] * (p["B"] * (p["sigma"] / rs) ** 4 - 1.0) * cut
+        if hole is not None:
+            c, r_in, r_out = hole
+            t = jnp.clip((rs - r_in) / (r_out - r_in), 0.0, 1.0)
+            s = t * t * (3.0 - 2.0 * t)
+            phi = jnp.where(inside, s * phi - (1.0 - s) * c / rs, 0.0)
+        g = jnp.where(inside, jnp.exp(p["gamma"] * p["sigma"] / (rs - rc)), 0.0)
+        u = d / r[..., None]
+        cos = jnp.einsum("ijx,ikx->ijk", u, u)
+        three = jnp.where(self_pair[None], 0.0, (cos + 1.0 / 3.0) ** 2 * g[:, :, None] * g[:, None, :])
+        return 0.5 * jnp.sum(phi, axis=1) + 0.5 * p["lam"] * p["epsilon"] * jnp.sum(three, axis=(1, 2))
+
+    return energy_fn, rc
+
+
+def distance_ratios(atoms, positions, cutoff=3.5):
+    """Smallest d_ij / (r_cov(i) + r_cov(j)) of each frame (host lists, all pairs)."""
+    from ase.data import covalent_radii
+
+    r = covalent_radii[atoms.numbers]
+    out = []
+    for x in positions:
+        nl_ = neighbour_list(x, atoms.cell.array, atoms.pbc, cutoff)
+        d = np.linalg.norm(x[nl_.neighbours] - x[nl_.centers] + nl_.shifts @ atoms.cell.array, axis=1)
+        out.append(np.min(d / (r[nl_.centers] + r[nl_.neighbours])))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("temperature", [1200.0, 3000.0])
+def test_collapse_monitor_lets_hot_silicon_and_its_melt_run(temperature):
+    """The issue's case: diamond Si at 1200 K (and molten at 3000 K) is sane, but bonds stretch
+    by ~0.5 Å (and break in the melt), which stopped it under the bond criterion. The default
+    monitor of a periodic cell checks collapse instead and lets it run; the closest pairs stay
+    far above the threshold (0.5 of the covalent radii: measured >= 0.84 in melts)."""
+    from so3krates.md.stability import StabilityCriteria, find_bonds, max_bond_deviation
+
+    si = bulk("Si", "diamond", a=5.431, cubic=True).repeat(2)  # 64 atoms
+    system = System.from_atoms(si)
+    energy_fn, rc = stillinger_weber()
+    sim = Simulation(energy_fn, system, si.positions, Ensemble("langevin", 1.0, temperature),
+                     rc, stride=10, chunk_frames=50, monitor=StabilityCriteria(), seed=0)
+    assert sim.monitor.mode == "collapse"
+    assert sim.monitor.max_temperature == pytest.approx(3 * temperature, rel=0.05)
+    frames = []
+    summary = sim.run(1000, frames.append)
+    assert summary.stable and summary.steps == 1000, summary.instability
+    x = np.concatenate([f.positions for f in frames])
+    t = np.concatenate([f.temperature for f in frames])
+    assert np.isfinite(x).all()
+    assert distance_ratios(si, x).min() > 0.8  # measured 0.93 (1200 K), 0.85 (3000 K)
+    assert t.max() < 1.6 * temperature  # the limit is 3x
+    if temperature > 2000:  # melting: the bond criterion (0.5 Å) would have stopped it
+        bonds = find_bonds(si.numbers, si.positions, si.cell.array, si.pbc)
+        dev = jax.vmap(max_bond_deviation, in_axes=(0, None, None))(
+            jnp.asarray(x), jnp.asarray(si.cell.array), bonds)
+        assert float(jnp.max(dev)) > 0.8  # measured 1.02 Å
+
+
+def test_collapse_monitor_stops_a_model_with_a_hole():
+    """A model whose wall gives way below 2.2 Å: at 1200 K a pair falls in. The monitor stops
+    the run at the collapse (measured: after 150 fs, at 0.49 of the covalent radii, forces
+    4 eV/Å; the temperature and force checks alone stopped it at 280 fs, at 70,000 K). Every
+    kept frame is sane."""
+    from so3krates.md.stability import StabilityCriteria
+
+    si = bulk("Si", "diamond", a=5.431, cubic=True).repeat(2)
+    system = System.from_atoms(si)
+    energy_fn, rc = stillinger_weber(hole=(5.0, 1.8, 2.2))
+    sim = Simulation(energy_fn, system, si.positions, Ensemble("langevin", 1.0, 1200.0),
+                     rc, stride=10, chunk_frames=50, monitor=StabilityCriteria(), seed=0)
+    frames = []
+    summary = sim.run(2000, frames.append)
+    assert not summary.stable
+    assert 50.0 < summary.time_to_instability_fs < 1000.0
+    assert summary.instability.startswith("collapse"), summary.instability
+    kept = np.concatenate([f.positions for f in frames])
+    assert len(kept) == summary.frames and distance_ratios(si, kept).min() >= 0.5
+    assert np.concatenate([f.temperature for f in frames]).max() < 3600.0
+    assert distance_ratios(si, np.asarray(sim.state.positions)[None]).min() < 0.5
+    assert np.linalg.norm(np.asarray(sim.state.forces), axis=1).max() < 50.0
+
+
+def test_md_cli_passes_the_monitor_settings(monkeypatch, tmp_path):
+    from so3krates.cli import main
+    from so3krates.datasets import shipped_dataset_path
+    from so3krates.md import run as md_run
+    from so3krates.md.stability import StabilityCriteria
+
+    seen = []
+
+    def fake_run_md(model_dir, atoms, output, settings, **kw):
+        seen.append(settings)
+        return {"stable": True}
+
+    monkeypatch.setattr(md_run, "run_md", fake_run_md)
+    common = ["md", "model", str(shipped_dataset_path()), "--output", str(tmp_path / "x.xyz")]
+    assert main([*common, "--monitor", "collapse", "--min-distance-factor", "0.6",
+                 "--max-temperature-factor", "4"]) == 0
+    assert main(common) == 0
+    assert main([*common, "--no-monitor"]) == 0
+    assert seen[0].criteria() == StabilityCriteria(min_distance_factor=0.6,
+                                                   max_temperature_factor=4.0, mode="collapse")
+    assert seen[1].criteria() == StabilityCriteria()  # auto: bonds for this molecule
+    assert seen[2].criteria() is None

@@ -15,7 +15,16 @@ from scipy.spatial.transform import Rotation
 import so3krates  # noqa: F401  (float64)
 from so3krates.md.minima import MinimaSet, kabsch_rmsd
 from so3krates.md.relax import fire_relax, relax_ase
-from so3krates.md.stability import StabilityCriteria, check_stability, find_bonds, max_bond_deviation
+from so3krates.md.stability import (
+    Monitor,
+    StabilityCriteria,
+    check_collapse,
+    check_stability,
+    find_bonds,
+    max_bond_deviation,
+    min_distance_ratio,
+    temperature_limit,
+)
 
 LJ13_GLOBAL = -44.326801  # Wales & Doye (1997), Cambridge Cluster Database
 LJ7_MINIMA = [-16.505384, -15.935, -15.593, -15.533]  # the four minima of LJ7
@@ -312,3 +321,121 @@ def test_check_stability_flags_stretched_bond_and_nan_under_jit_and_vmap():
     assert nb.pairs.shape == (0, 2)
     assert float(jax.jit(max_bond_deviation)(jnp.asarray(ar), jnp.zeros((3, 3)), nb)) == 0.0
     assert bool(jax.jit(check_stability)(jnp.asarray(ar), jnp.zeros((3, 3)), jnp.zeros((3, 3)), nb, crit))
+
+
+def test_criteria_choose_bonds_for_molecules_and_collapse_for_periodic_structures():
+    auto = StabilityCriteria()
+    assert auto.resolve([False] * 3) == "bonds"
+    assert auto.resolve([True, True, False]) == "collapse"  # a slab
+    assert auto.resolve(True) == "collapse"
+    assert StabilityCriteria(mode="bonds").resolve(True) == "bonds"
+    assert StabilityCriteria(mode="collapse").resolve(False) == "collapse"
+    with pytest.raises(ValueError, match="unknown stability monitor"):
+        StabilityCriteria(mode="bond")
+
+
+def test_molecules_keep_the_bond_criterion_whatever_the_collapse_settings():
+    """Without periodic directions the monitor is Fu et al.'s bond criterion, unchanged: the
+    collapse and temperature settings (here absurd ones) play no part."""
+    eth = molecule("CH3CH2OH")
+    x0 = eth.positions
+    o, h = 2, 3
+    stretched = x0.copy()
+    stretched[h] += 0.6 * (x0[h] - x0[o]) / np.linalg.norm(x0[h] - x0[o])
+    absurd = StabilityCriteria(min_distance_factor=10.0, max_temperature_factor=0.0)
+    mon = Monitor(absurd, eth.numbers, x0, np.zeros((3, 3)), [False] * 3, 300.0, 24)
+    assert mon.mode == "bonds" and mon.max_temperature == np.inf
+    bonds = find_bonds(eth.numbers, x0)
+    np.testing.assert_array_equal(np.asarray(mon.bonds.pairs), np.asarray(bonds.pairs))
+    cell, f0 = jnp.zeros((3, 3)), jnp.zeros_like(jnp.asarray(x0))
+    fn = jax.jit(lambda x, t: mon(x, f0, cell, None, t))
+    for x, expected in ((x0, True), (stretched, False)):
+        old = bool(check_stability(jnp.asarray(x), f0, cell, bonds, StabilityCriteria()))
+        assert old == expected
+        assert bool(fn(jnp.asarray(x), 1e6)) == old  # a temperature far above 0 x 300 K
+    assert "bond" in mon.diagnose(stretched, f0, cell, None, 300.0)
+    assert mon.diagnose(x0, f0, cell, None, 1e6) is None
+
+
+def _host_pairs(atoms, cutoff):
+    from so3krates.neighbours import neighbour_list
+
+    nl = neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, cutoff)
+    return nl
+
+
+def test_collapse_criterion_flags_close_atoms_heat_and_nan_under_jit_and_vmap():
+    from so3krates.md.system import System
+    from so3krates.neighbours import verlet
+
+    si = bulk("Si", "diamond", a=5.431, cubic=True)  # 8 atoms, bonds across the boundary
+    radii = jnp.full(8, 1.11)  # ase.data.covalent_radii of Si
+    cell = si.cell.array
+    d_nn = 5.431 * np.sqrt(3) / 4
+    system = System.from_atoms(si)
+    spec = verlet.allocate(si.positions, system.cell, system.pbc, 4.0, 0.5)
+    # Atom 0 and its bonded neighbour atom 1 (at a/4 (1, 1, 1)) pushed together along the bond.
+    unit = np.ones(3) / np.sqrt(3)
+    frames = {}
+    for name, d in (("start", d_nn), ("close", 1.2), ("collapsed", 1.0)):
+        x = si.positions.copy()
+        x[1] = x[0] + d * unit
+        frames[name] = x
+    host, device = [], []
+    for name, x in frames.items():
+        nbrs = verlet.build(jnp.asarray(x), jnp.asarray(system.cell), spec)
+        # The engine's lists (halves layout, padding) and a full host list give the same ratio.
+        device.append(float(min_distance_ratio(jnp.asarray(x), jnp.asarray(cell), nbrs, radii, halves=True)))
+        atoms = si.copy()
+        atoms.positions = x
+        host.append(float(min_distance_ratio(jnp.asarray(x), jnp.asarray(cell), _host_pairs(atoms, 4.0), radii)))
+    np.testing.assert_allclose(device, host, rtol=1e-12)
+    np.testing.assert_allclose(device, [d_nn / 2.22, 1.2 / 2.22, 1.0 / 2.22], rtol=1e-12)
+
+    crit = StabilityCriteria()
+    nbrs = verlet.build(jnp.asarray(frames["start"]), jnp.asarray(system.cell), spec)
+    f0 = np.zeros((8, 3))
+    f_nan, f_big = f0.copy(), f0.copy()
+    f_nan[2, 0] = np.nan
+    f_big[3] = [0.0, 60.0, 0.0]
+    # frames: start, close (0.54 of the radii: kept), collapsed (0.45), hot, NaN force, big force
+    pos = np.stack([frames["start"], frames["close"], frames["collapsed"]] + [frames["start"]] * 3)
+    forces = np.stack([f0, f0, f0, f0, f_nan, f_big])
+    temps = np.array([1200.0, 1200.0, 1200.0, 3700.0, 1200.0, 1200.0])
+    # The start list still holds the moved pair (1.2 Å, 1.0 Å are within its cutoff).
+    fn = jax.jit(jax.vmap(lambda x, f, t, c: check_collapse(x, f, jnp.asarray(cell), nbrs, radii, t,
+                                                            3600.0, c, halves=True),
+                          in_axes=(0, 0, 0, None)))
+    ok = fn(jnp.asarray(pos), jnp.asarray(forces), jnp.asarray(temps), crit)
+    assert [bool(v) for v in ok] == [True, True, False, False, False, False]
+    # Thresholds are traced: a stricter factor flags the close pair too, without recompiling.
+    ok = fn(jnp.asarray(pos), jnp.asarray(forces), jnp.asarray(temps), StabilityCriteria(min_distance_factor=0.6))
+    assert [bool(v) for v in ok] == [True, False, False, False, False, False]
+    # NaN positions are unstable; a list of padding only has no pairs (inf): stable.
+    nan_x = frames["start"].copy()
+    nan_x[5, 2] = np.nan
+    assert not bool(check_collapse(jnp.asarray(nan_x), jnp.asarray(f0), jnp.asarray(cell), nbrs, radii,
+                                   300.0, 900.0, crit, halves=True))
+    empty = nbrs._replace(centers=jnp.full_like(nbrs.centers, 8), neighbours=jnp.full_like(nbrs.neighbours, 8))
+    assert float(min_distance_ratio(jnp.asarray(frames["start"]), jnp.asarray(cell), empty, radii)) == np.inf
+
+    mon = Monitor(crit, si.numbers, frames["start"], cell, si.pbc, 1200.0, system.degrees_of_freedom)
+    assert mon.mode == "collapse" and mon.bonds is None
+    assert "collapse" in mon.diagnose(frames["collapsed"], f0, cell, nbrs, 1200.0)
+    assert "temperature" in mon.diagnose(frames["start"], f0, cell, nbrs, 1e5)
+    assert "force" in mon.diagnose(frames["start"], f_big, cell, nbrs, 1200.0)
+    assert mon.diagnose(frames["close"], f0, cell, nbrs, 1200.0) is None
+
+
+def test_temperature_limit_is_a_multiple_of_the_run_temperature_above_fluctuations():
+    from scipy.stats import chi2
+
+    # Large cells: factor x reference (a 512-atom cell fluctuates by a few per cent).
+    assert temperature_limit(3.0, 1200.0, 3 * 512 - 3) == pytest.approx(3600.0)
+    # A few atoms: raised to where a thermalised cell's chance per frame is 1e-9.
+    for dof in (3, 6, 21):
+        limit = temperature_limit(3.0, 1000.0, dof)
+        assert limit > 3000.0
+        assert chi2.sf(limit / 1000.0 * dof, dof) == pytest.approx(1e-9, rel=1e-6)
+    assert temperature_limit(3.0, 0.0, 189) == np.inf  # no temperature to refer to
+    assert temperature_limit(np.inf, 300.0, 189) == np.inf  # switched off

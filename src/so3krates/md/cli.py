@@ -62,7 +62,15 @@ def _add_run_args(p, temperature: float) -> None:
     p.add_argument("--timestep", type=float, default=0.5, help="fs (default 0.5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=["float32", "float64"])
-    p.add_argument("--no-monitor", action="store_true", help="switch the bond-stability monitor off")
+    p.add_argument("--monitor", default="auto", choices=["auto", "bonds", "collapse"],
+                   help="stability criterion: bonds = a bond of the start structure off its "
+                        "length by more than 0.5 Å (Fu et al. 2023; for molecules); collapse "
+                        "= two atoms closer than 0.5 times the sum of their covalent radii, or "
+                        "the temperature above 3 times the run's (crystals, liquids: bonds may "
+                        "break); auto (default) = bonds without periodic directions, else "
+                        "collapse. Both stop at NaN and at forces above 50 eV/Å")
+    p.add_argument("--no-monitor", action="store_true",
+                   help="switch the stability monitor off (NaN forces still stop the run)")
     _add_cpu_arg(p)
 
 
@@ -99,8 +107,13 @@ def add_parsers(sub) -> None:
     p.add_argument("--skin", type=float, default=1.0, help="neighbour-list skin, Å")
     p.add_argument("--output", default="md.xyz", help=".xyz/.extxyz, .traj or .h5")
     p.add_argument("--restart", action="store_true", help="continue from OUTPUT.restart.npz")
-    p.add_argument("--max-bond-deviation", type=float, default=0.5, help="Å (instability criterion)")
-    p.add_argument("--max-force", type=float, default=50.0, help="eV/Å (instability criterion)")
+    p.add_argument("--max-bond-deviation", type=float, default=0.5,
+                   help="Å (bonds criterion, default 0.5)")
+    p.add_argument("--max-force", type=float, default=50.0, help="eV/Å (both criteria, default 50)")
+    p.add_argument("--min-distance-factor", type=float, default=0.5,
+                   help="of the sum of covalent radii (collapse criterion, default 0.5)")
+    p.add_argument("--max-temperature-factor", type=float, default=3.0,
+                   help="of the run's temperature (collapse criterion, default 3; inf: off)")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("relax", help="geometry optimisation to a force threshold")
@@ -175,9 +188,11 @@ def cmd_md(args, console: Console) -> int:
         ensemble=args.ensemble, temperature=args.temperature, timestep=args.timestep,
         steps=args.steps, friction=args.friction, tau=args.tau, stride=args.stride,
         chunk_frames=args.chunk, skin=args.skin, seed=args.seed, dtype=args.dtype,
-        monitor=not args.no_monitor, max_bond_deviation=args.max_bond_deviation,
-        max_force=args.max_force, pressure=args.pressure, barostat_time=args.barostat_time,
-        isotropic=args.isotropic,
+        monitor=not args.no_monitor, criterion=args.monitor,
+        max_bond_deviation=args.max_bond_deviation, max_force=args.max_force,
+        min_distance_factor=args.min_distance_factor,
+        max_temperature_factor=args.max_temperature_factor, pressure=args.pressure,
+        barostat_time=args.barostat_time, isotropic=args.isotropic,
     )
     atoms = read_structures(args.structure, args.index)[0]
     result = run_md(args.model_dir, atoms, args.output, settings, restart=args.restart,
@@ -287,7 +302,7 @@ def cmd_explore(args, console: Console) -> int:
         n_quenches=args.quenches, fmax=args.fmax, energy_tol=args.energy_tol,
         rmsd_tol=args.rmsd_tol, seed=args.seed, batch=args.batch,
         equilibration_fs=args.equilibration,
-        monitor=None if args.no_monitor else StabilityCriteria(),
+        monitor=None if args.no_monitor else StabilityCriteria(mode=args.monitor),
     )
     out = write_exploration(result, args.output, system.numbers)
     console.print(

@@ -29,8 +29,9 @@ from so3krates.md.integrators import (
     kinetic_energy,
     make_step_fn,
     pressure_tensor,
+    temperature as kinetic_temperature,
 )
-from so3krates.md.stability import Bonds, StabilityCriteria, check_stability, find_bonds
+from so3krates.md.stability import Monitor, StabilityCriteria
 from so3krates.md.system import EnergyFn, System
 from so3krates.potential import derive
 
@@ -76,8 +77,7 @@ def make_chunk_fn(
     step_fn: Callable[[MDState], MDState],
     ensemble: Ensemble,
     system: System,
-    bonds: Bonds | None,
-    criteria: StabilityCriteria,
+    monitor: Monitor | None,
     n_frames: int,
     stride: int,
 ):
@@ -87,15 +87,17 @@ def make_chunk_fn(
     found unstable, -1 while stable; once unstable, the remaining frames are skipped. The
     monitor looks at every frame (every ``stride`` steps): checking inside the step loop
     costs more than the model for small molecules (it splits XLA's loop body), and a bond
-    that breaks stays broken, so the time to instability is resolved to ``stride`` steps.
+    that breaks stays broken (atoms in a hole stay there), so the time to instability is
+    resolved to ``stride`` steps. ``monitor`` (None: only NaN stops the run) is called with
+    the in-loop neighbour list and the frame's kinetic temperature.
     """
     masses = jnp.asarray(system.masses)
     dof = system.degrees_of_freedom
 
-    def stable(state: MDState) -> jnp.ndarray:
+    def stable(state: MDState, temperature: jnp.ndarray) -> jnp.ndarray:
         ok = jnp.all(jnp.isfinite(state.forces)) & jnp.isfinite(state.energy)
-        if bonds is not None:
-            ok &= check_stability(state.positions, state.forces, state.cell, bonds, criteria)
+        if monitor is not None:
+            ok &= monitor(state.positions, state.forces, state.cell, state.neighbours, temperature)
         return ok
 
     def advance(state: MDState) -> MDState:
@@ -104,8 +106,10 @@ def make_chunk_fn(
     def one_frame(carry, f):
         state, unstable_at = carry
         state = jax.lax.cond(unstable_at < 0, advance, lambda s: s, state)
-        unstable_at = jnp.where((unstable_at < 0) & ~stable(state), (f + 1) * stride - 1, unstable_at)
         ke = kinetic_energy(state.velocities, masses)
+        temperature = 2.0 * ke / (dof * units.kB)
+        unstable_at = jnp.where((unstable_at < 0) & ~stable(state, temperature),
+                                (f + 1) * stride - 1, unstable_at)
         volume = jnp.abs(jnp.linalg.det(state.cell))
         if ensemble.kind == "npt":
             pressure = jnp.trace(pressure_tensor(state.velocities, masses, state.virial,
@@ -119,7 +123,7 @@ def make_chunk_fn(
             potential_energy=state.energy,
             kinetic_energy=ke,
             conserved_energy=conserved_energy(state, ensemble, system),
-            temperature=2.0 * ke / (dof * units.kB),
+            temperature=temperature,
             stable=unstable_at < 0,
             cell=state.cell,
             volume=volume,
@@ -145,6 +149,7 @@ class RunSummary:
     frames: int = 0
     stable: bool = True
     time_to_instability_fs: float | None = None
+    instability: str | None = None
     reallocations: int = 0
     wall_seconds: float = 0.0
 
@@ -166,8 +171,11 @@ class Simulation:
         skin: Verlet skin in Å.
         stride: steps between frames.
         chunk_frames: frames per compiled chunk (one host round trip per chunk).
-        monitor: stability criteria, or None to switch the bond monitor off (NaN forces
-            still stop the run).
+        monitor: stability criteria (see :mod:`so3krates.md.stability`: the bond criterion
+            for molecules, the collapse criterion for periodic structures, unless
+            ``monitor.mode`` says otherwise), or None to switch the monitor off (NaN forces
+            still stop the run). The temperature limit refers to the larger of the
+            ensemble's temperature and that of the start velocities.
         velocities: start velocities in Å/fs (default: Maxwell–Boltzmann at the temperature).
         seed: PRNG seed (initial velocities, Langevin noise).
         spec: neighbour-list capacities (default: sized from ``positions`` by
@@ -191,15 +199,17 @@ class Simulation:
     ):
         self.energy_fn, self.system, self.ensemble = energy_fn, system, ensemble
         self.stride, self.chunk_frames = stride, chunk_frames
-        self.criteria = monitor or StabilityCriteria()
-        self.bonds = (
-            find_bonds(system.numbers, positions, system.cell, system.pbc) if monitor else None
-        )
         self.spec = spec or nl.allocate(positions, system.cell, system.pbc, cutoff, skin)
         # For the few evaluations outside the compiled chunks.
         self._derived = jax.jit(derive(energy_fn, virial=ensemble.kind == "npt"))
         self.state = init_state(positions, system, energy_fn, self.spec, ensemble, seed, velocities,
                                 derived=self._derived)
+        start_temperature = float(kinetic_temperature(
+            self.state.velocities, jnp.asarray(system.masses), system.degrees_of_freedom))
+        self.monitor = None if monitor is None else Monitor(
+            monitor, system.numbers, positions, system.cell, system.pbc,
+            max(ensemble.temperature, start_temperature), system.degrees_of_freedom)
+        self.instability: str | None = None  # why the run stopped, in words
         self.step = 0
         self._chunks: dict[int, Callable] = {}
 
@@ -244,7 +254,7 @@ class Simulation:
         if n_frames not in self._chunks:
             step_fn = make_step_fn(self.ensemble, self.system, self.energy_fn, self.spec)
             self._chunks[n_frames] = make_chunk_fn(
-                step_fn, self.ensemble, self.system, self.bonds, self.criteria, n_frames, self.stride
+                step_fn, self.ensemble, self.system, self.monitor, n_frames, self.stride
             )
         return self._chunks[n_frames]
 
@@ -273,12 +283,21 @@ class Simulation:
         unstable = int(unstable_at)
         if unstable >= 0:
             unstable += self.step + 1
+            self.instability = self._diagnose(state)
             frames = frames.head(int(np.sum(frames.stable)))
             self.step = unstable
         else:
             self.step += n_steps
             unstable = None
         return frames, unstable, reallocations
+
+    def _diagnose(self, state: MDState) -> str:
+        if self.monitor is None:
+            return "non-finite energy or forces"
+        t = kinetic_temperature(state.velocities, jnp.asarray(self.system.masses),
+                                self.system.degrees_of_freedom)
+        return self.monitor.diagnose(state.positions, state.forces, state.cell,
+                                     state.neighbours, t) or "non-finite energy"
 
     def run(
         self,
@@ -301,6 +320,7 @@ class Simulation:
             if unstable is not None:
                 summary.stable = False
                 summary.time_to_instability_fs = unstable * self.ensemble.timestep
+                summary.instability = self.instability
                 break
         summary.steps = self.step - first
         summary.wall_seconds = time.perf_counter() - t0

@@ -45,11 +45,21 @@ class MDSettings:
     seed: int = 0
     dtype: str | None = None
     monitor: bool = True
+    criterion: str = "auto"
     max_bond_deviation: float = 0.5
     max_force: float = 50.0
+    min_distance_factor: float = 0.5
+    max_temperature_factor: float = 3.0
     pressure: float = 1.0
     barostat_time: float = 1000.0
     isotropic: bool = False
+
+    def criteria(self) -> StabilityCriteria | None:
+        """The stability monitor's criteria, or None when it is off."""
+        if not self.monitor:
+            return None
+        return StabilityCriteria(self.max_bond_deviation, self.max_force, self.min_distance_factor,
+                                 self.max_temperature_factor, mode=self.criterion)
 
     def ensemble_obj(self) -> Ensemble:
         kind = ENSEMBLE_ALIASES.get(self.ensemble)
@@ -90,6 +100,7 @@ def run_md(
     if settings.steps % settings.stride:
         raise ValueError(f"--steps ({settings.steps}) must be a multiple of --stride ({settings.stride})")
     ensemble = settings.ensemble_obj()
+    criteria = settings.criteria()  # an unknown criterion fails here, before compiling
     model = load_model(model_dir, dtype=settings.dtype)
     system = System.from_atoms(structure)
     if ensemble.kind == "npt" and not system.pbc.all():
@@ -104,14 +115,13 @@ def run_md(
         _check_restart(saved, meta)
     elif output.exists() or restart_path(output).exists():
         raise ValueError(f"{output} exists; pass --restart to continue it or choose another --output")
-    criteria = StabilityCriteria(settings.max_bond_deviation, settings.max_force)
     velocities = None
     if structure.has("momenta") and np.any(structure.get_momenta()):
         velocities = structure.get_velocities() * units.fs  # Å/fs
     sim = Simulation(
         model_energy_fn(model, system), system, structure.positions, ensemble, model.cutoff,
         skin=settings.skin, stride=settings.stride, chunk_frames=settings.chunk_frames,
-        monitor=criteria if settings.monitor else None, velocities=velocities, seed=settings.seed,
+        monitor=criteria, velocities=velocities, seed=settings.seed,
     )
     frames_written = 0
     if restart:
@@ -164,6 +174,8 @@ def run_md(
         "frames": frames_written,
         "stable": summary.stable,
         "time_to_instability_fs": summary.time_to_instability_fs,
+        "instability": summary.instability,
+        "monitor": sim.monitor.mode if sim.monitor is not None else "off",
         "reallocations": summary.reallocations,
         "wall_seconds_this_run": summary.wall_seconds,
         "ensemble": ensemble.kind,
@@ -192,8 +204,7 @@ def run_md(
     else:
         console.print(
             f"[bold red]unstable[/bold red] after {summary.time_to_instability_fs / 1e3:.3f} ps "
-            f"(bond deviation > {settings.max_bond_deviation} Å, NaN or forces > "
-            f"{settings.max_force} eV/Å); the {frames_written} frames before it are kept"
+            f"({summary.instability}); the {frames_written} frames before it are kept"
         )
     console.print(f"trajectory: {output}\nsummary: {summary_path(output)}")
     return result
