@@ -20,6 +20,8 @@ The committed results (defaults_epyc1core_2026-12-07*.json) came from::
     .venv/bin/python $P --phase md --time-ps 10 --datasets aspirin,ethanol \
         --recipes tuned_mse,tuned_huber,old_defaults,tuned_mse_no_wd,tuned_mse_ema0.99
     # then seeds 3,4,5 for aspirin tuned_mse_ema0.99 and tuned_huber (..._seeds3-5.json)
+    # silicon (..._silicon.json): --phase md --datasets silicon --time-ps 10
+    #     --temperatures 600,1200, one process per recipe (the periodic monitor: collapse)
 
 (``tuned_mse_ema0.99`` is the recipe made the defaults, ``current_defaults`` measures them.)
 
