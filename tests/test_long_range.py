@@ -239,3 +239,25 @@ def test_training_learns_charges_and_dipoles(tmp_path):
     naive = np.concatenate([np.full(len(q), data.charge[k] / len(q)) - q
                             for k, q in enumerate(data.charges[:8])])
     assert metrics["charges_mae"] < np.mean(np.abs(naive))
+
+
+def test_periodic_dispersion_and_zbl_stress_equals_finite_differences():
+    """Learned dispersion (long-range half list with lattice images, 7 Å in a 5 Å cell) and ZBL
+    in a triclinic cell: the stress is the strain derivative of the same energy."""
+    from ase.stress import voigt_6_to_full_3x3_stress
+
+    from test_stress import finite_difference_stress
+
+    model = make_model(long_range_cutoff=7.0, charge_spin=False, electrostatics=False)
+    atoms = Atoms("SiCH2", cell=[[5.0, 0.0, 0.0], [0.8, 5.2, 0.0], [0.3, -0.4, 5.4]], pbc=True,
+                  scaled_positions=[[0.1, 0.1, 0.1], [0.4, 0.5, 0.3], [0.7, 0.2, 0.8],
+                                    [0.2, 0.7, 0.6]])
+    model.reference_energies[14] = -100.0
+    model = Model(".", model.config, model.params, model.reference_energies, 1.0, "float64")
+    calc = model.calculator()
+    atoms.calc = calc
+    sigma = voigt_6_to_full_3x3_stress(atoms.get_stress())
+    assert abs(calc.results["energy_terms"]["dispersion"]) > 1e-4
+    fd = finite_difference_stress(atoms, calc.get_potential_energy)
+    assert np.abs(fd).max() > 1e-3
+    np.testing.assert_allclose(sigma, fd, rtol=1e-6, atol=1e-9)
