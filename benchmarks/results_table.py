@@ -50,6 +50,7 @@ SUMMARIES = {
     "defaults": "defaults_epyc1core_2026-12-07.json",
     "defaults_seeds3-5": "defaults_epyc1core_2026-12-07_seeds3-5.json",
     "defaults_silicon": "defaults_epyc1core_2026-12-07_silicon.json",
+    "defaults_aspirin300K": "defaults_epyc1core_2026-12-07_aspirin300K.json",
     "long_range": "long_range_epyc_2026-12-07.json",
 }
 
