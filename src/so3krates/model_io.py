@@ -72,21 +72,14 @@ def default_radial_knots(dtype: str) -> int:
 
 def init_params(module: So3krates, graph, seed: int):
     """Freshly initialised parameters for ``module`` (jit-compiled: eager init is slow)."""
-    from so3krates.potential import pair_vectors
+    from so3krates.potential import electronic_inputs, pair_vectors
 
     @jit
     def init(key, g):
         return module.init(key, g.numbers, pair_vectors(g), g.centers, g.neighbours, g.pair_mask,
-                           False, _electronic(g))
+                           False, electronic_inputs(g))
 
     return init(jax.random.PRNGKey(seed), graph)["params"]
-
-
-def _electronic(graph):
-    """The network's ``electronic`` input of a graph (neutral, closed shell if unset)."""
-    zeros = jnp.zeros(graph.cells.shape[0], graph.positions.dtype)
-    return (graph.structure, zeros if graph.charge is None else graph.charge,
-            zeros if graph.spin is None else graph.spin, graph.atom_mask)
 
 
 def reference_table(reference_energies: dict[int, float]) -> np.ndarray:

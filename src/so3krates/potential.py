@@ -141,6 +141,14 @@ def hessian(energy_fn: Callable) -> Callable:
     return jax.hessian(lambda positions, cell, *args: jnp.sum(energy_fn(positions, cell, *args)))
 
 
+def electronic_inputs(graph: Graph) -> tuple:
+    """The network's ``electronic`` input of a graph: ``(structure (N,), charge (S,), spin
+    (S,), atom_mask (N,))``, neutral and closed-shell where the graph has no values."""
+    zeros = jnp.zeros(graph.cells.shape[0], graph.positions.dtype)
+    return (graph.structure, zeros if graph.charge is None else graph.charge,
+            zeros if graph.spin is None else graph.spin, graph.atom_mask)
+
+
 def make_atomic_energy_fn(
     model, reference_energies: np.ndarray, pair_halves: bool = False, terms=None,
     aux: bool = False,
@@ -165,11 +173,7 @@ def make_atomic_energy_fn(
 
     def atomic_energy_fn(params: dict, graph: Graph, vectors=None) -> jnp.ndarray:
         v = pair_vectors(graph) if vectors is None else vectors
-        electronic = None
-        if charge_spin:
-            zeros = jnp.zeros(graph.cells.shape[0], v.dtype)
-            electronic = (graph.structure, zeros if graph.charge is None else graph.charge,
-                          zeros if graph.spin is None else graph.spin, graph.atom_mask)
+        electronic = electronic_inputs(graph) if charge_spin else None
         out = model.apply({"params": params}, graph.numbers, v, graph.centers, graph.neighbours,
                           graph.pair_mask, pair_halves, electronic)
         e, heads = out if isinstance(out, tuple) else (out, {})

@@ -365,6 +365,16 @@ def _stress_label(atoms, stress_key: str, virial_key: str, k: int, path: Path) -
     return np.full((3, 3), np.nan)
 
 
+def _agreed(found: list[tuple[str, float]], default: float, where: str, what: str,
+            shown: str) -> float:
+    """The value of the first key present in ``found`` ((key, value) pairs), or ``default``;
+    keys that disagree are an error (``shown`` formats each as ``{key}``, ``{v}``)."""
+    if len({v for _, v in found if v == v}) > 1:
+        raise DataError(f"{where}: {what} disagree: "
+                        + ", ".join(shown.format(key=key, v=v) for key, v in found))
+    return found[0][1] if found else default
+
+
 def _ase_electronic(frames, path: Path, keys: _ElectronicKeys):
     """Total charge, unpaired electrons, dipole and per-atom charges of ASE structures.
 
@@ -380,20 +390,15 @@ def _ase_electronic(frames, path: Path, keys: _ElectronicKeys):
         results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
         available |= set(atoms.info) | set(results) | set(atoms.arrays)
         scalars = {**results, **atoms.info}
-        # total charge: the first key present; two keys that disagree are an error
         found = [(key, _number(scalars[key], "total charge", where))
                  for key in keys.charge_keys() if key in scalars]
-        if len({v for _, v in found if v == v}) > 1:
-            raise DataError(f"{where}: the total charge labels disagree: "
-                            + ", ".join(f"{key}={v:g}" for key, v in found))
-        charge.append(found[0][1] if found else keys.default_charge)
+        charge.append(_agreed(found, keys.default_charge, where, "the total charge labels",
+                              "{key}={v:g}"))
         seen["charge"] |= bool(found)
         found = [(key, _spin_value(key, _number(scalars[key], key, where), where))
                  for key in keys.spin_keys() if key in scalars]
-        if len({v for _, v in found if v == v}) > 1:
-            raise DataError(f"{where}: the spin labels disagree: "
-                            + ", ".join(f"{key} -> {v:g} unpaired electrons" for key, v in found))
-        spin.append(found[0][1] if found else keys.default_spin)
+        spin.append(_agreed(found, keys.default_spin, where, "the spin labels",
+                            "{key} -> {v:g} unpaired electrons"))
         seen["spin"] |= bool(found)
         if keys.dipole in scalars:
             try:
