@@ -141,6 +141,55 @@ def hessian(energy_fn: Callable) -> Callable:
     return jax.hessian(lambda positions, cell, *args: jnp.sum(energy_fn(positions, cell, *args)))
 
 
+def with_exact_tangents(fast_fn: Callable, exact_fn: Callable,
+                        exact_params: Callable[[dict], dict]) -> Callable:
+    """``fn(params, graph)`` whose values are ``fast_fn``'s and whose derivatives, forward
+    and reverse, are ``exact_fn``'s (``jax.custom_jvp``).
+
+    ``fast_fn`` may contain reverse-mode-only rules (an inference model's custom VJPs and
+    fused kernels), which ``jax.jvp`` cannot go through; ``exact_fn`` computes the same
+    function without them (the exact network). A call that is not differentiated costs what
+    ``fast_fn`` costs. ``exact_params(params)`` maps ``fast_fn``'s parameters to
+    ``exact_fn``'s (the same, less what is derived from them); derivatives in the derived
+    parameters themselves are not taken. Only the perturbed inputs are carried in forward
+    mode (symbolic zeros), so the tangent of a prediction along the positions alone costs one
+    forward-mode pass of the exact network.
+    """
+    fn = jax.custom_jvp(fast_fn)
+
+    def jvp(primals, tangents):
+        params, graph = primals
+        leaves, tree = jax.tree.flatten((exact_params(params), graph))
+        t_leaves = jax.tree.leaves((exact_params(tangents[0]), tangents[1]), is_leaf=_is_zero)
+        moved = [i for i, t in enumerate(t_leaves) if not _is_zero(t)]
+
+        def along(*xs):
+            full = list(leaves)
+            for i, x in zip(moved, xs):
+                full[i] = x
+            return exact_fn(*tree.unflatten(full))
+
+        out = fast_fn(params, graph)
+        if not moved:
+            return out, jax.tree.map(jnp.zeros_like, out)
+        _, d_out = jax.jvp(along, [leaves[i] for i in moved], [t_leaves[i] for i in moved])
+        return out, d_out
+
+    fn.defjvp(jvp, symbolic_zeros=True)
+    return fn
+
+
+def _is_zero(t) -> bool:
+    return isinstance(t, jax.custom_derivatives.SymbolicZero)
+
+
+def restrict_to(tree: dict, like: dict) -> dict:
+    """The entries of a nested dict ``tree`` whose keys are in ``like`` (the network's
+    parameters out of an inference model's, which add derived ones)."""
+    return {k: restrict_to(tree[k], v) if isinstance(v, dict) else tree[k]
+            for k, v in like.items()}
+
+
 def electronic_inputs(graph: Graph) -> tuple:
     """The network's ``electronic`` input of a graph: ``(structure (N,), charge (S,), spin
     (S,), atom_mask (N,))``, neutral and closed-shell where the graph has no values."""

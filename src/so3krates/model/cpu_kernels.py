@@ -12,7 +12,8 @@ may race; one wins, none reads a partial file).
 Without a compiler, or with ``SO3KRATES_CPU_KERNELS=0``, or on other backends, the model
 runs its pure-JAX path (the reference these kernels are tested against), with a warning
 where a build failed. Only reverse-mode differentiation is defined (forces, stress), like the
-rest of an inference model (``radial_knots`` > 0).
+rest of an inference model (``radial_knots`` > 0); a model's predictions take their
+forward-mode derivatives from the exact network (``so3krates.potential.with_exact_tangents``).
 """
 
 from __future__ import annotations
