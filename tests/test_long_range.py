@@ -167,14 +167,6 @@ def test_calculator_reports_terms_and_follows_the_charge_without_recompiling(mod
     assert calc.compiled_variants() == 1
 
 
-def test_periodic_electrostatics_is_refused_clearly(model):
-    atoms = ethanol()
-    atoms.cell = np.eye(3) * 12.0
-    atoms.pbc = True
-    with pytest.raises(ValueError, match="periodic"):
-        model.graph(atoms)
-
-
 def test_md_engine_energy_equals_the_calculator_s(model):
     """The engine's energy function (device Verlet list, long-range pairs: every pair as
     constants) gives the energy and forces of the padded-graph path."""

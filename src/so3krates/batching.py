@@ -13,6 +13,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from so3krates.neighbours import NeighbourList, long_range_list, neighbour_list, reverse_halves
+from so3krates.neighbours.kspace import kspace_indices
 
 
 class PairSet(NamedTuple):
@@ -31,6 +32,20 @@ class PairSet(NamedTuple):
     neighbours: np.ndarray
     shifts: np.ndarray
     mask: np.ndarray
+
+
+class KSpace(NamedTuple):
+    """The reciprocal-space vectors of an Ewald sum, per structure (see
+    ``so3krates.neighbours.kspace``).
+
+    Attributes:
+        kvectors: integer indices ``m`` of ``k = 2π m inv(cell)ᵀ``, (S, K, 3) int32; zero rows
+            are padding.
+        periodic: (S,) True for the 3D-periodic structures (the others have no k-space part).
+    """
+
+    kvectors: np.ndarray
+    periodic: np.ndarray
 
 
 class Graph(NamedTuple):
@@ -52,6 +67,8 @@ class Graph(NamedTuple):
         charge: total charge of each structure in e, (S,) (None: all neutral).
         spin: unpaired electrons of each structure, (S,) (None: all closed-shell).
         long_range: the pairs of the long-range terms, or None when no term needs them.
+        ewald: the k-vectors of the periodic structures' Ewald sums, or None when no
+            structure needs one.
     """
 
     positions: np.ndarray
@@ -67,6 +84,7 @@ class Graph(NamedTuple):
     charge: np.ndarray | None = None
     spin: np.ndarray | None = None
     long_range: PairSet | None = None
+    ewald: KSpace | None = None
 
 
 class Labels(NamedTuple):
@@ -98,13 +116,14 @@ class Labels(NamedTuple):
 
 
 class Capacity(NamedTuple):
-    """Padded sizes of a batch: atoms, pairs and structures (each including one padding), and
-    long-range pairs (0: none)."""
+    """Padded sizes of a batch: atoms, pairs and structures (each including one padding),
+    long-range pairs (0: none) and k-vectors per structure (0: no Ewald sum)."""
 
     atoms: int
     pairs: int
     structures: int
     long_pairs: int = 0
+    kvectors: int = 0
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -114,7 +133,7 @@ def round_up(n: int, multiple: int) -> int:
 
 def bucket_ladder(
     max_atoms: int, max_pairs: int, structures: int, n_buckets: int = 3, ratio: float = 0.6,
-    max_long_pairs: int = 0,
+    max_long_pairs: int = 0, max_kvectors: int = 0,
 ) -> list[Capacity]:
     """A few capacities, geometrically spaced below the largest needed batch.
 
@@ -130,6 +149,7 @@ def bucket_ladder(
             pairs=round_up(max(math.ceil(max_pairs * s), 1), 16),
             structures=structures + 1,
             long_pairs=round_up(math.ceil(max_long_pairs * s), 16) if max_long_pairs else 0,
+            kvectors=round_up(max_kvectors, 16) if max_kvectors else 0,  # per structure
         )
         if not ladder or cap.atoms < ladder[-1].atoms and cap.pairs < ladder[-1].pairs:
             ladder.append(cap)
@@ -159,6 +179,7 @@ def pack(
     charge: np.ndarray | None = None,
     spin: np.ndarray | None = None,
     long_range_lists: Sequence[NeighbourList] | None = None,
+    kvectors: Sequence[np.ndarray | None] | None = None,
 ) -> Graph:
     """Concatenate structures into one padded :class:`Graph` of the given capacity.
 
@@ -171,7 +192,9 @@ def pack(
     (``pair_halves``, see ``so3krates.potential``). Without it, pairs stay in list order.
 
     ``charge``, ``spin``: per structure (default 0); ``long_range_lists``: per structure, the
-    pairs of the long-range terms (``capacity.long_pairs`` slots), or None.
+    pairs of the long-range terms (``capacity.long_pairs`` slots), or None; ``kvectors``: per
+    structure, its Ewald k-vector indices (None for a structure without an Ewald sum;
+    ``capacity.kvectors`` slots each), or None.
     """
     n_struct = len(numbers)
     counts = np.array([len(z) for z in numbers])
@@ -221,6 +244,7 @@ def pack(
     long_range = None
     if long_range_lists is not None:
         long_range = _pair_set(long_range_lists, offsets, capacity.long_pairs, pad_atom, dtype)
+    ewald = None if kvectors is None else _kspace(kvectors, capacity)
 
     return Graph(
         positions=pos,
@@ -236,7 +260,30 @@ def pack(
         charge=electronic[0],
         spin=electronic[1],
         long_range=long_range,
+        ewald=ewald,
     )
+
+
+def _kspace(kvectors: Sequence[np.ndarray | None], capacity: Capacity) -> KSpace:
+    """The k-vectors of :func:`pack`, each structure's padded to ``capacity.kvectors``."""
+    out = np.zeros((capacity.structures, capacity.kvectors, 3), dtype=np.int32)
+    periodic = np.zeros(capacity.structures, dtype=bool)
+    for s, m in enumerate(kvectors):
+        if m is None:
+            continue
+        if len(m) > capacity.kvectors:
+            raise ValueError(f"{len(m)} k-vectors do not fit {capacity.kvectors} slots")
+        out[s, : len(m)] = m
+        periodic[s] = True
+    return KSpace(out, periodic)
+
+
+def kspace_vectors(cell: np.ndarray, pbc: np.ndarray, k_cutoff: float | None) -> np.ndarray | None:
+    """The Ewald k-vector indices of a structure (``kspace_indices``), or None if it has no
+    Ewald sum (``k_cutoff`` None, or not periodic in all three directions)."""
+    if k_cutoff is None or not np.all(pbc):
+        return None
+    return kspace_indices(cell, k_cutoff)
 
 
 def _pair_set(lists: Sequence[NeighbourList], offsets: np.ndarray, capacity: int, pad_atom: int,
@@ -339,6 +386,7 @@ def single_graph(
     spin: float = 0.0,
     long_range: bool = False,
     long_range_cutoff: float | None = None,
+    kspace_cutoff: float | None = None,
 ) -> tuple[Graph, Capacity]:
     """One structure as a :class:`Graph`; the capacity grows (with headroom) only when needed.
 
@@ -347,7 +395,8 @@ def single_graph(
     (for ``Model.predict_halves_fn``); otherwise sorted by (centre, neighbour).
     ``charge``, ``spin``: the structure's total charge (e) and unpaired electrons;
     ``long_range``: add the long-range pairs (within ``long_range_cutoff``, or all pairs of a
-    molecule when it is None).
+    molecule when it is None); ``kspace_cutoff`` (1/Å): add the Ewald k-vectors of a
+    3D-periodic structure.
     """
     nl = neighbour_list(positions, cell, pbc, cutoff)
     halves = None
@@ -356,11 +405,15 @@ def single_graph(
         if halves[0] is None:  # cannot happen for full lists; guards a changed neighbour_list
             raise ValueError("the neighbour list lacks reverse pairs: no halves layout")
     lr = [long_range_list(positions, cell, pbc, long_range_cutoff)] if long_range else None
+    m = kspace_vectors(cell, pbc, kspace_cutoff)
     n, p = len(numbers), len(nl.centers)
     lp = len(lr[0].centers) if lr else 0
+    nk = 0 if m is None else len(m)
     if capacity is not None and lp > capacity.long_pairs:
         capacity = capacity._replace(
             long_pairs=round_up(math.ceil(max(lp, capacity.long_pairs) * PAIR_HEADROOM), 16))
+    if capacity is not None and nk > capacity.kvectors:  # a cell that grew (NPT, relaxation)
+        capacity = capacity._replace(kvectors=round_up(math.ceil(nk * PAIR_HEADROOM), 16))
     if capacity is None or n >= capacity.atoms or p > capacity.pairs:
         # Padding pairs cost as much as real ones, so the headroom is small; a capacity that
         # has to grow grows by at least the headroom, which bounds the recompilations.
@@ -370,11 +423,14 @@ def single_graph(
         if capacity is not None:
             pairs = max(pairs, round_up(math.ceil(capacity.pairs * PAIR_HEADROOM), 16))
         long_pairs = max(round_up(math.ceil(lp * PAIR_HEADROOM), 16), 16) if lr else 0
+        kvectors = max(round_up(math.ceil(nk * PAIR_HEADROOM), 16), 16) if nk else 0
         capacity = Capacity(atoms=max(round_up(n + 1, 8), capacity.atoms if capacity else 0),
                             pairs=pairs, structures=2,
-                            long_pairs=max(long_pairs, capacity.long_pairs if capacity else 0))
+                            long_pairs=max(long_pairs, capacity.long_pairs if capacity else 0),
+                            kvectors=max(kvectors, capacity.kvectors if capacity else 0))
     graph = pack([numbers], [positions], np.asarray(cell)[None], [nl], capacity, dtype=dtype,
-                 halves=halves, charge=[charge], spin=[spin], long_range_lists=lr)
+                 halves=halves, charge=[charge], spin=[spin], long_range_lists=lr,
+                 kvectors=None if m is None else [m])
     return graph, capacity
 
 
@@ -393,7 +449,7 @@ class GraphDataset:
 
     def __init__(self, data, cutoff: float, batch_size: int, n_buckets: int = 3, dtype=np.float32,
                  pair_halves: bool = True, long_range: bool = False,
-                 long_range_cutoff: float | None = None):
+                 long_range_cutoff: float | None = None, kspace_cutoff: float | None = None):
         self.data = data
         self.batch_size = batch_size
         self.dtype = dtype
@@ -405,6 +461,9 @@ class GraphDataset:
         if long_range:
             self.long_range_lists = [long_range_list(r, c, p, long_range_cutoff)
                                      for r, c, p in zip(data.positions, data.cells, data.pbc)]
+        # Ewald k-vectors of the 3D-periodic structures (``kspace_cutoff``), if there are any.
+        kvectors = [kspace_vectors(c, p, kspace_cutoff) for c, p in zip(data.cells, data.pbc)]
+        self.kvectors = kvectors if any(m is not None for m in kvectors) else None
         halves = [reverse_halves(nl) for nl in self.neighbour_lists] if pair_halves else [None]
         self._halves = halves if all(h is not None for h in halves) else None
         n_atoms = np.sort(data.n_atoms)[::-1]
@@ -414,6 +473,7 @@ class GraphDataset:
         self.ladder = bucket_ladder(
             int(n_atoms[:b].sum()), int(n_pairs[:b].sum()), batch_size, n_buckets,
             max_long_pairs=int(n_long[:b].sum()),
+            max_kvectors=max((len(m) for m in self.kvectors or [] if m is not None), default=0),
         )
 
     def __len__(self) -> int:
@@ -445,6 +505,7 @@ class GraphDataset:
             charge=d.charge[idx],
             spin=d.spin[idx],
             long_range_lists=lrs,
+            kvectors=None if self.kvectors is None else [self.kvectors[k] for k in indices],
         )
         labels = pack_labels(d.energy[idx], [d.forces[k] for k in indices], cap,
                              None if d.stress is None else d.stress[idx],

@@ -53,6 +53,10 @@ class ModelConfig(_Strict):
     long_range_cutoff: float | None = Field(
         None, gt=0, description="Å, pairs of the electrostatics and dispersion terms; None: "
         "every pair of a molecule (periodic structures need a value)")
+    ewald_accuracy: float = Field(
+        1e-6, gt=0, lt=1, description="electrostatics of 3D-periodic structures (an Ewald sum "
+        "with long_range_cutoff as its real-space cutoff): erfc(alpha rc), which also sets the "
+        "k-space cutoff; smaller is more accurate and costs more k-vectors")
 
     @property
     def long_range(self) -> bool:

@@ -145,8 +145,7 @@ def evaluate_model(
         model.check_elements(zs)
     model.terms.check_periodic(data.pbc)
     graphs = GraphDataset(data, model.cutoff, batch_size, n_buckets=2, dtype=np.dtype(model.dtype),
-                          long_range=model.terms.long_range,
-                          long_range_cutoff=model.config.long_range_cutoff)
+                          **model.terms.graph_options())
     predict_fn = model.predict_function(graphs.pair_halves, stress=data.has_stress)
     energy, forces, stress, extras = predict_dataset(predict_fn, model.inference_params, graphs,
                                                      extras=True)

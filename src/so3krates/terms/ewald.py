@@ -32,7 +32,8 @@ import numpy as np
 from jax.scipy.special import erfc
 
 from so3krates.neighbours import neighbour_list
-from so3krates.terms.coulomb import K_E
+from so3krates.neighbours.kspace import kspace_indices
+from so3krates.terms.coulomb import K_E, switch_function
 
 COULOMB_CONSTANT = K_E  # eV Å / e², the electrostatics term's constant
 """k_e = 1/(4π ε0) in eV Å / e² (ASE's CODATA values, ~14.3996)."""
@@ -61,33 +62,28 @@ def _erfc_inverse(accuracy: float) -> float:
     return 0.5 * (lo + hi)
 
 
-def ewald_parameters(cell: np.ndarray, real_cutoff: float,
-                     accuracy: float = 1e-6) -> EwaldParameters:
-    """``alpha`` and the k-vector indices for ``cell`` (3, 3) (lattice vectors as rows, Å).
-
-    ``alpha`` solves ``erfc(α rc) = accuracy`` for the real-space cutoff ``rc`` (Å); the
-    reciprocal cutoff balances it, ``exp(-k_c²/4α²) = exp(-(α rc)²)``: ``k_c = 2 α² rc``.
-    The indices are all ``m ≠ 0`` of one half space with ``|2π m inv(cell)ᵀ| <= k_c``.
-    ``accuracy`` is relative to the pair terms, not a bound on the energy error. When the
-    cell changes (NPT, cell relaxation) the indices stay those of this cell: derivatives
-    remain exact while the accuracy drifts with the deformation; recompute after large ones.
-    """
-    cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
-    if abs(np.linalg.det(cell)) < 1e-12:
-        raise ValueError("the Ewald sum needs a 3D-periodic cell with a volume")
+def ewald_split(real_cutoff: float, accuracy: float = 1e-6) -> tuple[float, float]:
+    """``(alpha, k_cutoff)`` in 1/Å for a real-space cutoff (Å): ``alpha`` solves
+    ``erfc(α rc) = accuracy``, and the reciprocal cutoff balances it,
+    ``exp(-k_c²/4α²) = exp(-(α rc)²)``: ``k_c = 2 α² rc``. ``accuracy`` is relative to the
+    pair terms, not a bound on the energy error."""
+    if not 0.0 < accuracy < 1.0:
+        raise ValueError(f"the Ewald accuracy must lie in (0, 1), got {accuracy}")
     x = _erfc_inverse(float(accuracy))
     alpha = x / float(real_cutoff)
-    k_cut = 2.0 * alpha * x
-    reciprocal = 2.0 * np.pi * np.linalg.inv(cell).T  # rows b_i, a_i · b_j = 2π δ_ij
-    # m_i = k · a_i / 2π: every index of the sphere lies in this box.
-    bound = np.floor(k_cut * np.linalg.norm(cell, axis=1) / (2.0 * np.pi)).astype(int)
-    axes = [np.arange(-n, n + 1) for n in bound]
-    m = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
-    # One of each ±m: the first non-zero index positive (m = 0 excluded).
-    half = (m[:, 0] > 0) | ((m[:, 0] == 0) & ((m[:, 1] > 0)
-                                              | ((m[:, 1] == 0) & (m[:, 2] > 0))))
-    inside = np.linalg.norm(m @ reciprocal, axis=1) <= k_cut
-    return EwaldParameters(alpha, m[half & inside].astype(np.int32))
+    return alpha, 2.0 * alpha * x
+
+
+def ewald_parameters(cell: np.ndarray, real_cutoff: float,
+                     accuracy: float = 1e-6) -> EwaldParameters:
+    """``alpha`` and the k-vector indices for ``cell`` (3, 3) (lattice vectors as rows, Å)
+    and a real-space cutoff (Å), balanced by :func:`ewald_split`; the indices are those of
+    ``so3krates.neighbours.kspace.kspace_indices``. When the cell changes (NPT, cell
+    relaxation) the indices stay those of this cell: derivatives remain exact while the
+    accuracy drifts with the deformation; recompute after large ones.
+    """
+    alpha, k_cut = ewald_split(real_cutoff, accuracy)
+    return EwaldParameters(alpha, kspace_indices(cell, k_cut))
 
 
 def _reciprocal(cell: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -111,7 +107,7 @@ def ewald_atomic_energies(
     alpha: float | jnp.ndarray,
     kvectors: jnp.ndarray,
 ) -> jnp.ndarray:
-    """Per-atom Ewald energies (N,) in eV, zero for padding atoms.
+    """Per-atom Ewald energies (N,) in eV of one structure, zero for padding atoms.
 
     Args:
         positions: (N, 3) Å; charges: (N,) in e; cell: (3, 3) lattice vectors as rows, Å.
@@ -127,8 +123,6 @@ def ewald_atomic_energies(
     """
     dtype = positions.dtype
     q = jnp.where(atom_mask, charges.astype(dtype), 0.0)
-    n_atoms = positions.shape[0]
-
     # Real space: erfc(α r)/r per listed pair, half to its centre (the reverse listing
     # gives the other half). Padding pairs (zero vectors) get r = 1: no 1/0 in any derivative.
     vectors = (positions[neighbours] - positions[centers]
@@ -136,28 +130,81 @@ def ewald_atomic_energies(
     r2 = jnp.where(pair_mask, jnp.sum(vectors * vectors, axis=-1), 1.0)
     r = jnp.sqrt(r2)
     pair = jnp.where(pair_mask, q[centers] * q[neighbours] * erfc(alpha * r) / r, 0.0)
-    real = 0.5 * jax.ops.segment_sum(pair, centers, n_atoms)
+    real = 0.5 * COULOMB_CONSTANT * jax.ops.segment_sum(pair, centers, positions.shape[0])
+    structure = jnp.zeros(positions.shape[0], jnp.int32)
+    return real + kspace_atomic_energies(positions, q, structure, cell[None], kvectors[None],
+                                         jnp.ones(1, bool), atom_mask, alpha)
 
-    # Reciprocal space, half space counted twice: (4π/V) Σ_k w(k) q_i Re(e^{-ik·R_i} S(k)).
-    volume, reciprocal_cell = _reciprocal(cell)
-    k = kvectors.astype(dtype) @ reciprocal_cell  # (K, 3) 1/Å
+
+def kspace_atomic_energies(
+    positions: jnp.ndarray,
+    charges: jnp.ndarray,
+    structure: jnp.ndarray,
+    cells: jnp.ndarray,
+    kvectors: jnp.ndarray,
+    periodic: jnp.ndarray,
+    atom_mask: jnp.ndarray,
+    alpha: float | jnp.ndarray,
+) -> jnp.ndarray:
+    """The reciprocal, self and background parts of the Ewald energy per atom, (N,) in eV, of
+    the periodic structures of a padded batch (0 for the atoms of the others and padding).
+
+    Args:
+        positions: (N, 3) Å; charges: (N,) e; structure: structure index of each atom (N,).
+        cells: (S, 3, 3) lattice vectors as rows, Å (anything for non-periodic structures).
+        kvectors: (S, K, 3) integer half-space indices per structure (zero rows: padding),
+            from ``so3krates.neighbours.kspace.kspace_indices``.
+        periodic: (S,) True for the 3D-periodic structures.
+        atom_mask: (N,) False for padding atoms; alpha: the splitting parameter, 1/Å.
+
+    The real-space part (erfc(α r)/r over the pairs within the real-space cutoff) is the
+    caller's; together they are the Ewald sum of :func:`ewald_atomic_energies`.
+    """
+    dtype = positions.dtype
+    n_struct = cells.shape[0]
+    on = atom_mask & periodic[structure]
+    q = jnp.where(on, charges.astype(dtype), 0.0)
+    # Non-periodic and padding structures get a unit cell: no zero volume in any derivative.
+    cells = jnp.where(periodic[:, None, None], cells.astype(dtype), jnp.eye(3, dtype=dtype))
+    volume, reciprocal_cells = jax.vmap(_reciprocal)(cells)  # (S,), (S, 3, 3)
+    k = jnp.einsum("skc,scd->skd", kvectors.astype(dtype), reciprocal_cells)  # (S, K, 3) 1/Å
     k2 = jnp.sum(k * k, axis=-1)
-    valid_k = jnp.any(kvectors != 0, axis=-1)  # zero rows are padding: no 1/0 at k = 0
-    k2 = jnp.where(valid_k, k2, 1.0)
-    weight = jnp.where(valid_k, jnp.exp(-k2 / (4.0 * alpha**2)) / k2, 0.0)
-    phase = positions @ k.T  # (N, K)
+    valid = jnp.any(kvectors != 0, axis=-1) & periodic[:, None]  # no 1/0 at k = 0 (padding)
+    k2 = jnp.where(valid, k2, 1.0)
+    weight = jnp.where(valid, jnp.exp(-k2 / (4.0 * alpha**2)) / k2, 0.0)  # (S, K)
+
+    # Half space counted twice: (4π/V) Σ_k w(k) q_i Re(e^{-ik·R_i} S(k)), S(k) = Σ_j q_j e^{ik·R_j}.
+    phase = jnp.einsum("nd,nkd->nk", positions, k[structure])  # (N, K)
     cos, sin = jnp.cos(phase), jnp.sin(phase)
-    structure_cos, structure_sin = q @ cos, q @ sin  # Re, Im of S(k), (K,)
-    reciprocal = (4.0 * jnp.pi / volume) * q * (
-        (cos * structure_cos + sin * structure_sin) @ weight)
+    s_cos = jax.ops.segment_sum(q[:, None] * cos, structure, n_struct)  # Re S(k), (S, K)
+    s_sin = jax.ops.segment_sum(q[:, None] * sin, structure, n_struct)
+    reciprocal = (4.0 * jnp.pi / volume)[structure] * q * jnp.sum(
+        weight[structure] * (cos * s_cos[structure] + sin * s_sin[structure]), axis=-1)
 
     self_term = -alpha / jnp.sqrt(jnp.pi) * q**2
     # A non-neutral cell sits in a uniform neutralising background; its energy (∝ Q²) has no
-    # atom of its own and is shared evenly by the real atoms.
-    n_real = jnp.maximum(jnp.sum(atom_mask), 1)
-    background = -jnp.pi * jnp.sum(q) ** 2 / (2.0 * volume * alpha**2) / n_real
-    e = COULOMB_CONSTANT * (real + reciprocal + self_term + background)
-    return jnp.where(atom_mask, e, 0.0)
+    # atom of its own and is shared evenly by the cell's atoms.
+    count = jax.ops.segment_sum(on.astype(dtype), structure, n_struct)
+    total = jax.ops.segment_sum(q, structure, n_struct)
+    background = -jnp.pi * total**2 / (2.0 * volume * alpha**2) / jnp.maximum(count, 1.0)
+    e = COULOMB_CONSTANT * (reciprocal + self_term + background[structure])
+    return jnp.where(on, e, 0.0)
+
+
+def ewald_pair_energy(r: jnp.ndarray, qi: jnp.ndarray, qj: jnp.ndarray, mask: jnp.ndarray,
+                      alpha: float, switch_on: float, switch_off: float) -> jnp.ndarray:
+    """Real-space Ewald energy of each listed pair with the short-range damping of the
+    molecular term (``so3krates.terms.coulomb.coulomb_pair_energy``), (P,) in eV:
+    ``k_e q_i q_j [erfc(α r)/r + f(r) (1/sqrt(r² + 1) - 1/r)]``, ``f`` the switch from 1
+    below ``switch_on`` to 0 above ``switch_off`` (Å). With the k-space part
+    (:func:`kspace_atomic_energies`) this is the periodic sum of the damped Coulomb energy
+    of the molecular term without its cutoff. Padding pairs (``mask`` False) give exactly 0.
+    """
+    rs = jnp.where(mask, r, switch_off)
+    f = switch_function(rs, switch_on, switch_off)
+    # erfc(αr)/r - f/r = (erfc(αr) - f)/r: bounded as r -> 0 where f = 1.
+    e = (erfc(alpha * rs) - f) / rs + f / jnp.sqrt(rs * rs + 1.0)
+    return jnp.where(mask, COULOMB_CONSTANT * qi * qj * e, 0.0)
 
 
 _atomic_energies_jit = jax.jit(ewald_atomic_energies)

@@ -7,7 +7,8 @@ dispersion from learned Hirshfeld-volume ratios.
 outputs to per-atom energies of each term. ZBL uses the network's pairs (it is switched off
 at the network's cutoff); electrostatics and dispersion use the graph's long-range pairs
 (``Graph.long_range``, a half list: within ``model.long_range_cutoff``, or all pairs of a
-molecule).
+molecule). The electrostatics of 3D-periodic structures is an Ewald sum: real space over the
+long-range pairs, reciprocal space over the graph's k-vectors (``Graph.ewald``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from so3krates.batching import Graph, PairSet
 from so3krates.terms.coulomb import conserve_charge, coulomb_pair_energy, dipole_moment
 from so3krates.terms.dispersion import ts_pair_energy
+from so3krates.terms.ewald import ewald_pair_energy, ewald_split, kspace_atomic_energies
 from so3krates.terms.zbl import zbl_pair_energy
 
 
@@ -44,12 +46,16 @@ class PhysicalTerms(NamedTuple):
         electrostatics: damped Coulomb energy of the partial charges (the network's "charge"
             head, shifted to sum to the total charge): ``1/sqrt(r² + 1)`` below
             ``cutoff / 4``, exactly ``1/r`` beyond ``3 cutoff / 4`` (SpookyNet's switch),
-            shifted-force to zero at ``long_range_cutoff`` when that is set.
+            shifted-force to zero at ``long_range_cutoff`` when that is set; in 3D-periodic
+            structures the Ewald sum of the same damped energy, without a cutoff (real space
+            within ``long_range_cutoff``, reciprocal space balanced by ``ewald_accuracy``).
         dispersion: "none", or "learned": Tkatchenko–Scheffler dispersion with the network's
             Hirshfeld-volume ratios (softplus of its "hirshfeld" head), switched off over the
             last 2 Å before ``long_range_cutoff`` when that is set.
         cutoff: the network's cutoff in Å.
         long_range_cutoff: Å, or None (every pair of a molecule).
+        ewald_accuracy: ``erfc(α long_range_cutoff)`` of the Ewald sums (see
+            ``so3krates.terms.ewald.ewald_split``).
     """
 
     zbl: bool = False
@@ -57,12 +63,13 @@ class PhysicalTerms(NamedTuple):
     dispersion: str = "none"
     cutoff: float = 5.0
     long_range_cutoff: float | None = None
+    ewald_accuracy: float = 1e-6
 
     @classmethod
     def from_config(cls, config) -> "PhysicalTerms":
         """From a :class:`so3krates.config.ModelConfig`."""
         return cls(config.zbl, config.electrostatics, config.dispersion, config.cutoff,
-                   config.long_range_cutoff)
+                   config.long_range_cutoff, config.ewald_accuracy)
 
     @property
     def active(self) -> bool:
@@ -87,13 +94,38 @@ class PhysicalTerms(NamedTuple):
                                            ("dispersion", self.dispersion != "none")) if on)
 
     def check_periodic(self, pbc) -> None:
-        """Raise for a periodic structure (``pbc`` (3,) or (S, 3)) these terms cannot handle:
-        the Ewald sum is not part of the model's electrostatics yet, and a truncated Coulomb
-        sum in a periodic cell would be a silent approximation."""
-        if self.electrostatics and np.asarray(pbc).any():
-            raise ValueError("electrostatics for periodic structures (an Ewald sum) is not "
-                             "available in models yet: switch model.electrostatics off for "
-                             "periodic data, or use so3krates.terms.ewald directly")
+        """Raise for a structure (``pbc`` (3,) or (S, 3)) these terms cannot handle: the
+        electrostatics of slabs and wires (periodic in one or two directions) would need a
+        2D or 1D Ewald sum, and a truncated Coulomb sum there would be a silent
+        approximation; 3D-periodic structures need ``long_range_cutoff`` (the real-space
+        cutoff of their Ewald sums)."""
+        pbc = np.asarray(pbc, dtype=bool).reshape(-1, 3)
+        if not self.electrostatics:
+            return
+        if (pbc.any(axis=1) & ~pbc.all(axis=1)).any():
+            raise ValueError("electrostatics of structures periodic in only one or two "
+                             "directions (slabs, wires) is not available: make them fully "
+                             "periodic (with vacuum) or switch model.electrostatics off")
+        if pbc.any() and self.long_range_cutoff is None:
+            raise ValueError("electrostatics of periodic structures (an Ewald sum) needs "
+                             "model.long_range_cutoff, its real-space cutoff (e.g. 10 Å)")
+
+    @property
+    def ewald_alpha(self) -> float | None:
+        """The Ewald splitting parameter (1/Å) of periodic electrostatics, or None."""
+        if not self.electrostatics or self.long_range_cutoff is None:
+            return None
+        return ewald_split(self.long_range_cutoff, self.ewald_accuracy)[0]
+
+    def graph_options(self) -> dict:
+        """What a graph for these terms needs: keyword arguments of
+        ``so3krates.batching.single_graph`` and ``GraphDataset`` (long-range pairs; k-vectors
+        for the Ewald sums of 3D-periodic structures)."""
+        k_cutoff = None
+        if self.ewald_alpha is not None:
+            k_cutoff = ewald_split(self.long_range_cutoff, self.ewald_accuracy)[1]
+        return {"long_range": self.long_range, "long_range_cutoff": self.long_range_cutoff,
+                "kspace_cutoff": k_cutoff}
 
     def parameter_free_energies(self, data) -> np.ndarray:
         """Energies (S,) in eV of the terms without parameters (ZBL) for each structure of a
@@ -161,15 +193,31 @@ class PhysicalTerms(NamedTuple):
             r = _distances(long_range_vectors(graph, pairs), pairs.mask)
             i, j = pairs.centers, pairs.neighbours
             if self.electrostatics:
-                q = electronic.charges
-                out["electrostatics"] = per_atom_half(coulomb_pair_energy(
-                    r, q[i], q[j], pairs.mask, 0.25 * self.cutoff, 0.75 * self.cutoff,
-                    self.long_range_cutoff), i, j)
+                out["electrostatics"] = self._electrostatics(graph, electronic.charges, r,
+                                                             per_atom_half)
             if self.dispersion == "learned":
                 h, z = electronic.hirshfeld_ratios, graph.numbers
                 out["dispersion"] = per_atom_half(ts_pair_energy(
                     r, z[i], z[j], h[i], h[j], pairs.mask, self.long_range_cutoff), i, j)
         return {k: jnp.where(graph.atom_mask, v, 0.0) for k, v in out.items()}
+
+    def _electrostatics(self, graph: Graph, q: jnp.ndarray, r: jnp.ndarray,
+                        per_atom_half) -> jnp.ndarray:
+        """Per-atom electrostatic energies (N,): the damped Coulomb pair sum of molecules, the
+        Ewald sum of 3D-periodic structures (those flagged in ``graph.ewald``)."""
+        pairs, on, off = graph.long_range, 0.25 * self.cutoff, 0.75 * self.cutoff
+        i, j = pairs.centers, pairs.neighbours
+        if graph.ewald is None:
+            return per_atom_half(coulomb_pair_energy(r, q[i], q[j], pairs.mask, on, off,
+                                                     self.long_range_cutoff), i, j)
+        periodic = graph.ewald.periodic[graph.structure[i]]
+        alpha = self.ewald_alpha
+        pair = (coulomb_pair_energy(r, q[i], q[j], pairs.mask & ~periodic, on, off,
+                                    self.long_range_cutoff)
+                + ewald_pair_energy(r, q[i], q[j], pairs.mask & periodic, alpha, on, off))
+        return per_atom_half(pair, i, j) + kspace_atomic_energies(
+            graph.positions.astype(jnp.float64), q, graph.structure, graph.cells,
+            graph.ewald.kvectors, graph.ewald.periodic, graph.atom_mask, alpha)
 
     def dipole(self, graph: Graph, electronic: Electronic) -> jnp.ndarray | None:
         """Σ q_i R_i per structure, (S, 3) e Å, or None without electrostatics."""

@@ -207,11 +207,10 @@ def train(
     scale = force_scale(train_set)
     module = build_module(mcfg, scale)
     np_dtype = np.dtype(mcfg.dtype)
-    long_range = {"long_range": terms.long_range, "long_range_cutoff": mcfg.long_range_cutoff}
     train_graphs = GraphDataset(train_set, mcfg.cutoff, tcfg.batch_size // shard[1], tcfg.buckets,
-                                np_dtype, **long_range)
+                                np_dtype, **terms.graph_options())
     valid_graphs = GraphDataset(valid_set, mcfg.cutoff, tcfg.batch_size, tcfg.buckets, np_dtype,
-                                **long_range)
+                                **terms.graph_options())
     # Batches in the halves layout (always, for full neighbour lists): the network then
     # neither reorders pairs nor compiles a fallback for lists without reverses.
     predict = make_predict_fn(module, reference_table(refs),
