@@ -206,7 +206,7 @@ def cmd_relax(args, console: Console) -> int:
     import jax
 
     from so3krates.md.relax import fire_relax, relax_ase
-    from so3krates.md.system import System, model_energy_fn, positions_force_fn
+    from so3krates.md.system import System, long_range_cutoff, model_energy_fn, positions_force_fn
     from so3krates.model_io import load_model
 
     model = load_model(args.model_dir, dtype=args.dtype)
@@ -227,7 +227,8 @@ def cmd_relax(args, console: Console) -> int:
             system = System.from_atoms(atoms)
             filt = cell_filter(model_energy_fn(model, system), system, model.cutoff,
                                atoms.positions, pressure,
-                               cell_factor=smax * atoms.get_volume() / args.fmax)
+                               cell_factor=smax * atoms.get_volume() / args.fmax,
+                               long_cutoff=long_range_cutoff(model))
             res = jax.device_get(fire_relax(filt.force_fn, filt.x0, fmax=args.fmax,
                                             max_steps=args.steps))
             atoms.positions, cell = filt.unpack(res.positions)
@@ -240,7 +241,8 @@ def cmd_relax(args, console: Console) -> int:
         # Size the list for the most crowded start structure.
         densest = start[np.argmax([np.sum(np.linalg.norm(x[:, None] - x[None], axis=-1) < model.cutoff)
                                    for x in start])]
-        fn = positions_force_fn(model_energy_fn(model, system), system, model.cutoff, densest)
+        fn = positions_force_fn(model_energy_fn(model, system), system, model.cutoff, densest,
+                                long_cutoff=long_range_cutoff(model))
         res = jax.device_get(fire_relax(fn, start, fmax=args.fmax, max_steps=args.steps))
         for k, atoms in enumerate(frames):
             atoms.positions = res.positions[k]
@@ -290,7 +292,7 @@ def cmd_explore(args, console: Console) -> int:
     _apply_cpu(args)
     from so3krates.md.explore import explore, write_exploration
     from so3krates.md.stability import StabilityCriteria
-    from so3krates.md.system import System, model_energy_fn
+    from so3krates.md.system import System, long_range_cutoff, model_energy_fn
     from so3krates.model_io import load_model
 
     model = load_model(args.model_dir, dtype=args.dtype)
@@ -298,7 +300,7 @@ def cmd_explore(args, console: Console) -> int:
     system = System.from_atoms(atoms)
     result = explore(
         model_energy_fn(model, system), system, atoms.positions, model.cutoff,
-        temperature=args.temperature, timestep=args.timestep, quench_every_fs=args.quench_every,
+        long_cutoff=long_range_cutoff(model), temperature=args.temperature, timestep=args.timestep, quench_every_fs=args.quench_every,
         n_quenches=args.quenches, fmax=args.fmax, energy_tol=args.energy_tol,
         rmsd_tol=args.rmsd_tol, seed=args.seed, batch=args.batch,
         equilibration_fs=args.equilibration,

@@ -180,6 +180,9 @@ class Simulation:
         seed: PRNG seed (initial velocities, Langevin noise).
         spec: neighbour-list capacities (default: sized from ``positions`` by
             :func:`so3krates.neighbours.verlet.allocate`; they grow on overflow).
+        long_cutoff: the cutoff of an energy function's long-range pairs (Å; a model's
+            ``so3krates.md.system.long_range_cutoff(model)``), selected from the same
+            Verlet list into ``neighbours.long_range``; None: none.
     """
 
     def __init__(
@@ -196,10 +199,12 @@ class Simulation:
         velocities: np.ndarray | None = None,
         seed: int = 0,
         spec: nl.NeighbourSpec | None = None,
+        long_cutoff: float | None = None,
     ):
         self.energy_fn, self.system, self.ensemble = energy_fn, system, ensemble
         self.stride, self.chunk_frames = stride, chunk_frames
-        self.spec = spec or nl.allocate(positions, system.cell, system.pbc, cutoff, skin)
+        self.spec = spec or nl.allocate(positions, system.cell, system.pbc, cutoff, skin,
+                                        long_cutoff=long_cutoff)
         # For the few evaluations outside the compiled chunks.
         self._derived = jax.jit(derive(energy_fn, virial=ensemble.kind == "npt"))
         self.state = init_state(positions, system, energy_fn, self.spec, ensemble, seed, velocities,

@@ -123,6 +123,7 @@ def explore(
     positions: np.ndarray,
     cutoff: float,
     *,
+    long_cutoff: float | None = None,
     temperature: float = 500.0,
     timestep: float = 0.5,
     friction: float = 0.01,
@@ -152,7 +153,8 @@ def explore(
             atom), e.g. :func:`~so3krates.md.system.model_energy_fn`.
         system: numbers, masses, cell, pbc.
         positions: start positions in Å, (N, 3).
-        cutoff: the potential's cutoff in Å.
+        cutoff: the potential's cutoff in Å; long_cutoff: that of its long-range pairs
+            (``so3krates.md.system.long_range_cutoff``), or None.
         temperature: MD temperature in K (high enough to cross barriers, low enough to stay
             stable; ~500 K for a peptide).
         timestep: MD timestep in fs.
@@ -209,10 +211,11 @@ def explore(
     sim = Simulation(
         energy_fn, system, positions, ensemble, cutoff, skin=skin, stride=stride,
         chunk_frames=max(1, min(batch, n_quenches)), monitor=monitor, seed=seed,
+        long_cutoff=long_cutoff,
     )
     # One positions-only force function (own neighbour list) for all relaxations: fire_relax
     # compiles once per function object and batch shape.
-    relax_fn = positions_force_fn(energy_fn, system, cutoff, positions)
+    relax_fn = positions_force_fn(energy_fn, system, cutoff, positions, long_cutoff)
 
     def stop(summary) -> bool:
         result.simulated_fs = sim.step * timestep

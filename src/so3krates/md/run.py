@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from so3krates.md.engine import Frames, Simulation
 from so3krates.md.integrators import Ensemble
 from so3krates.md.stability import StabilityCriteria
-from so3krates.md.system import System, model_energy_fn
+from so3krates.md.system import System, long_range_cutoff, model_energy_fn
 from so3krates.fileio import atomic_write_bytes
 from so3krates.md.restart import load_state, save_state
 from so3krates.md.trajectory import TrajectoryWriter, trajectory_format, truncate_trajectory
@@ -122,6 +122,7 @@ def run_md(
         model_energy_fn(model, system), system, structure.positions, ensemble, model.cutoff,
         skin=settings.skin, stride=settings.stride, chunk_frames=settings.chunk_frames,
         monitor=criteria, velocities=velocities, seed=settings.seed,
+        long_cutoff=long_range_cutoff(model),
     )
     frames_written = 0
     if restart:

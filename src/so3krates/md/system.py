@@ -17,9 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 from ase.data import atomic_masses
 
-from so3krates.batching import Graph, PairSet
+from so3krates.batching import Graph, KSpace, PairSet
 from so3krates.model_io import electronic_state, reference_table
 from so3krates.neighbours import long_range_list
+from so3krates.neighbours.kspace import kspace_indices
 from so3krates.neighbours import verlet as nl
 from so3krates.neighbours.verlet import Neighbours, complete_cell
 from so3krates.potential import derive, make_atomic_energy_fn
@@ -81,14 +82,16 @@ class System(NamedTuple):
 
 
 def graph(positions: jnp.ndarray, cell: jnp.ndarray, system: System, nbrs: Neighbours,
-          long_range: bool = False) -> Graph:
+          long_range: bool = False, kvectors: jnp.ndarray | None = None) -> Graph:
     """A one-structure :class:`Graph` (plus one padding atom) from in-loop neighbours.
 
     ``nbrs`` already holds only the pairs within the cutoff at these positions (see
     :func:`so3krates.neighbours.verlet.select`); the model's cutoff function is exactly zero
     beyond the cutoff, so a pair that rounding in a lower precision puts just outside adds 0.
     ``cell`` (3, 3) is traced: it may change during a run (NPT, cell relaxation).
-    ``long_range``: add every pair of the molecule as the long-range pairs (a constant).
+    ``long_range``: add the long-range pairs: those of ``nbrs.long_range`` (a list built
+    with a ``long_cutoff``), else every pair of the molecule (a constant). ``kvectors``:
+    the Ewald k-vector indices (K, 3) of a 3D-periodic structure (fixed during the run).
     """
     n = system.n_atoms
     dtype = positions.dtype
@@ -107,18 +110,35 @@ def graph(positions: jnp.ndarray, cell: jnp.ndarray, system: System, nbrs: Neigh
         structure_mask=jnp.array([True, False]),
         charge=jnp.array([system.charge, 0.0], dtype),
         spin=jnp.array([system.spin, 0.0], dtype),
-        long_range=_all_pairs(system) if long_range else None,
+        long_range=_long_pairs(system, nbrs) if long_range else None,
+        ewald=None if kvectors is None else KSpace(
+            jnp.stack([kvectors, jnp.zeros_like(kvectors)]), jnp.array([True, False])),
     )
+
+
+def _long_pairs(system: System, nbrs: Neighbours) -> PairSet:
+    """The long-range pairs of the in-loop list, or every pair of a molecule."""
+    if nbrs.long_range is None:
+        return _all_pairs(system)
+    lp = nbrs.long_range
+    return PairSet(lp.centers, lp.neighbours, lp.shifts, lp.centers < system.n_atoms)
 
 
 def _all_pairs(system: System) -> PairSet:
     """Every pair ``i != j`` of a molecule, as constants."""
     if system.pbc.any():
-        raise NotImplementedError("MD of periodic structures with long-range terms is not "
-                                  "available yet (it needs a long-range Verlet list)")
+        raise ValueError("long-range terms of a periodic structure need the long-range "
+                         "neighbour list: build it with long_cutoff=long_range_cutoff(model)")
     lists = long_range_list(np.zeros((system.n_atoms, 3)), system.cell, system.pbc, None)
     return PairSet(jnp.asarray(lists.centers), jnp.asarray(lists.neighbours),
                    jnp.zeros((len(lists.centers), 3)), jnp.ones(len(lists.centers), bool))
+
+
+def long_range_cutoff(model) -> float | None:
+    """The cutoff (Å) of a model's long-range pairs for an in-loop neighbour list (the
+    ``long_cutoff`` of ``so3krates.neighbours.verlet.allocate``, the engine and the
+    relaxers), or None: no long-range terms, or every pair of a molecule."""
+    return model.config.long_range_cutoff if model.terms.long_range else None
 
 
 def model_energy_fn(model, system: System, module=None, params=None) -> EnergyFn:
@@ -143,26 +163,37 @@ def model_energy_fn(model, system: System, module=None, params=None) -> EnergyFn
                                    terms=model.terms)
     params = model.inference_params if params is None else params
     n, dtype = system.n_atoms, jnp.dtype(model.dtype)
-    long_range = model.terms.long_range
+    long_range, kvectors = model.terms.long_range, None
     if long_range:
-        _all_pairs(system)  # the error for periodic systems now, not at the first step
+        model.terms.check_periodic(system.pbc)  # the errors now, not at the first step
+        k_cutoff = model.terms.graph_options()["kspace_cutoff"]
+        if system.pbc.all() and k_cutoff is not None:
+            # The k-vectors of the start cell: exact derivatives under NPT, with an accuracy
+            # that drifts with large deformations (see so3krates.terms.ewald).
+            m = kspace_indices(system.cell, k_cutoff)
+            kvectors = jnp.asarray(np.concatenate([m, np.zeros((1, 3), np.int32)]))
 
     def energy_fn(positions, cell, nbrs):
-        g = graph(positions.astype(dtype), cell, system, nbrs, long_range)
+        if long_range and nbrs.long_range is None:
+            _all_pairs(system)  # a periodic structure needs the long-range list
+        g = graph(positions.astype(dtype), cell, system, nbrs, long_range, kvectors)
         return atomic(params, g)[:n]
 
     return energy_fn
 
 
-def positions_force_fn(energy_fn: EnergyFn, system: System, cutoff: float, positions: np.ndarray):
+def positions_force_fn(energy_fn: EnergyFn, system: System, cutoff: float, positions: np.ndarray,
+                       long_cutoff: float | None = None):
     """``fn(positions (N,3)) -> (energy, forces)`` that builds its own neighbour list each call.
 
     For relaxation and quenches, where atoms may move far between calls. The list is sized
     from ``positions`` with generous headroom (capped at all pairs for molecules); should a
     structure still outgrow it, energy and forces come back NaN rather than silently
-    missing pairs, and FIRE then reports that structure as not converged.
+    missing pairs, and FIRE then reports that structure as not converged. ``long_cutoff``:
+    also the long-range pairs (:func:`long_range_cutoff`).
     """
-    spec = nl.allocate(positions, system.cell, system.pbc, cutoff, 0.0, headroom=1.5)
+    spec = nl.allocate(positions, system.cell, system.pbc, cutoff, 0.0, headroom=1.5,
+                       long_cutoff=long_cutoff)
     cell = jnp.asarray(system.cell)
     forces_fn = derive(energy_fn)
 
@@ -203,7 +234,8 @@ def _symmetric(a):
 
 
 def cell_filter(energy_fn: EnergyFn, system: System, cutoff: float, positions: np.ndarray,
-                pressure: float = 0.0, cell_factor: float | None = None) -> CellFilter:
+                pressure: float = 0.0, cell_factor: float | None = None,
+                long_cutoff: float | None = None) -> CellFilter:
     """A :class:`CellFilter` of ``energy_fn`` for ``system`` (periodic in all directions) at
     ``positions`` (Å) under ``pressure`` (eV/Å³); ``cell_factor`` defaults to the number of
     atoms (as ASE's cell filters). The neighbour list is sized with room for the cell to
@@ -213,11 +245,13 @@ def cell_filter(energy_fn: EnergyFn, system: System, cutoff: float, positions: n
     n = system.n_atoms
     cell_factor = float(cell_factor or n)
     cell0 = np.asarray(system.cell, np.float64)
-    spec = nl.allocate(positions, cell0, system.pbc, cutoff, 0.0, headroom=1.5)
-    spec = spec._replace(images=nl.lattice_images(cell0, system.pbc, cutoff / 0.85),
+    spec = nl.allocate(positions, cell0, system.pbc, cutoff, 0.0, headroom=1.5,
+                       long_cutoff=long_cutoff)
+    spec = spec._replace(images=nl.lattice_images(cell0, system.pbc, spec.radius / 0.85),
                          minimum_image=False)
     spec = spec._replace(verlet_capacity=2 * spec.verlet_capacity, capacity=2 * spec.capacity,
-                         max_neighbours=2 * spec.max_neighbours)
+                         max_neighbours=2 * spec.max_neighbours,
+                         long_capacity=2 * spec.long_capacity)
     c0 = jnp.asarray(cell0)
 
     def enthalpy(x):

@@ -61,6 +61,10 @@ class NeighbourSpec(NamedTuple):
         images: lattice images searched, tuple of integer 3-tuples; ``((0, 0, 0),)`` for
             molecules.
         minimum_image: True to use the minimum-image convention instead of ``images``.
+        long_cutoff: the long-range terms' cutoff in Å, or None: the Verlet list then covers
+            ``max(cutoff, long_cutoff) + skin`` and a second list, of the pairs within
+            ``long_cutoff`` each once, is selected from it (``Neighbours.long_range``).
+        long_capacity: maximum number of those pairs.
     """
 
     cutoff: float
@@ -70,6 +74,13 @@ class NeighbourSpec(NamedTuple):
     max_neighbours: int
     images: tuple = ((0, 0, 0),)
     minimum_image: bool = False
+    long_cutoff: float | None = None
+    long_capacity: int = 0
+
+    @property
+    def radius(self) -> float:
+        """The Verlet list's radius in Å: the longest cutoff plus the skin."""
+        return max(self.cutoff, self.long_cutoff or 0.0) + self.skin
 
 
 class VerletList(NamedTuple):
@@ -102,6 +113,20 @@ class VerletList(NamedTuple):
     overflow: jnp.ndarray
 
 
+class LongPairs(NamedTuple):
+    """The pairs within the long-range cutoff, each once (a half list), padded with ``N``.
+
+    Attributes:
+        centers, neighbours: (L,) int32; shifts: (L, 3) lattice shifts, float.
+        n_pairs: the largest number of such pairs seen (for re-allocation).
+    """
+
+    centers: jnp.ndarray
+    neighbours: jnp.ndarray
+    shifts: jnp.ndarray
+    n_pairs: jnp.ndarray
+
+
 class Neighbours(NamedTuple):
     """The pairs within ``cutoff`` at the current positions, and the Verlet list they come
     from (a pytree that lives in the MD state).
@@ -113,6 +138,7 @@ class Neighbours(NamedTuple):
         n_pairs: the largest number of pairs within the cutoff seen (for re-allocation).
         overflow: True once any list did not fit: results since then are invalid.
         verlet: the :class:`VerletList`.
+        long_range: the pairs within ``spec.long_cutoff`` (:class:`LongPairs`), or None.
     """
 
     centers: jnp.ndarray
@@ -121,6 +147,7 @@ class Neighbours(NamedTuple):
     n_pairs: jnp.ndarray
     overflow: jnp.ndarray
     verlet: VerletList
+    long_range: LongPairs | None = None
 
 
 def complete_cell(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
@@ -167,19 +194,23 @@ def allocate(
     cutoff: float,
     skin: float,
     headroom: float = 1.1,
+    long_cutoff: float | None = None,
 ) -> NeighbourSpec:
     """A :class:`NeighbourSpec` sized from the current structure (host side, with ``vesin``).
 
     Padding pairs cost as much as real ones in the model, so the headroom is modest; an
-    overflow later costs one re-run of a chunk.
+    overflow later costs one re-run of a chunk. ``long_cutoff``: also select the pairs of the
+    long-range terms (see :class:`NeighbourSpec`).
     """
     pbc = np.asarray(pbc, dtype=bool).reshape(3)
     cell = complete_cell(cell, pbc)
-    radius = cutoff + skin
+    radius = max(cutoff, long_cutoff or 0.0) + skin
     nl = neighbour_list(positions, cell, pbc, radius)
     counts = np.bincount(nl.centers, minlength=len(positions))
     r = positions[nl.neighbours] - positions[nl.centers] + nl.shifts @ cell
-    n_within = int(np.sum(np.sum(r * r, axis=1) < cutoff**2))
+    r2 = np.sum(r * r, axis=1)
+    n_within = int(np.sum(r2 < cutoff**2))
+    n_long = int(np.sum(r2 < long_cutoff**2)) // 2 if long_cutoff else 0
     minimum = bool(pbc.all() and np.all(plane_spacings(cell) > 2 * radius) and _is_orthorhombic(cell))
     images = ((0, 0, 0),) if minimum else lattice_images(cell, pbc, radius)
     n = len(positions)
@@ -194,6 +225,8 @@ def allocate(
         max_neighbours=min(int(counts.max(initial=0) * VERLET_HEADROOM * headroom) + 8, most),
         images=images,
         minimum_image=minimum,
+        long_cutoff=None if long_cutoff is None else float(long_cutoff),
+        long_capacity=_pair_capacity(n_long, headroom) if long_cutoff else 0,
     )
 
 
@@ -209,6 +242,9 @@ def grow(spec: NeighbourSpec, nbrs: Neighbours, headroom: float = 1.15) -> Neigh
         reach = np.where(need > have, need + 1, np.maximum(have, need))
         images = itertools.product(*(range(-int(r), int(r) + 1) for r in reach))
         spec = spec._replace(images=tuple(images), minimum_image=False)
+    if nbrs.long_range is not None:
+        spec = spec._replace(long_capacity=max(
+            spec.long_capacity, _pair_capacity(int(nbrs.long_range.n_pairs), headroom)))
     return spec._replace(
         capacity=max(spec.capacity, _pair_capacity(int(nbrs.n_pairs), headroom)),
         verlet_capacity=max(spec.verlet_capacity, _pair_capacity(int(v.n_pairs), headroom)),
@@ -240,7 +276,7 @@ def build_verlet(positions: jnp.ndarray, cell: jnp.ndarray, spec: NeighbourSpec)
     """
     n = positions.shape[0]
     dtype = positions.dtype
-    radius2 = (spec.cutoff + spec.skin) ** 2
+    radius2 = spec.radius**2
     periodic = spec.minimum_image or spec.images != ((0, 0, 0),)
     if periodic:
         # Search on wrapped positions w = R - n @ cell; the shift returned refers to R.
@@ -329,7 +365,7 @@ def needed_images(cell: jnp.ndarray, spec: NeighbourSpec) -> jnp.ndarray:
     volume = jnp.abs(jnp.linalg.det(cell))
     normals = jnp.stack([jnp.cross(cell[(k + 1) % 3], cell[(k + 2) % 3]) for k in range(3)])
     spacing = volume / jnp.linalg.norm(normals, axis=1)
-    need = jnp.ceil((spec.cutoff + spec.skin) / spacing)
+    need = jnp.ceil(spec.radius / spacing)
     need = jnp.where(jnp.isfinite(need) & (need < 1e6), need, 0.0)
     return jnp.where(jnp.asarray(axes), need, 0.0).astype(jnp.int32)
 
@@ -340,7 +376,7 @@ def images_cover(cell: jnp.ndarray, spec: NeighbourSpec) -> jnp.ndarray:
     periodic axis; for the minimum image an orthorhombic box wider than twice the radius."""
     if spec.minimum_image:
         off_diagonal = cell - jnp.diag(jnp.diag(cell))
-        radius = spec.cutoff + spec.skin
+        radius = spec.radius
         return jnp.all(off_diagonal == 0) & jnp.all(jnp.diag(cell) > 2 * radius)
     reach = np.max(np.abs(np.asarray(spec.images)), axis=0)  # (3,) images per axis
     return jnp.all(needed_images(cell, spec) <= jnp.asarray(reach))
@@ -373,10 +409,34 @@ def build(positions: jnp.ndarray, cell: jnp.ndarray, spec: NeighbourSpec, refere
     return _with_selection(positions, cell, verlet, spec)
 
 
+def select_long(positions: jnp.ndarray, cell: jnp.ndarray, verlet: VerletList,
+                spec: NeighbourSpec) -> LongPairs:
+    """The pairs of ``verlet`` within ``spec.long_cutoff`` now, each once: the first half of
+    the halves layout holds one of each pair and its reverse (self-images included), so the
+    selection is a half list, compacted into ``spec.long_capacity`` slots."""
+    n = positions.shape[0]
+    pos = jnp.concatenate([positions, jnp.zeros((1, 3), positions.dtype)])
+    half = verlet.centers.shape[0] // 2
+    c, j, s = verlet.centers[:half], verlet.neighbours[:half], verlet.shifts[:half]
+    vec = pos[j] - pos[c] + s @ cell
+    keep = (c < n) & (jnp.sum(vec * vec, axis=-1) < spec.long_cutoff**2)
+    rank = jnp.cumsum(keep) - 1
+    dest = jnp.where(keep & (rank < spec.long_capacity), rank, spec.long_capacity)
+    cap = spec.long_capacity
+    return LongPairs(jnp.full(cap, n, jnp.int32).at[dest].set(c, mode="drop"),
+                     jnp.full(cap, n, jnp.int32).at[dest].set(j, mode="drop"),
+                     jnp.zeros((cap, 3), s.dtype).at[dest].set(s, mode="drop"),
+                     jnp.sum(keep).astype(jnp.int32))
+
+
 def _with_selection(positions, cell, verlet: VerletList, spec: NeighbourSpec) -> Neighbours:
     centers, neighbours, shifts, count = select(positions, cell, verlet, spec)
     overflow = verlet.overflow | (count > spec.capacity)
-    return Neighbours(centers, neighbours, shifts, count, overflow, verlet)
+    long_range = None
+    if spec.long_cutoff is not None:
+        long_range = select_long(positions, cell, verlet, spec)
+        overflow = overflow | (long_range.n_pairs > spec.long_capacity)
+    return Neighbours(centers, neighbours, shifts, count, overflow, verlet, long_range)
 
 
 def needs_update(positions: jnp.ndarray, cell: jnp.ndarray, nbrs: Neighbours,
@@ -398,7 +458,7 @@ def needs_update(positions: jnp.ndarray, cell: jnp.ndarray, nbrs: Neighbours,
     d = positions - v.reference - v.reference @ strain
     u = jnp.sqrt(jnp.max(jnp.sum(d * d, axis=-1)))
     e = jnp.sqrt(jnp.sum(strain * strain))
-    return 2.0 * u + (spec.cutoff + spec.skin) * e > spec.skin
+    return 2.0 * u + spec.radius * e > spec.skin
 
 
 def update(positions: jnp.ndarray, cell: jnp.ndarray, nbrs: Neighbours, spec: NeighbourSpec) -> Neighbours:
@@ -419,4 +479,7 @@ def update(positions: jnp.ndarray, cell: jnp.ndarray, nbrs: Neighbours, spec: Ne
         images_ok=verlet.images_ok & nbrs.verlet.images_ok,
     )
     new = _with_selection(positions, cell, verlet, spec)
+    if new.long_range is not None and nbrs.long_range is not None:
+        new = new._replace(long_range=new.long_range._replace(
+            n_pairs=jnp.maximum(new.long_range.n_pairs, nbrs.long_range.n_pairs)))
     return new._replace(overflow=new.overflow | nbrs.overflow, n_pairs=jnp.maximum(new.n_pairs, nbrs.n_pairs))
