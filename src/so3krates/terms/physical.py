@@ -21,7 +21,7 @@ import numpy as np
 
 from so3krates.batching import Graph, PairSet
 from so3krates.terms.coulomb import conserve_charge, coulomb_pair_energy, dipole_moment
-from so3krates.terms.dispersion import ts_pair_energy
+from so3krates.terms.dispersion import free_atom_parameters, ts_pair_energy
 from so3krates.terms.ewald import ewald_pair_energy, ewald_split, kspace_atomic_energies
 from so3krates.terms.zbl import zbl_pair_energy
 
@@ -109,6 +109,14 @@ class PhysicalTerms(NamedTuple):
         if pbc.any() and self.long_range_cutoff is None:
             raise ValueError("electrostatics of periodic structures (an Ewald sum) needs "
                              "model.long_range_cutoff, its real-space cutoff (e.g. 10 Å)")
+
+    def check_elements(self, numbers) -> None:
+        """Raise, naming them, for elements these terms have no data for (learned dispersion:
+        the free-atom table), so that training refuses them up front; ``numbers``: a list of
+        per-structure atomic-number arrays. A trained model then only meets elements it has
+        data for (the calculator and MD refuse the others as unknown to the model)."""
+        if self.dispersion == "learned" and len(numbers):
+            free_atom_parameters(np.unique(np.concatenate([np.ravel(z) for z in numbers])))
 
     @property
     def ewald_alpha(self) -> float | None:

@@ -180,6 +180,9 @@ def train(
         raise ValueError(f"training.processes={tcfg.processes}: data parallelism runs over CPU "
                          f"cores, and JAX computes on {jax.default_backend()}; set it to 1")
     shard = (0, 1) if exchange is None else (exchange.rank, exchange.size)
+    terms = PhysicalTerms.from_config(mcfg)
+    terms.check_periodic(data.pbc)  # what the terms cannot do with this data, before any work
+    terms.check_elements(data.numbers)
 
     resume = (output / LATEST).exists()
     saved = None
@@ -198,8 +201,6 @@ def train(
             save_split(output, split, len(data))
     train_set, valid_set = data.subset(split["train"]), data.subset(split["valid"])
 
-    terms = PhysicalTerms.from_config(mcfg)
-    terms.check_periodic(data.pbc)
     tcfg = with_stress_weight(tcfg, train_set)
     tcfg = with_electronic_weights(tcfg, train_set, terms.electrostatics)
     refs = fit_reference_energies(dataclasses.replace(
