@@ -11,7 +11,9 @@ the repository root::
     .venv/bin/python benchmarks/long_range.py --minutes 4 --parallel 2
 
 The timing part (``--phase timing``) measures energy+forces of a molecular cluster of ~1k
-atoms for the local model and with every term on (the terms' cost relative to the network).
+atoms for the local model and with every term on (the terms' cost relative to the network);
+``--phase periodic-timing`` the same for periodic boxes (~1k and ~3k atoms) with the Ewald
+sum and dispersion.
 Writes ``benchmarks/results/long_range_<machine>_<date>.json``.
 """
 
@@ -118,9 +120,64 @@ def timing(n_molecules: int = 111, repeats: int = 10) -> dict:
     return out
 
 
+def periodic_timing(grids=((5, 5, 4), (8, 8, 5)), repeats: int = 5) -> list[dict]:
+    """Energy+forces(+stress) time through the calculator of periodic boxes of ethanol
+    molecules (~1k and ~3k atoms, 0.07 atoms/Å³), local vs electrostatics (an Ewald sum,
+    real space within 10 Å) with learned dispersion, untrained models of the benchmark's
+    size: the cost of periodic long-range terms, and its growth with the box (the Ewald
+    k-space part grows as N x K, K ∝ V)."""
+    from ase.build import molecule
+
+    from so3krates.batching import single_graph
+    from so3krates.config import load_config
+    from so3krates.model_io import Model, build_module, init_params
+    from so3krates.terms.physical import PhysicalTerms
+
+    rows = []
+    for grid in grids:
+        rng = np.random.default_rng(0)
+        atoms = None
+        for k in range(int(np.prod(grid))):
+            m = molecule("CH3CH2OH")
+            m.rotate(rng.uniform(0, 360), rng.normal(size=3))
+            m.translate(5.0 * np.array(np.unravel_index(k, grid), float) + 2.5)
+            atoms = m if atoms is None else atoms + m
+        atoms.cell = 5.0 * np.diag(grid)
+        atoms.pbc = True
+        atoms.info["charge"] = 0.0
+        row = {"n_atoms": len(atoms), "box_A": (5.0 * np.asarray(grid)).tolist()}
+        for name, extra in (("local", []), ("ewald_dispersion", [
+                "model.charge_spin=true", "model.electrostatics=true",
+                "model.dispersion=learned", "model.long_range_cutoff=10.0"])):
+            cfg = load_config(None, MODEL + extra).model
+            graph, _ = single_graph(atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc,
+                                    cfg.cutoff, **PhysicalTerms.from_config(cfg).graph_options())
+            params = init_params(build_module(cfg), graph, 0)
+            model = Model(Path("."), cfg, params, {1: 0.0, 6: 0.0, 8: 0.0}, 1.0, "float32")
+            if graph.ewald is not None:
+                row["kvectors"] = int((np.abs(graph.ewald.kvectors[0]).sum(axis=1) > 0).sum())
+            calc = model.calculator()
+            atoms.calc = calc
+            for prop in ("forces", "stress"):
+                getattr(atoms, f"get_{prop}")()
+                times = []
+                for _ in range(repeats):
+                    atoms.positions += 1e-4
+                    t = time.perf_counter()
+                    getattr(atoms, f"get_{prop}")()
+                    times.append(time.perf_counter() - t)
+                row[f"{name}_{prop}_ms"] = 1e3 * float(np.median(times))
+        row["ratio_forces"] = row["ewald_dispersion_forces_ms"] / row["local_forces_ms"]
+        row["ratio_stress"] = row["ewald_dispersion_stress_ms"] / row["local_stress_ms"]
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--phase", choices=["train", "timing", "one"], default="train")
+    p.add_argument("--phase", choices=["train", "timing", "periodic-timing", "one"],
+                   default="train")
     p.add_argument("--minutes", type=float, default=4.0)
     p.add_argument("--datasets", default=",".join(DATASETS))
     p.add_argument("--variants", default="local,electrostatics")
@@ -139,6 +196,8 @@ def main() -> None:
     results = json.loads(path.read_text()) if path.exists() else {"runs": []}
     if args.phase == "timing":
         results["timing"] = timing()
+    elif args.phase == "periodic-timing":
+        results["periodic_timing"] = periodic_timing()
     else:
         jobs = [(d, v) for d in args.datasets.split(",") for v in args.variants.split(",")
                 if not any(r["dataset"] == d and r["variant"] == v for r in results["runs"])]
