@@ -17,6 +17,22 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class EFAConfig(_Strict):
+    """Euclidean fast attention (``so3krates.model.efa``): a global, linear-cost attention
+    update after chosen transformer blocks, for molecules (periodic structures are refused)."""
+
+    enabled: bool = False
+    frequencies: int = Field(16, gt=0, description="feature pairs, one frequency each")
+    max_frequency: float = Field(0.6, gt=0, description="θ_max in 1/Å (θ_p = θ_max p / P)")
+    max_extent: float = Field(
+        20.0, gt=0, description="Å, the largest interatomic distance the Lebedev grid must "
+        "resolve (θ_max · max_extent); structures beyond it are refused")
+    degree: int | None = Field(None, description="Lebedev degree; None: the smallest that "
+                               "resolves θ_max · max_extent")
+    blocks: list[int] | None = Field(None, description="after which transformer blocks "
+                                     "(0-based); None: every block")
+
+
 class ModelConfig(_Strict):
     """SO3krates hyperparameters (see ``shared/docs/so3krates-model.md``)."""
 
@@ -53,6 +69,7 @@ class ModelConfig(_Strict):
     long_range_cutoff: float | None = Field(
         None, gt=0, description="Å, pairs of the electrostatics and dispersion terms; None: "
         "every pair of a molecule (periodic structures need a value)")
+    efa: EFAConfig = EFAConfig()
     ewald_accuracy: float = Field(
         1e-6, gt=0, lt=1, description="electrostatics of 3D-periodic structures (an Ewald sum "
         "with long_range_cutoff as its real-space cutoff): erfc(alpha rc), which also sets the "

@@ -143,7 +143,10 @@ def evaluate_model(
     """
     for zs in data.numbers:
         model.check_elements(zs)
+    from so3krates.model_io import check_efa_structures
+
     model.terms.check_periodic(data.pbc)
+    check_efa_structures(model.config, data.positions, data.pbc)
     graphs = GraphDataset(data, model.cutoff, batch_size, n_buckets=2, dtype=np.dtype(model.dtype),
                           **model.terms.graph_options())
     predict_fn = model.predict_function(graphs.pair_halves, stress=data.has_stress)

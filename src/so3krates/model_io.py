@@ -61,7 +61,33 @@ def build_module(
         output_init=config.output_init,
         charge_spin=config.charge_spin,
         heads=PhysicalTerms.from_config(config).heads,
+        **efa_settings(config),
     )
+
+
+def check_efa_structures(config: ModelConfig, positions, pbc) -> None:
+    """Raise for structures a model with EFA cannot take (see
+    ``so3krates.model.efa.check_structures``); nothing without EFA."""
+    if config.efa.enabled:
+        from so3krates.model.efa import check_structures
+
+        check_structures(config.efa.max_extent, positions, pbc)
+
+
+def efa_settings(config: ModelConfig) -> dict:
+    """The ``So3krates`` attributes of ``config.efa`` (no blocks when it is off); the Lebedev
+    degree, when not set, the smallest resolving ``max_frequency x max_extent``."""
+    efa = config.efa
+    if not efa.enabled:
+        return {"efa_blocks": ()}
+    from so3krates.model.efa import choose_degree
+
+    blocks = tuple(range(config.num_layers)) if efa.blocks is None else tuple(efa.blocks)
+    if any(not 0 <= b < config.num_layers for b in blocks):
+        raise ValueError(f"model.efa.blocks {list(blocks)}: blocks are 0..{config.num_layers - 1}")
+    degree = efa.degree or choose_degree(efa.max_frequency * efa.max_extent)
+    return {"efa_frequencies": efa.frequencies, "efa_max_frequency": efa.max_frequency,
+            "efa_degree": int(degree), "efa_blocks": blocks}
 
 
 def default_radial_knots(dtype: str) -> int:
@@ -77,7 +103,7 @@ def init_params(module: So3krates, graph, seed: int):
     @jit
     def init(key, g):
         return module.init(key, g.numbers, pair_vectors(g), g.centers, g.neighbours, g.pair_mask,
-                           False, electronic_inputs(g))
+                           False, electronic_inputs(g), g.positions)
 
     return init(jax.random.PRNGKey(seed), graph)["params"]
 
@@ -228,8 +254,9 @@ class Model:
         from so3krates.heat_flux import HeatFlux
 
         self.check_elements(atoms.numbers)
-        if self.terms.long_range:
-            raise NotImplementedError("the heat flux of long-range terms is not available")
+        if self.terms.long_range or self.config.efa.enabled:
+            raise NotImplementedError("the heat flux of long-range terms and of EFA is not "
+                                      "available")
         return HeatFlux(self.exact_atomic_energy_fn(), self.params, atoms.numbers,
                         atoms.get_masses(), atoms.pbc,
                         reach=self.config.num_layers * self.cutoff, cutoff=self.cutoff,
@@ -260,6 +287,7 @@ class Model:
         from so3krates.batching import single_graph
 
         self.terms.check_periodic(atoms.pbc)
+        check_efa_structures(self.config, atoms.positions, atoms.pbc)
         charge, spin = electronic_state(atoms.info)
         return single_graph(atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc,
                             self.cutoff, capacity, dtype=dtype or np.dtype(self.dtype),
@@ -395,7 +423,8 @@ def _check_param_shapes(state: dict, config: ModelConfig, path: Path) -> None:
     electronic = (jnp.zeros(2, jnp.int32), jnp.zeros(1), jnp.zeros(1), jnp.ones(2, bool))
     want = jax.eval_shape(lambda: module.init(
         jax.random.PRNGKey(0), jnp.array([1, 6], jnp.int32), jnp.ones((1, 3), jnp.float32),
-        jnp.array([0]), jnp.array([1]), jnp.array([True]), False, electronic))["params"]
+        jnp.array([0]), jnp.array([1]), jnp.array([True]), False, electronic,
+        jnp.zeros((2, 3))))["params"]
     want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(want)}
     got = {jax.tree_util.keystr(k): np.shape(v)
            for k, v in jax.tree_util.tree_leaves_with_path(state)}

@@ -219,12 +219,14 @@ def make_atomic_energy_fn(
     """
     ref = jnp.asarray(np.asarray(reference_energies, dtype=np.float64))
     charge_spin = getattr(model, "charge_spin", False)
+    efa = bool(getattr(model, "efa_blocks", ()))
 
     def atomic_energy_fn(params: dict, graph: Graph, vectors=None) -> jnp.ndarray:
         v = pair_vectors(graph) if vectors is None else vectors
-        electronic = electronic_inputs(graph) if charge_spin else None
+        electronic = electronic_inputs(graph) if charge_spin or efa else None
         out = model.apply({"params": params}, graph.numbers, v, graph.centers, graph.neighbours,
-                          graph.pair_mask, pair_halves, electronic)
+                          graph.pair_mask, pair_halves, electronic,
+                          graph.positions if efa else None)
         e, heads = out if isinstance(out, tuple) else (out, {})
         e = jnp.where(graph.atom_mask, e.astype(jnp.float64) + ref[graph.numbers], 0.0)
         if terms is None or not terms.active:
@@ -256,6 +258,8 @@ def make_predict_fn(model, reference_energies: np.ndarray, pair_halves: bool = F
     with_terms = terms is not None and terms.active
     if atomic_stresses and with_terms and terms.long_range:
         raise NotImplementedError("per-atom stresses of long-range terms are not available")
+    if atomic_stresses and getattr(model, "efa_blocks", ()):
+        raise NotImplementedError("per-atom stresses of a model with EFA are not available")
     return predict_fn(make_atomic_energy_fn(model, reference_energies, pair_halves, terms,
                                             aux=with_terms), stress, atomic_stresses,
                       aux=with_terms, terms=terms)

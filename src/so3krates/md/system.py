@@ -18,7 +18,7 @@ import numpy as np
 from ase.data import atomic_masses
 
 from so3krates.batching import Graph, KSpace, PairSet
-from so3krates.model_io import electronic_state, reference_table
+from so3krates.model_io import check_efa_structures, electronic_state, reference_table
 from so3krates.neighbours import long_range_list
 from so3krates.neighbours.kspace import kspace_indices
 from so3krates.neighbours import verlet as nl
@@ -157,6 +157,8 @@ def model_energy_fn(model, system: System, module=None, params=None) -> EnergyFn
             model's ``exact_module()`` and ``params`` for forward-mode derivatives).
     """
     model.check_elements(system.numbers)
+    if model.config.efa.enabled and system.pbc.any():
+        check_efa_structures(model.config, np.zeros((1, 3)), system.pbc)
     # The device neighbour lists are in the halves layout (see ``so3krates.neighbours.verlet``).
     atomic = make_atomic_energy_fn(module or model.module,
                                    reference_table(model.reference_energies), pair_halves=True,

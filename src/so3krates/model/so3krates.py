@@ -38,6 +38,7 @@ import numpy as np
 
 from so3krates.compile import materialize
 from so3krates.model import cpu_kernels
+from so3krates.model.efa import EuclideanFastAttention
 from so3krates.model.basis import (
     cutoff_function,
     degree_index,
@@ -375,17 +376,24 @@ class So3krates(nn.Module):
     # total charge and unpaired electrons; per-atom output heads besides the energy.
     charge_spin: bool = False
     heads: Sequence[str] = ()
+    # Euclidean fast attention (``so3krates.model.efa``) after the blocks ``efa_blocks``.
+    efa_frequencies: int = 16
+    efa_max_frequency: float = 0.6
+    efa_degree: int = 11
+    efa_blocks: Sequence[int] = ()
 
     @nn.compact
     @full_precision_matmuls
     def __call__(self, numbers, vectors, centers, neighbours, pair_mask, pair_halves: bool = False,
-                 electronic=None):
+                 electronic=None, positions=None):
         """numbers (N,), vectors r_ij (P, 3) in Å, centers/neighbours (P,), pair_mask (P,).
 
         ``electronic``: ``(structure (N,), charge (S,), spin (S,), atom_mask (N,))``, needed
         with ``charge_spin``. Returns the per-atom energies (N,), or with ``heads`` the tuple
         ``(energies, {head: (N,)})`` ("charge": raw partial charges in e, before
         ``so3krates.terms.coulomb.conserve_charge``; "hirshfeld": Hirshfeld-volume ratios).
+        ``positions`` (N, 3) Å: needed with ``efa_blocks`` (with ``electronic`` for the
+        structure index and atom mask).
 
         Padding pairs are masked by ``pair_mask``. Full neighbour lists sorted by (center,
         neighbour) are fastest (see ``reverse_pair_order``), but any pairs give the same result.
@@ -472,6 +480,13 @@ class So3krates(nn.Module):
                 self.degrees, self.layer_norm, self.residual_mlp, dt, self.radial_knots > 0,
                 name=f"exchange_{t}",
             )(x, chi)
+            if t in self.efa_blocks:  # global, linear-cost attention on the invariant features
+                if positions is None or electronic is None:
+                    raise ValueError("a model with EFA needs positions and electronic=...")
+                structure, charge, _, atom_mask = electronic
+                x = x + EuclideanFastAttention(
+                    self.efa_frequencies, self.efa_max_frequency, self.efa_degree, dt,
+                    name=f"efa_{t}")(x, positions, structure, charge.shape[0], atom_mask)
 
         tr = self.radial_knots > 0
         h = nn.silu(Dense(f, dt, tr)(x))

@@ -35,7 +35,8 @@ from so3krates.evaluate import (
     predict_dataset,
 )
 from so3krates.fileio import atomic_write_bytes
-from so3krates.model_io import build_module, init_params, reference_table, save_model
+from so3krates.model_io import (build_module, check_efa_structures, init_params, reference_table,
+                                save_model)
 from so3krates.potential import make_predict_fn
 from so3krates.training.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from so3krates.training.data_parallel import GradientExchange, run_data_parallel
@@ -183,6 +184,7 @@ def train(
     terms = PhysicalTerms.from_config(mcfg)
     terms.check_periodic(data.pbc)  # what the terms cannot do with this data, before any work
     terms.check_elements(data.numbers)
+    check_efa_structures(mcfg, data.positions, data.pbc)
 
     resume = (output / LATEST).exists()
     saved = None
