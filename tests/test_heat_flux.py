@@ -45,6 +45,11 @@ def test_lennard_jones_heat_flux_equals_the_per_atom_virial_flux():
     np.testing.assert_allclose(j_conv, ((energies - energies.mean() + kinetic)[:, None] * v).sum(0),
                                rtol=1e-9, atol=1e-14)
     np.testing.assert_allclose(j, j_pot + j_conv, rtol=1e-12)
+    # Atoms given as other images (unwrapped, as diffusing MD gives them): the same flux, and
+    # no new compilation.
+    images = atoms.positions + rng.integers(-3, 4, size=(len(atoms), 3)) @ atoms.cell[:]
+    np.testing.assert_allclose(flux(images, v, atoms.cell[:])[0], j, rtol=1e-10, atol=1e-14)
+    assert flux.compiled_variants() == 1
     # A larger unfolding changes nothing; one short of the interaction range does.
     wide = HeatFlux(LJ.atomic_energy_fn, None, atoms.numbers, atoms.get_masses(), atoms.pbc,
                     reach=LJ.rc + 2.0, cutoff=LJ.rc)

@@ -137,9 +137,18 @@ class HeatFlux:
         self._fn = jax.jit(heat_flux_fn(atomic_energy_fn), static_argnames="n_cell")
 
     def __call__(self, positions: np.ndarray, velocities: np.ndarray, cell: np.ndarray):
-        """``(J, J_potential, J_convective)`` (3,) each in eV·Å/fs; positions Å, velocities
-        Å/fs, cell (3, 3) Å."""
-        u, self._capacity = unfold(self.numbers, np.asarray(positions, np.float64), cell,
+        """``(J, J_potential, J_convective)`` (3,) each in eV·Å/fs; positions Å (wrapped or
+        not: the flux does not depend on which image of an atom is given), velocities Å/fs,
+        cell (3, 3) Å."""
+        # Wrapped into the cell first: the MD engine's positions are unwrapped, and in a liquid
+        # atoms diffuse out of the cell, which would grow the unfolded system (and recompile
+        # the flux) without end.
+        cell = np.asarray(cell, np.float64)
+        positions = np.asarray(positions, np.float64)
+        if self.pbc.any():
+            frac = positions @ np.linalg.inv(cell)
+            positions = positions - (np.floor(frac) * self.pbc) @ cell
+        u, self._capacity = unfold(self.numbers, positions, cell,
                                    self.pbc, self.reach, self.cutoff, self._capacity, self.dtype)
         n_unfolded = int(np.sum(u.graph.atom_mask))
         valid = np.arange(len(u.index)) < n_unfolded
