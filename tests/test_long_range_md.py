@@ -13,11 +13,10 @@ from ase import Atoms
 from ase.stress import voigt_6_to_full_3x3_stress
 
 from so3krates.md.system import System, long_range_cutoff, model_energy_fn
-from so3krates.model_io import save_model
 from so3krates.neighbours import verlet
 from so3krates.potential import derive
 
-from test_long_range import REFS, ethanol, make_model
+from test_long_range import ethanol, make_model, nve_drift
 from test_periodic_electrostatics import crystal
 
 
@@ -88,14 +87,7 @@ def test_an_overflowing_long_range_list_is_flagged_and_grown():
 def test_nve_of_a_crystal_with_ewald_and_dispersion_conserves_energy(tmp_path):
     """The compiled engine on a periodic cell with electrostatics (Ewald) and learned
     dispersion, the long-range pairs from its own Verlet list."""
-    from so3krates.md.run import MDSettings, run_md
-
-    model = make_model(long_range_cutoff=6.0, zbl=False)
-    save_model(tmp_path / "m", model.config, model.params, REFS, 1.0)
     atoms = crystal().repeat((2, 1, 1))
     atoms.rattle(0.02, seed=5)
-    settings = MDSettings(ensemble="nve", temperature=100.0, timestep=0.25, steps=400, stride=20,
-                          dtype="float64", monitor=False)
-    summary = run_md(tmp_path / "m", atoms, tmp_path / "nve.xyz", settings, progress=False)
-    drift = abs(summary["conserved_energy_drift_meV_per_atom_this_run"])
+    drift, summary = nve_drift(make_model(long_range_cutoff=6.0, zbl=False), atoms, tmp_path)
     assert drift < 0.05, summary
