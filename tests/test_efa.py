@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import so3krates.model.efa as efa_module
 from so3krates.model.efa import (SUPPORTED_DEGREES, EuclideanFastAttention, choose_degree,
                                  efa_messages, efa_messages_direct, erope, lebedev_grid,
                                  linear_frequencies, quadrature_error, resolvable_phase,
@@ -171,11 +172,15 @@ def test_erope_pair_kernel_is_translation_invariant():
     np.testing.assert_allclose(shifted, k0, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("n_structures", [1, 2])  # the single-structure and segment paths
-def test_messages_equal_sinc_pair_sum_and_are_invariant(n_structures):
+@pytest.mark.parametrize("n_structures,chunked", [(1, False), (2, False), (2, True)])
+def test_messages_equal_sinc_pair_sum_and_are_invariant(n_structures, chunked, monkeypatch):
     """efa_messages = efa_messages_direct within quadrature_bound (every θ_p d_ij ≤ 0.9 ×
     the resolvable phase, TOL = 1e-3); the same for the rotated molecule (within twice the
-    bound: each side is within it of the invariant pair sum); permutation: exact (1e-12)."""
+    bound: each side is within it of the invariant pair sum); permutation: exact (1e-12).
+    For the single-structure matmuls, the one-hot path of a few structures and the chunked
+    segment sums of many (forced here by a small element budget)."""
+    if chunked:
+        monkeypatch.setattr(efa_module, "_CHUNK_ELEMENTS", 64)
     n = 12
     positions = molecule(n, seed=3)
     q, k, v = qkv(n, seed=4)
@@ -249,8 +254,10 @@ def _array_shapes(jaxpr) -> list[tuple[int, ...]]:
     return shapes
 
 
-@pytest.mark.parametrize("n_structures", [1, 2])
-def test_no_pair_arrays(n_structures):
+@pytest.mark.parametrize("n_structures,chunked", [(1, False), (2, False), (2, True)])
+def test_no_pair_arrays(n_structures, chunked, monkeypatch):
+    if chunked:
+        monkeypatch.setattr(efa_module, "_CHUNK_ELEMENTS", 64)
     """Neither the messages nor their gradient form an array with two axes of N atoms."""
     n = 13
     positions = molecule(n, seed=12)

@@ -157,8 +157,7 @@ def model_energy_fn(model, system: System, module=None, params=None) -> EnergyFn
             model's ``exact_module()`` and ``params`` for forward-mode derivatives).
     """
     model.check_elements(system.numbers)
-    if model.config.efa.enabled and system.pbc.any():
-        check_efa_structures(model.config, np.zeros((1, 3)), system.pbc)
+    check_efa_structures(model.config, np.zeros((1, 3)), system.pbc)  # EFA: no periodic MD
     # The device neighbour lists are in the halves layout (see ``so3krates.neighbours.verlet``).
     atomic = make_atomic_energy_fn(module or model.module,
                                    reference_table(model.reference_energies), pair_halves=True,
@@ -176,8 +175,6 @@ def model_energy_fn(model, system: System, module=None, params=None) -> EnergyFn
             kvectors = jnp.asarray(np.concatenate([m, np.zeros((1, 3), np.int32)]))
 
     def energy_fn(positions, cell, nbrs):
-        if long_range and nbrs.long_range is None:
-            _all_pairs(system)  # a periodic structure needs the long-range list
         g = graph(positions.astype(dtype), cell, system, nbrs, long_range, kvectors)
         return atomic(params, g)[:n]
 

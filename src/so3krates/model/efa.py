@@ -294,9 +294,20 @@ def efa_messages(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, positions: jnp.
     q_rot = erope(q, centred, directions, frequencies) * weights[None, :, None]  # (N, M, 2P)
     k_rot = erope(k, centred, directions, frequencies)
     v = jnp.where(atom_mask[:, None], v, 0.0)
+    m, two_p, f = q_rot.shape[1], q_rot.shape[2], v.shape[1]
     if n_structures == 1:
         sums = jnp.einsum("nmc,nf->mcf", k_rot, v)  # (M, 2P, F)
         y = jnp.einsum("nmc,mcf->nf", q_rot, sums)
+    elif n_structures * m * two_p * f <= _CHUNK_ELEMENTS:
+        # Few structures (training batches, a structure and its padding): per-structure sums
+        # by a one-hot matmul, S times the flops but matmuls instead of memory-bound segment
+        # sums (a training run of 800 steps of a 16-feature model on ethanol, batch 4:
+        # 95 s with the chunked segment sums below).
+        onehot = (structure[:, None] == jnp.arange(n_structures)[None, :]).astype(dtype)
+        by_structure = jnp.einsum("ns,nf->nsf", onehot, v)  # v_j in its structure's slot
+        sums = jnp.einsum("nmc,nsf->smcf", k_rot, by_structure)  # (S, M, 2P, F), one matmul
+        per_structure = jnp.einsum("nmc,smcf->nsf", q_rot, sums)  # (N, S, F)
+        y = jnp.einsum("nsf,ns->nf", per_structure, onehot)
     else:
         y = _structure_messages(q_rot, k_rot, v, structure, n_structures)
     return jnp.where(atom_mask[:, None], y, 0.0)
