@@ -1,9 +1,18 @@
-"""Simulated faults shared by the tests."""
+"""Simulated faults and the fault catalogue's helpers, shared by the tests."""
 
 from __future__ import annotations
 
 import errno
 import os
+from pathlib import Path
+
+import ase.io
+import numpy as np
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from so3krates.cli import main
+from so3krates.datasets import shipped_dataset_path
 
 
 class FullDisk:
@@ -24,3 +33,39 @@ class FullDisk:
 
     def write(self, data):
         raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def cli(capsys, *argv) -> tuple[int, str]:
+    """Run ``so3krates ARGV`` in-process: ``(exit code, everything printed)``."""
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def assert_error(result: tuple[int, str], *words: str, code: int = 2) -> str:
+    """Exit ``code``, exactly one ``error:`` line holding ``words``, no traceback; returns the
+    line."""
+    got, out = result
+    assert got == code, out
+    lines = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, out
+    assert "Traceback" not in out and "File \"" not in out, out
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+def labelled(atoms: Atoms, energy: float = 0.0, forces=None) -> Atoms:
+    atoms = atoms.copy()
+    atoms.calc = SinglePointCalculator(atoms, energy=energy,
+                                       forces=np.zeros((len(atoms), 3)) if forces is None else forces)
+    return atoms
+
+
+def ethanol() -> Atoms:
+    return ase.io.read(shipped_dataset_path(), index=0)
+
+
+def write(path: Path, frames) -> Path:
+    ase.io.write(path, frames, format="extxyz")
+    return path

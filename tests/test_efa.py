@@ -172,15 +172,20 @@ def test_erope_pair_kernel_is_translation_invariant():
     np.testing.assert_allclose(shifted, k0, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("n_structures,chunked", [(1, False), (2, False), (2, True)])
-def test_messages_equal_sinc_pair_sum_and_are_invariant(n_structures, chunked, monkeypatch):
-    """efa_messages = efa_messages_direct within quadrature_bound (every θ_p d_ij ≤ 0.9 ×
-    the resolvable phase, TOL = 1e-3); the same for the rotated molecule (within twice the
-    bound: each side is within it of the invariant pair sum); permutation: exact (1e-12).
-    For the single-structure matmuls, the one-hot path of a few structures and the chunked
-    segment sums of many (forced here by a small element budget)."""
+@pytest.fixture(params=[(1, False), (2, False), (2, True)], ids=["single", "one-hot", "chunked"])
+def n_structures(request, monkeypatch) -> int:
+    """The three code paths of ``efa_messages``: one structure (matmuls), a few (one-hot
+    matmuls) and many (chunked segment sums, forced here by a small element budget)."""
+    count, chunked = request.param
     if chunked:
         monkeypatch.setattr(efa_module, "_CHUNK_ELEMENTS", 64)
+    return count
+
+
+def test_messages_equal_sinc_pair_sum_and_are_invariant(n_structures):
+    """efa_messages = efa_messages_direct within quadrature_bound (every θ_p d_ij ≤ 0.9 ×
+    the resolvable phase, TOL = 1e-3); the same for the rotated molecule (within twice the
+    bound: each side is within it of the invariant pair sum); permutation: exact (1e-12)."""
     n = 12
     positions = molecule(n, seed=3)
     q, k, v = qkv(n, seed=4)
@@ -254,10 +259,7 @@ def _array_shapes(jaxpr) -> list[tuple[int, ...]]:
     return shapes
 
 
-@pytest.mark.parametrize("n_structures,chunked", [(1, False), (2, False), (2, True)])
-def test_no_pair_arrays(n_structures, chunked, monkeypatch):
-    if chunked:
-        monkeypatch.setattr(efa_module, "_CHUNK_ELEMENTS", 64)
+def test_no_pair_arrays(n_structures):
     """Neither the messages nor their gradient form an array with two axes of N atoms."""
     n = 13
     positions = molecule(n, seed=12)

@@ -13,13 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import ase.io
 import numpy as np
 import pytest
-from fault_helpers import FullDisk
-from ase import Atoms
+from fault_helpers import FullDisk, assert_error, cli, ethanol, labelled, write
 from ase.build import molecule
-from ase.calculators.singlepoint import SinglePointCalculator
 
 from conftest import TINY_TRAIN
 from so3krates.cli import main
@@ -30,42 +27,6 @@ from so3krates.model_io import ModelFileError, load_model
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-
-
-def cli(capsys, *argv) -> tuple[int, str]:
-    """Run ``so3krates ARGV`` in-process: ``(exit code, everything printed)``."""
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out + out.err
-
-
-def assert_error(result: tuple[int, str], *words: str, code: int = 2) -> str:
-    """Exit ``code``, exactly one ``error:`` line holding ``words``, no traceback; returns the
-    line."""
-    got, out = result
-    assert got == code, out
-    lines = [line for line in out.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, out
-    assert "Traceback" not in out and "File \"" not in out, out
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
-
-
-def labelled(atoms: Atoms, energy: float = 0.0, forces=None) -> Atoms:
-    atoms = atoms.copy()
-    atoms.calc = SinglePointCalculator(atoms, energy=energy,
-                                       forces=np.zeros((len(atoms), 3)) if forces is None else forces)
-    return atoms
-
-
-def ethanol() -> Atoms:
-    return ase.io.read(shipped_dataset_path(), index=0)
-
-
-def write(path: Path, frames) -> Path:
-    ase.io.write(path, frames, format="extxyz")
-    return path
 
 
 def copy_model(src: Path, dst: Path) -> Path:
@@ -152,31 +113,6 @@ def test_train_periodic_cell_without_volume(capsys, tmp_path):
     path = write(tmp_path / "flat.xyz", [labelled(flat)] * 2)
     assert_error(cli(capsys, "train", "--data", path, "--output", tmp_path / "m"),
                  "structure 0 is periodic but its cell has no volume")
-
-
-def test_train_dispersion_without_free_atom_data(capsys, tmp_path):
-    """Learned dispersion needs free-atom data for every element: refused before training,
-    not NaN energies inside it."""
-    frames = [labelled(ethanol()) for _ in range(3)]
-    frames[1].numbers[0] = 32  # germanium: no Tkatchenko-Scheffler data in ASE's table
-    path = write(tmp_path / "ge.xyz", frames)
-    assert_error(cli(capsys, "train", "--data", path, "--set", "model.dispersion=learned",
-                     "--output", tmp_path / "m"),
-                 "no Tkatchenko-Scheffler free-atom data for Ge (Z=32)")
-
-
-def test_train_periodic_electrostatics_without_cutoff_or_of_a_slab(capsys, tmp_path):
-    slab = ethanol()
-    slab.cell, slab.pbc = np.eye(3) * 12.0, [True, True, False]
-    path = write(tmp_path / "slab.xyz", [labelled(slab)] * 2)
-    assert_error(cli(capsys, "train", "--data", path, "--set", "model.electrostatics=true",
-                     "--set", "model.long_range_cutoff=8", "--output", tmp_path / "m"),
-                 "slabs, wires")
-    slab.pbc = True
-    path = write(tmp_path / "box.xyz", [labelled(slab)] * 2)
-    assert_error(cli(capsys, "train", "--data", path, "--set", "model.electrostatics=true",
-                     "--output", tmp_path / "m"),
-                 "needs model.long_range_cutoff")
 
 
 def test_train_unknown_setting_is_one_line(capsys, tmp_path):

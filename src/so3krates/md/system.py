@@ -157,7 +157,7 @@ def model_energy_fn(model, system: System, module=None, params=None) -> EnergyFn
             model's ``exact_module()`` and ``params`` for forward-mode derivatives).
     """
     model.check_elements(system.numbers)
-    check_efa_structures(model.config, np.zeros((1, 3)), system.pbc)  # EFA: no periodic MD
+    check_efa_structures(model.config, None, system.pbc)  # EFA: no periodic MD
     # The device neighbour lists are in the halves layout (see ``so3krates.neighbours.verlet``).
     atomic = make_atomic_energy_fn(module or model.module,
                                    reference_table(model.reference_energies), pair_halves=True,

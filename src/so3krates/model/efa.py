@@ -407,11 +407,13 @@ def check_structures(max_extent: float, positions, pbc) -> None:
     """Raise ``ValueError`` for structures an EFA model cannot take: periodic ones (the
     plane-wave kernel has no periodic form here, and a minimum-image version would be silently
     wrong) and those whose extent (:func:`structure_extent`) exceeds ``max_extent`` (Å, what
-    the Lebedev grid was chosen to resolve). ``positions``: one (n, 3) array or a list of
-    them; ``pbc``: (3,) or (S, 3)."""
+    the Lebedev grid was chosen to resolve). ``positions``: one (n, 3) array, a list of
+    them, or None (periodicity only); ``pbc``: (3,) or (S, 3)."""
     if np.asarray(pbc, dtype=bool).any():
         raise ValueError("Euclidean fast attention (model.efa) is for molecules: periodic "
                          "structures are not supported")
+    if positions is None:  # periodicity only (e.g. MD, before positions are known)
+        return
     many = positions if isinstance(positions, (list, tuple)) else [positions]
     for k, r in enumerate(many):
         extent = structure_extent(r)
