@@ -107,9 +107,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpu", type=int, metavar="CORE",
                    help="with --timing-only: compute on this CPU core only, one XLA thread "
                         "(as `so3krates md --cpu`; small molecules run faster so)")
-    p.add_argument("--processes", type=int, default=None, metavar="N",
-                   help="training processes (training.processes); default: on a CPU one per "
-                        "available core, at most the batch size and dividing it; else 1")
+    p.add_argument("--devices", type=int, default=None, metavar="N",
+                   help="devices sharing every batch (training.devices); default: on a CPU one "
+                        "per available core, at most the batch size and dividing it; else 1")
     p.add_argument("--preset", default="defaults", choices=["defaults", "huber"],
                    help="training recipe: the package defaults, or the huber preset (the "
                    "headline accuracy of the README, less stable in hot MD)")
@@ -118,16 +118,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def default_processes(batch_size: int) -> int:
-    """One training process per available CPU core, as many as divide ``batch_size``; 1
-    where JAX computes on an accelerator."""
-    import jax
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
-    from so3krates.training.data_parallel import available_cores
+
+def default_devices(batch_size: int) -> int:
+    """One JAX CPU device per available core, as many as divide ``batch_size`` (the CPU
+    backend has that many, see ``main``); 1 where JAX computes on an accelerator."""
+    import jax
 
     if jax.default_backend() != "cpu":
         return 1
-    cores = len(available_cores()) or os.cpu_count() or 1
+    cores = min(available_cores(), len(jax.devices()))
     return max(n for n in range(1, batch_size + 1) if batch_size % n == 0 and n <= cores)
 
 
@@ -201,8 +204,8 @@ def build_config(args: argparse.Namespace, budget: bool = True):
         f"training.max_time_minutes={args.max_time}",
     ]
     batch_size = load_config(None, [*overrides, *args.set]).training.batch_size
-    processes = args.processes or default_processes(batch_size)
-    return load_config(None, [*overrides, f"training.processes={processes}", *args.set])
+    devices = args.devices or default_devices(batch_size)
+    return load_config(None, [*overrides, f"training.devices={devices}", *args.set])
 
 
 def prepare_output(output: Path, resume: bool) -> None:
@@ -422,6 +425,10 @@ def main(argv: list[str] | None = None) -> int:
         from so3krates.compile import use_one_cpu_thread
 
         use_one_cpu_thread(core=args.cpu)  # before JAX starts
+    elif not args.timing_only:
+        from so3krates.training.sharding import use_cpu_devices
+
+        use_cpu_devices(args.devices or available_cores())  # before JAX starts
     import ase.io
 
     import so3krates  # noqa: F401  (enables float64 in JAX)

@@ -176,7 +176,7 @@ def build_config(recipe: str, dataset: str, args: argparse.Namespace):
         f"data.n_valid={spec.get('n_valid', args.n_valid)}", f"data.n_test={n_test}",
         f"data.split_seed={args.split_seed}", "data.shuffle_split=true",
         f"training.max_time_minutes={args.minutes[dataset]}",
-        "training.processes=1", "training.progress=false",
+        "training.progress=false",
         *args.set,
     ]
     return load_config(None, overrides)

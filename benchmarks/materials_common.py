@@ -28,7 +28,7 @@ MODEL_OVERRIDES = ["model.cutoff=5.0"]
 # On one core a step of 5 Si structures (64 atoms, ~1,700 pairs each) costs far more than an
 # aspirin step: validate and checkpoint every 100 steps so that the best model is not too
 # stale when the budget ends (a validation of 21 structures costs ~1 s).
-TRAIN_OVERRIDES = ["training.processes=1", "training.valid_every=100"]
+TRAIN_OVERRIDES = ["training.valid_every=100"]
 
 # ---------------------------------------------------------------------------------------------
 # Published numbers. Each entry names where it was read; numbers we could not find are None

@@ -484,15 +484,22 @@ class GraphDataset:
         """True if the batches come in the halves layout (see :func:`pack`)."""
         return self._halves is not None
 
-    def batch(self, indices: Sequence[int]) -> tuple[Graph, Labels]:
-        """Structures ``indices`` (at most ``batch_size``) as a padded graph with labels."""
+    def capacity_of(self, indices: Sequence[int]) -> Capacity:
+        """The capacity of the ladder that :meth:`batch` chooses for structures ``indices``."""
+        lrs = self.long_range_lists or []
+        return choose_capacity(self.ladder, int(sum(len(self.data.numbers[k]) for k in indices)),
+                               sum(len(self.neighbour_lists[k].centers) for k in indices),
+                               sum(len(lrs[k].centers) for k in indices) if lrs else 0)
+
+    def batch(self, indices: Sequence[int], capacity: Capacity | None = None
+              ) -> tuple[Graph, Labels]:
+        """Structures ``indices`` (at most ``batch_size``) as a padded graph with labels, padded
+        to ``capacity`` (one of the ladder's that holds them; default :meth:`capacity_of`)."""
         d = self.data
         nls = [self.neighbour_lists[k] for k in indices]
-        n_atoms = int(sum(len(d.numbers[k]) for k in indices))
         lrs = (None if self.long_range_lists is None
                else [self.long_range_lists[k] for k in indices])
-        cap = choose_capacity(self.ladder, n_atoms, sum(len(nl.centers) for nl in nls),
-                              sum(len(nl.centers) for nl in lrs or []))
+        cap = self.capacity_of(indices) if capacity is None else capacity
         idx = np.asarray(indices, dtype=np.int64)
         graph = pack(
             [d.numbers[k] for k in indices],

@@ -24,9 +24,14 @@ def _train_parser(sub) -> None:
     p.add_argument("--n-valid", type=int)
     p.add_argument("--max-time", type=float, metavar="MINUTES", help="wall-clock budget")
     p.add_argument("--output", default="runs/model", help="model directory (default runs/model)")
-    p.add_argument("--processes", type=int, metavar="N",
-                   help="train in N processes, one per CPU core, each with a share of every "
-                        "batch (training.processes; small molecules on a multi-core CPU)")
+    p.add_argument("--devices", type=int, metavar="N",
+                   help="split every batch over N devices: GPUs, or on a CPU N cores as JAX CPU "
+                        "devices (training.devices; in a multi-host run: all hosts' devices)")
+    p.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="multi-host training: the address of host 0 (jax.distributed; with "
+                        "--hosts and --host-id; 'auto' lets JAX detect SLURM/MPI)")
+    p.add_argument("--hosts", type=int, metavar="N", help="multi-host training: number of hosts")
+    p.add_argument("--host-id", type=int, metavar="I", help="multi-host training: this host, 0..N-1")
     p.add_argument("--preset", choices=list(TRAINING_PRESETS),
                    help="a named training recipe (training.preset; settings given with --set "
                         "or in the YAML file win): huber = lowest errors with long budgets, "
@@ -65,14 +70,36 @@ def cmd_train(args) -> int:
         overrides.append(f"data.n_valid={args.n_valid}")
     if args.max_time:
         overrides.append(f"training.max_time_minutes={args.max_time}")
-    if args.processes:
-        overrides.append(f"training.processes={args.processes}")
+    if args.devices:
+        overrides.append(f"training.devices={args.devices}")
     if args.preset:
         overrides.append(f"training.preset={args.preset}")
     config = load_config_file(args.config, overrides)
+    start_devices(config.training.devices, args.coordinator, args.hosts, args.host_id)
     result = train(config, args.output, console=console)
     console.print(f"model directory: [bold]{result.output}[/bold]")
     return 0
+
+
+def start_devices(devices: int, coordinator: str | None, hosts: int | None,
+                  host_id: int | None) -> None:
+    """Before JAX starts: give each host's CPU backend its share of ``devices`` (used where JAX
+    computes on the CPU; GPUs are what they are), and join a multi-host run if asked."""
+    from so3krates.training.sharding import start_distributed, use_cpu_devices
+
+    multi_host = bool(coordinator or hosts or host_id is not None)
+    if multi_host and not (hosts and (coordinator == "auto" or coordinator and host_id is not None)):
+        raise ValueError("multi-host training needs --coordinator HOST:PORT, --hosts N and "
+                         "--host-id I (or --coordinator auto --hosts N on a SLURM/MPI cluster)")
+    hosts = hosts or 1
+    if devices % hosts:
+        raise ValueError(f"training.devices={devices} does not split evenly over {hosts} hosts")
+    use_cpu_devices(devices // hosts)
+    if multi_host:
+        if coordinator == "auto":
+            start_distributed()
+        else:
+            start_distributed(coordinator, hosts, host_id)
 
 
 def load_config_file(path: str | None, overrides: list[str]):
@@ -178,7 +205,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from so3krates.data import DataError
     from so3krates.model_io import ModelFileError, one_line
-    from so3krates.training.data_parallel import DataParallelError
 
     try:
         return handlers[args.command](args)
@@ -186,8 +212,6 @@ def main(argv: list[str] | None = None) -> int:
         return print_error(f"invalid configuration: {one_line(err)}", 2)
     except (DataError, ModelFileError, ValueError, FileNotFoundError) as err:
         return print_error(str(err), 2)
-    except DataParallelError as err:  # a training process was killed: resume by rerunning
-        return print_error(str(err), 1)
     except OSError as err:  # a full disk, no permission: the files written before are intact
         return print_error(str(err), 1)
 

@@ -106,7 +106,8 @@ def jit(fun: Callable | None = None, **kwargs) -> Callable:
 SINGLE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
-def _backends_started() -> bool:
+def backends_started() -> bool:
+    """Whether JAX has started its backends (after which XLA flags and device counts are fixed)."""
     try:  # private, but the only way to ask; an unknown JAX is assumed not started
         from jax._src import xla_bridge
 
@@ -127,7 +128,7 @@ def use_one_cpu_thread(core: int | None = None) -> None:
     later it raises RuntimeError instead of silently doing nothing. Other backends ignore the
     flags.
     """
-    if _backends_started():
+    if backends_started():
         raise RuntimeError("use_one_cpu_thread() must run before JAX's first computation")
     if core is not None:
         allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()

@@ -226,9 +226,9 @@ class TrainingConfig(_Strict):
     checkpoint_every: int | None = Field(None, gt=0, description="steps; default valid_every")
     early_stopping_patience: int | None = Field(None, gt=0, description="validations")
     buckets: int = Field(3, gt=0)
-    processes: int = Field(
-        1, gt=0, description="training processes, one per CPU core (or group of cores), each "
-        "with batch_size / processes structures of every batch (so3krates.training.data_parallel)"
+    devices: int = Field(
+        1, gt=0, description="devices (GPUs, or CPU cores as JAX CPU devices) that share every "
+        "batch, batch_size / devices structures each (so3krates.training.sharding)"
     )
     progress: bool = True
 
@@ -243,11 +243,19 @@ class TrainingConfig(_Strict):
             data = {**TRAINING_PRESETS[name], **data}
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _processes_replaced(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "processes" in data:
+            raise ValueError("training.processes was replaced by training.devices (so3krates "
+                             "train --devices N: N CPU cores or GPUs share every batch)")
+        return data
+
     @model_validator(mode="after")
-    def _batch_splits_over_processes(self):
-        if self.batch_size % self.processes:
+    def _batch_splits_over_devices(self):
+        if self.batch_size % self.devices:
             raise ValueError(f"batch_size={self.batch_size} does not split evenly over "
-                             f"processes={self.processes}")
+                             f"devices={self.devices}")
         return self
 
     @field_validator("decay_steps")

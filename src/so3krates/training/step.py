@@ -1,6 +1,5 @@
-"""One optimisation step: loss and gradients of a batch, the optimiser update, the EMA; in one
-process (:func:`make_train_step`) or across the processes of a data-parallel run
-(:class:`DataParallelStep`).
+"""One optimisation step: loss and gradients of a batch, the optimiser update, the EMA
+(:func:`make_train_step`; over several devices: :mod:`so3krates.training.sharding`).
 """
 
 from __future__ import annotations
@@ -9,13 +8,11 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
 from so3krates.compile import jit
 from so3krates.config import TrainingConfig
-from so3krates.training.data_parallel import GradientExchange
 from so3krates.training.loss import energy_forces_loss, huber_delta
 
 
@@ -90,59 +87,3 @@ def make_train_step(predict, optimizer: optax.GradientTransformation, tcfg: Trai
         return (*update_fn(params, opt_state, ema, grads), loss)
 
     return train_step
-
-
-# Layout of the row each process contributes to a data-parallel step (after the gradient).
-_LOSS, _WEIGHT, _CHECKSUM, _CLOCK, _TAIL = range(5)
-
-
-class DataParallelStep:
-    """The optimisation step of one process of a data-parallel run (flat parameters).
-
-    Each process computes the loss gradient of its share of the batch; the gradients are
-    averaged over the processes, weighted by their number of structures (a share can be
-    smaller, or empty, at the end of an epoch), and every process applies the same update
-    to its copy of the state. Called like :func:`make_train_step`'s step (which donates the
-    state arrays passed in). :meth:`clock` is
-    rank 0's ``clock()`` reading at the last step (this process's own before the first), so
-    that every process takes the same time-based decisions (budget, decay horizon).
-
-    Raises RuntimeError if the processes' parameters ever differ.
-    """
-
-    def __init__(self, predict, optimizer: optax.GradientTransformation, tcfg: TrainingConfig,
-                 exchange: GradientExchange, n_params: int, dtype, clock: Callable[[], float]):
-        grad_fn, update_fn = loss_and_gradients(predict, tcfg), update(optimizer, tcfg)
-        self.exchange, self.local_clock, self.n = exchange, clock, n_params
-        self.elapsed: float | None = None  # rank 0's clock at the last step
-        exchange.open(n_params + _TAIL, dtype)
-
-        @jit
-        def local_row(params, graph, labels, clock):
-            loss, grads = grad_fn(params, graph, labels)
-            w = jnp.sum(graph.structure_mask).astype(grads.dtype)
-            tail = jnp.stack([w * loss, w, jnp.sum(params), clock]).astype(grads.dtype)
-            return jnp.concatenate([w * grads, tail])
-
-        @jit(donate_argnums=DONATE_STATE)
-        def apply(params, opt_state, ema, total):
-            return update_fn(params, opt_state, ema, total[:n_params] / total[n_params + _WEIGHT])
-
-        self._local_row, self._apply = local_row, apply
-
-    def __call__(self, params, opt_state, ema, graph, labels):
-        n = self.n
-        row = self._local_row(params, graph, labels, self.local_clock())
-        rows = self.exchange.gather(np.asarray(row))
-        checksums = rows[:, n + _CHECKSUM]
-        if not np.array_equal(checksums, np.full_like(checksums, checksums[0]), equal_nan=True):
-            raise RuntimeError(f"the data-parallel processes' parameters differ (checksums "
-                               f"{checksums.tolist()}); stopping")
-        self.elapsed = float(rows[0, n + _CLOCK])
-        total = rows[:, : n + _CHECKSUM].sum(axis=0)  # the same sum, in the same order, everywhere
-        params, opt_state, ema = self._apply(params, opt_state, ema, total)
-        return params, opt_state, ema, total[n + _LOSS] / total[n + _WEIGHT]
-
-    def clock(self) -> float:
-        """Seconds as rank 0 measured them at the last step (before it: this process's)."""
-        return self.local_clock() if self.elapsed is None else self.elapsed

@@ -39,7 +39,6 @@ from so3krates.model_io import (build_module, check_efa_structures, init_params,
                                 save_model)
 from so3krates.potential import make_predict_fn
 from so3krates.training.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from so3krates.training.data_parallel import GradientExchange, run_data_parallel
 from so3krates.training.guard import DivergenceGuard
 from so3krates.terms.physical import PhysicalTerms
 from so3krates.training.loss import errors_loss, with_electronic_weights, with_stress_weight
@@ -56,12 +55,14 @@ from so3krates.training.optimizer import (
 )
 from so3krates.training.plots import plot_learning_curves, plot_parity
 from so3krates.training.statistics import fit_reference_energies, force_scale
-from so3krates.training.step import (
-    DataParallelStep,
-    copy_state,
-    flat_training_state,
-    make_train_step,
+from so3krates.training.sharding import (
+    ShardedStep,
+    device_mesh,
+    local_copy,
+    replicate,
+    sharded_batches,
 )
+from so3krates.training.step import copy_state, flat_training_state, make_train_step
 
 CONFIG_FILE = "train_config.yaml"
 METRICS_FILE = "metrics.csv"
@@ -72,9 +73,9 @@ METRIC_COLUMNS = [
     "valid_stress_mae",
 ]
 # Fields that may change between a run and its resumption (budgets, not the optimisation).
-# The number of processes changes neither: they share each batch and average its gradient.
+# The number of devices changes neither: they share each batch and sum its gradient.
 RESUMABLE_FIELDS = {"max_epochs", "max_steps", "max_time_minutes", "progress", "early_stopping_patience",
-                    "processes"}
+                    "devices"}
 
 
 @dataclass
@@ -115,7 +116,10 @@ def load_training_data(config: Config) -> Dataset:
 
 
 def _check_resume_config(output: Path, config: Config) -> None:
-    saved = Config.model_validate(yaml.safe_load((output / CONFIG_FILE).read_text()))
+    raw = yaml.safe_load((output / CONFIG_FILE).read_text())
+    # Runs of versions with process-based data parallelism: the count is a budget setting.
+    (raw.get("training") or {}).pop("processes", None)
+    saved = Config.model_validate(raw)
     a, b = saved.model_dump(), config.model_dump()
     for section in ("model", "data", "training"):
         for key in set(a[section]) | set(b[section]):
@@ -147,7 +151,6 @@ def train(
     output: str | os.PathLike,
     data: Dataset | None = None,
     console=None,
-    exchange: GradientExchange | None = None,
 ) -> TrainResult:
     """Train (or resume training) an SO3krates model; the model directory is ``output``.
 
@@ -156,19 +159,14 @@ def train(
     and ``plots/*.png``. ``console``: a ``rich`` console for messages and the progress bar,
     or ``"stdout"`` / ``"stderr"`` (default stdout).
 
-    With ``training.processes > 1`` it runs in that many new processes, one per CPU core
-    (:mod:`so3krates.training.data_parallel`), each of which calls it again with its
-    ``exchange``; every process shares each batch and rank 0 writes the files.
+    With ``training.devices > 1`` every batch is split over that many devices
+    (:mod:`so3krates.training.sharding`); in a multi-host run every host calls this and the
+    first writes the files.
     """
     from rich.console import Console
 
     tcfg = config.training
-    if exchange is None and tcfg.processes > 1:
-        stream = console if isinstance(console, str) else (
-            "stderr" if getattr(console, "stderr", False) else "stdout")
-        return run_data_parallel(train, tcfg.processes, (config, output),
-                                 {"data": data, "console": stream})
-    root = exchange is None or exchange.rank == 0  # the process that writes files and reports
+    root = jax.process_index() == 0  # the process that writes files and reports
     if not root:
         console = Console(quiet=True)
     elif console is None or isinstance(console, str):
@@ -177,10 +175,7 @@ def train(
     output.mkdir(parents=True, exist_ok=True)
     mcfg, dcfg = config.model, config.data
     data = data if data is not None else load_training_data(config)
-    if exchange is not None and jax.default_backend() != "cpu":
-        raise ValueError(f"training.processes={tcfg.processes}: data parallelism runs over CPU "
-                         f"cores, and JAX computes on {jax.default_backend()}; set it to 1")
-    shard = (0, 1) if exchange is None else (exchange.rank, exchange.size)
+    mesh = device_mesh(tcfg.devices) if tcfg.devices > 1 else None
     terms = PhysicalTerms.from_config(mcfg)
     terms.check_periodic(data.pbc)  # what the terms cannot do with this data, before any work
     terms.check_elements(data.numbers)
@@ -210,7 +205,7 @@ def train(
     scale = force_scale(train_set)
     module = build_module(mcfg, scale)
     np_dtype = np.dtype(mcfg.dtype)
-    train_graphs = GraphDataset(train_set, mcfg.cutoff, tcfg.batch_size // shard[1], tcfg.buckets,
+    train_graphs = GraphDataset(train_set, mcfg.cutoff, tcfg.batch_size // tcfg.devices, tcfg.buckets,
                                 np_dtype, **terms.graph_options())
     valid_graphs = GraphDataset(valid_set, mcfg.cutoff, tcfg.batch_size, tcfg.buckets, np_dtype,
                                 **terms.graph_options())
@@ -225,7 +220,7 @@ def train(
     tree_params = init_params(module, g0, tcfg.seed)
     params, flat_predict, unravel = flat_training_state(predict, tree_params)
     decay_mask = weight_decay_mask(tree_params, flat=True)
-    n_batches = train_graphs.num_batches(shards=shard[1])
+    n_batches = train_graphs.num_batches(shards=tcfg.devices)
     epoch_steps = tcfg.max_epochs * n_batches
     max_steps = min(tcfg.max_steps or epoch_steps, epoch_steps)
     limit_reason = "max_steps" if tcfg.max_steps and tcfg.max_steps <= epoch_steps else "max_epochs"
@@ -255,7 +250,11 @@ def train(
     fit_decay_to_budget = tcfg.decay_steps == "budget" and math.isfinite(budget_s)
     kill_at = int(os.environ.get("SO3KRATES_KILL_AT_STEP", "0"))  # fault injection for tests
 
-    params, opt_state, ema = state["params"], state["opt_state"], state["ema"]
+    # On several devices the state is replicated (every device applies the same update);
+    # validation and checkpoints read one device's copy.
+    place = (lambda tree: replicate(tree, mesh)) if mesh else (lambda tree: tree)
+    one_copy = local_copy if mesh else (lambda tree: tree)
+    params, opt_state, ema = place((state["params"], state["opt_state"], state["ema"]))
     host = {k: v.item() if hasattr(v, "item") else v for k, v in state["host"].items()}
     step = start_step
     t_start = time.monotonic()
@@ -264,11 +263,10 @@ def train(
     def clock() -> float:
         return time.monotonic() - t_start
 
-    if exchange is None:
+    if mesh is None:
         train_step = make_train_step(flat_predict, optimizer, tcfg)
-    else:  # all processes take their time-based decisions on rank 0's clock
-        train_step = DataParallelStep(flat_predict, optimizer, tcfg, exchange, params.size,
-                                      np_dtype, clock)
+    else:  # all hosts take their time-based decisions on one clock
+        train_step = ShardedStep(flat_predict, optimizer, tcfg, mesh, clock)
         clock = train_step.clock
     step_losses: list = []  # device scalars: adding them eagerly would cost a dispatch per step
     rate_anchor: tuple[int, float] | None = None  # (step, clock()) once the step is compiled
@@ -290,7 +288,8 @@ def train(
         host["step"] = step
         host["elapsed_s"] = elapsed0 + clock()
         if root:
-            save_checkpoint(output / LATEST, {"params": params, "opt_state": opt_state, "ema": ema,
+            save_checkpoint(output / LATEST, {**one_copy({"params": params, "opt_state": opt_state,
+                                                          "ema": ema}),
                                               "host": {k: np.asarray(v) for k, v in host.items()}})
 
     def fit_decay_horizon() -> None:
@@ -302,11 +301,11 @@ def train(
             return
         horizon = budget_horizon(step, rate_anchor, now, budget_s - now, max_steps)
         if horizon is not None:
-            opt_state = set_decay_horizon(opt_state, horizon)
+            opt_state = place(set_decay_horizon(opt_state, horizon))
 
     def validate() -> dict:
         nonlocal opt_state, params, ema
-        ema_params = unravel(ema)
+        ema_params = unravel(one_copy(ema))
         e, f, s, extras = predict_dataset(valid_predict, ema_params, valid_graphs, extras=True)
         de, df, ds = label_errors(valid_set, e, f, s)
         dd, dq = electronic_errors(valid_set, extras)
@@ -341,6 +340,7 @@ def train(
         if rolled_back or (tcfg.plateau_patience and host["plateau_bad"] >= tcfg.plateau_patience):
             opt_state = set_plateau_factor(opt_state, plateau_factor(opt_state) * tcfg.plateau_factor)
             host["plateau_bad"] = 0
+        params, opt_state, ema = place((params, opt_state, ema))
         row = {
             "step": step,
             "epoch": step / n_batches,
@@ -371,7 +371,9 @@ def train(
                 stop_reason = limit_reason
                 break
             order = _epoch_order(tcfg.seed, epoch, len(train_set))
-            for graph, labels in train_graphs.batches(order, start=step % n_batches, shard=shard):
+            batches = (train_graphs.batches(order, start=step % n_batches) if mesh is None
+                       else sharded_batches(train_graphs, mesh, order, start=step % n_batches))
+            for graph, labels in batches:
                 params, opt_state, ema, loss = train_step(params, opt_state, ema, graph, labels)
                 step_losses.append(loss)
                 step += 1
