@@ -14,16 +14,25 @@ os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_gpu_determin
 # of its memory at start.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
+# One compilation cache for the whole run (both pytest workers, every CLI subprocess): the
+# tests compile the same small models again and again. Inside the repository so that a clean
+# clone starts empty; ``SO3KRATES_COMPILATION_CACHE=off make test`` compiles everything.
+os.environ.setdefault("SO3KRATES_COMPILATION_CACHE",
+                      str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax-compilation-cache"))
+
 import jax
 import numpy as np
 import pytest
 
 import so3krates  # noqa: F401  (enables float64)
 from so3krates.batching import single_graph
+from so3krates.compile import use_compilation_cache
 from so3krates.config import ModelConfig
 from so3krates.model import inference_params
 from so3krates.model_io import build_module, init_params
 from so3krates.potential import make_predict_fn
+
+use_compilation_cache()
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

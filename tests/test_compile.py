@@ -108,3 +108,34 @@ def test_one_cpu_thread_is_set_before_jax_starts_and_refused_after():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["no", "such", "core", "refused"]
+
+
+def test_compilation_cache_directory_follows_the_environment(monkeypatch, tmp_path):
+    from so3krates.compile import CACHE_ENV, default_cache_directory
+
+    monkeypatch.setenv(CACHE_ENV, "off")
+    assert default_cache_directory() is None
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "c"))
+    assert default_cache_directory() == tmp_path / "c"
+    monkeypatch.delenv(CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_directory() == tmp_path / "xdg" / "so3krates" / "jax"
+
+
+def test_a_second_process_loads_the_compiled_program_from_the_cache(tmp_path):
+    # the cache is real: the second process finds the first one's entry and compiles nothing
+    import subprocess
+    import sys
+
+    code = ("import jax, jax.numpy as jnp\n"
+            "from so3krates.compile import jit, use_compilation_cache\n"
+            f"use_compilation_cache({str(tmp_path)!r})\n"
+            "events = []\n"
+            "jax.monitoring.register_event_listener(lambda name, **kw: events.append(name))\n"
+            "jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((64, 64))).block_until_ready()\n"
+            "print(sum(e.endswith('cache_hits') for e in events),"
+            " sum(e.endswith('cache_misses') for e in events))\n")
+    (hits0, misses0), (hits1, misses1) = [
+        map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                check=True).stdout.split()[-2:]) for _ in range(2)]
+    assert (hits0, misses1) == (0, 0) and hits1 == misses0 > 0

@@ -199,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     _demo_parser(sub)
     md_cli.add_parsers(sub)
     args = parser.parse_args(argv)
+    from so3krates.compile import use_compilation_cache
+
+    use_compilation_cache()  # the next command compiles the same model from disk
     handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo}
     handlers.update({k: (lambda a, f=f: f(a, console)) for k, f in md_cli.HANDLERS.items()})
     from pydantic import ValidationError

@@ -19,7 +19,9 @@ keeps its widest vectors.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
+from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -100,6 +102,46 @@ def jit(fun: Callable | None = None, **kwargs) -> Callable:
     if fun is None:
         return functools.partial(jit, **kwargs)
     return _Jitted(fun, kwargs)
+
+
+CACHE_ENV = "SO3KRATES_COMPILATION_CACHE"
+CACHE_MAX_BYTES = 2 * 1024**3
+
+
+def default_cache_directory() -> Path | None:
+    """Where :func:`use_compilation_cache` keeps compiled programs: ``$SO3KRATES_COMPILATION_CACHE``
+    (``off``: nowhere), else ``$XDG_CACHE_HOME/so3krates/jax`` (``~/.cache/so3krates/jax``)."""
+    value = os.environ.get(CACHE_ENV)
+    if value is not None:
+        return None if value.strip().lower() in ("", "0", "off", "false", "no") else Path(value)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "so3krates" / "jax"
+
+
+def use_compilation_cache(directory: str | os.PathLike | None = None) -> Path | None:
+    """Keep XLA's compiled programs on disk (JAX's persistent compilation cache), so that the
+    next process compiles the same model in a fraction of the time: on the 2-core
+    development machine a 100-step training of a small model took 24 s the first time and
+    7 s the second. ``directory``: default :func:`default_cache_directory`; a
+    ``JAX_COMPILATION_CACHE_DIR`` set by the user wins. Returns the directory in use (None:
+    no cache, also where it cannot be created). The cache is bounded where ``filelock`` is
+    installed (2 GiB, least recently used entries go first); XLA refuses entries compiled for
+    another CPU and recompiles.
+    """
+    if jax.config.jax_compilation_cache_dir:
+        return Path(jax.config.jax_compilation_cache_dir)
+    path = Path(directory) if directory is not None else default_cache_directory()
+    if path is None:
+        return None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    if importlib.util.find_spec("filelock") is not None:  # JAX bounds the cache with it
+        jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+    return path
 
 
 # XLA:CPU flags for one compute thread (no Eigen thread pool, one intra-op thread).
