@@ -118,8 +118,8 @@ def test_compilation_cache_directory_follows_the_environment(monkeypatch, tmp_pa
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "c"))
     assert default_cache_directory() == tmp_path / "c"
     monkeypatch.delenv(CACHE_ENV)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert default_cache_directory() == tmp_path / "xdg" / "so3krates" / "jax"
+    monkeypatch.setenv("SO3KRATES_CACHE", str(tmp_path / "root"))
+    assert default_cache_directory() == tmp_path / "root" / "jax"
 
 
 def test_a_second_process_loads_the_compiled_program_from_the_cache(tmp_path):

@@ -108,14 +108,18 @@ CACHE_ENV = "SO3KRATES_COMPILATION_CACHE"
 CACHE_MAX_BYTES = 2 * 1024**3
 
 
+def cache_root() -> Path:
+    """The package's cache directory: ``$SO3KRATES_CACHE``, else ``~/.cache/so3krates``."""
+    return Path(os.environ.get("SO3KRATES_CACHE") or Path.home() / ".cache" / "so3krates")
+
+
 def default_cache_directory() -> Path | None:
-    """Where :func:`use_compilation_cache` keeps compiled programs: ``$SO3KRATES_COMPILATION_CACHE``
-    (``off``: nowhere), else ``$XDG_CACHE_HOME/so3krates/jax`` (``~/.cache/so3krates/jax``)."""
+    """Where :func:`use_compilation_cache` keeps compiled programs:
+    ``$SO3KRATES_COMPILATION_CACHE`` (``off``: nowhere), else ``jax`` in :func:`cache_root`."""
     value = os.environ.get(CACHE_ENV)
     if value is not None:
         return None if value.strip().lower() in ("", "0", "off", "false", "no") else Path(value)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "so3krates" / "jax"
+    return cache_root() / "jax"
 
 
 def use_compilation_cache(directory: str | os.PathLike | None = None) -> Path | None:

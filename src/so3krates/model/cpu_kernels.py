@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from so3krates.compile import cache_root
+
 SOURCE = Path(__file__).with_name("kernels") / "pair_attention.cc"
 # Reassociation lets GCC reduce head sums in a tree (an in-order sum of 16 lanes took a
 # third of the backward pass's time); no other fast-math assumption (NaNs, infinities).
@@ -46,8 +48,7 @@ _TARGETS = {  # FFI target name -> exported handler symbol
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("SO3KRATES_CACHE") or Path.home() / ".cache" / "so3krates"
-    return Path(root) / "kernels"
+    return cache_root() / "kernels"
 
 
 def _cpu_signature() -> str:
