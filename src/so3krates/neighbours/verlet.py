@@ -19,9 +19,10 @@ re-allocates with the images of the new cell (:func:`grow`). Pairs are never mis
 
 Pairs are found by blocked all-pairs search over a fixed set of lattice images: O(N^2 K) work
 per build but no per-cell capacity, exact for any cell (triclinic, small cells that need
-several images, slabs) and cheap next to a model evaluation at the sizes we run (a 10,000-atom
-build costs about as much as one force call and happens every ~20 steps). Periodic boxes whose
-plane spacings all exceed twice the list radius use the minimum image, one candidate per pair.
+several images, slabs) and cheap next to a model evaluation up to a few thousand atoms.
+Periodic boxes whose plane spacings all exceed twice the list radius use the minimum image,
+one candidate per pair. Large systems use cell lists instead (:mod:`so3krates.neighbours.cells`,
+``NeighbourSpec.bins``): O(N) work, with a per-bin capacity that grows like the others.
 
 Pair ``(i, j, S)`` means ``r_ij = R_j - R_i + S @ cell`` as in :mod:`so3krates.neighbours`;
 the lists are full (both directions) and in the halves layout: pair ``P/2 + k`` is the
@@ -42,8 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from so3krates.neighbours import cells, neighbour_list
 from so3krates.neighbours.pairs import reverse_pair_order_by_shifts
-from so3krates.neighbours import neighbour_list
 
 ROW_BLOCK = 128  # centres per block of the all-pairs search (bounds its temporary memory)
 VERLET_HEADROOM = 1.15  # extra headroom of the Verlet list over the model's pair list
@@ -65,6 +66,10 @@ class NeighbourSpec(NamedTuple):
             ``max(cutoff, long_cutoff) + skin`` and a second list, of the pairs within
             ``long_cutoff`` each once, is selected from it (``Neighbours.long_range``).
         long_capacity: maximum number of those pairs.
+        bins: bins per axis of the cell-list search (:mod:`so3krates.neighbours.cells`), or
+            None for the all-pairs search; with bins, ``images`` only records the periodic
+            axes (one image along each).
+        bin_capacity: maximum number of atoms in one bin.
     """
 
     cutoff: float
@@ -76,6 +81,8 @@ class NeighbourSpec(NamedTuple):
     minimum_image: bool = False
     long_cutoff: float | None = None
     long_capacity: int = 0
+    bins: tuple | None = None
+    bin_capacity: int = 0
 
     @property
     def radius(self) -> float:
@@ -99,6 +106,9 @@ class VerletList(NamedTuple):
         images_ok: False if the spec's images (or minimum image) did not cover some build's
             cell (then ``overflow`` too).
         overflow: True if the pairs did not fit: the list is then incomplete.
+        fullest_bin: the most atoms in one bin of the cell-list search (0 without bins).
+        bins_ok: False if some build's bins were narrower than the list radius (then
+            ``overflow`` too).
     """
 
     centers: jnp.ndarray
@@ -111,6 +121,8 @@ class VerletList(NamedTuple):
     image_reach: jnp.ndarray
     images_ok: jnp.ndarray
     overflow: jnp.ndarray
+    fullest_bin: jnp.ndarray
+    bins_ok: jnp.ndarray
 
 
 class LongPairs(NamedTuple):
@@ -195,12 +207,15 @@ def allocate(
     skin: float,
     headroom: float = 1.1,
     long_cutoff: float | None = None,
+    search: str = "auto",
 ) -> NeighbourSpec:
     """A :class:`NeighbourSpec` sized from the current structure (host side, with ``vesin``).
 
     Padding pairs cost as much as real ones in the model, so the headroom is modest; an
     overflow later costs one re-run of a chunk. ``long_cutoff``: also select the pairs of the
-    long-range terms (see :class:`NeighbourSpec`).
+    long-range terms (see :class:`NeighbourSpec`). ``search``: ``"cells"`` (cell lists),
+    ``"all_pairs"``, or ``"auto"``: cell lists where their candidates per atom (27 bins) are
+    fewer than a quarter of the atoms.
     """
     pbc = np.asarray(pbc, dtype=bool).reshape(3)
     cell = complete_cell(cell, pbc)
@@ -215,6 +230,9 @@ def allocate(
     images = ((0, 0, 0),) if minimum else lattice_images(cell, pbc, radius)
     n = len(positions)
     most = n * len(images) - 1  # neighbours of one atom, at most (never itself unshifted)
+    bins, bin_capacity = _cell_grid(positions, cell, pbc, radius, headroom, search)
+    if bins is not None:
+        images, minimum = lattice_images(cell, pbc, radius), False
     return NeighbourSpec(
         cutoff=float(cutoff),
         skin=float(skin),
@@ -227,7 +245,38 @@ def allocate(
         minimum_image=minimum,
         long_cutoff=None if long_cutoff is None else float(long_cutoff),
         long_capacity=_pair_capacity(n_long, headroom) if long_cutoff else 0,
+        bins=bins,
+        bin_capacity=bin_capacity,
     )
+
+
+def _fractional(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray):
+    """Fractional coordinates (wrapped along periodic axes) and the search cell (the identity
+    for molecules), host side."""
+    search_cell = cell if pbc.any() else np.eye(3)
+    frac = np.asarray(positions, np.float64) @ np.linalg.inv(search_cell)
+    return np.where(pbc, frac - np.floor(frac), frac), search_cell
+
+
+def _cell_grid(positions, cell, pbc, radius: float, headroom: float, search: str):
+    """``(bins, bin_capacity)`` of the cell-list search for this structure, or ``(None, 0)``
+    for the all-pairs search (see :func:`allocate`)."""
+    if search not in ("auto", "cells", "all_pairs"):
+        raise ValueError(f"unknown neighbour search {search!r} (auto, cells, all_pairs)")
+    if search == "all_pairs" or len(positions) == 0:
+        return None, 0
+    frac, search_cell = _fractional(positions, cell, pbc)
+    norms = np.linalg.norm(np.linalg.inv(search_cell), axis=0)
+    bins = cells.grid_shape(frac, norms, pbc, radius)
+    if bins is None:
+        if search == "cells":
+            raise ValueError(f"cell lists need 3 bins of {radius:g} Å along each periodic axis; "
+                             f"this cell is too small")
+        return None, 0
+    capacity = int(cells.fullest_bin(frac, pbc, bins) * headroom) + 4
+    if search == "auto" and 27 * capacity * 4 > len(positions):
+        return None, 0
+    return bins, capacity
 
 
 def grow(spec: NeighbourSpec, nbrs: Neighbours, headroom: float = 1.15) -> NeighbourSpec:
@@ -235,6 +284,18 @@ def grow(spec: NeighbourSpec, nbrs: Neighbours, headroom: float = 1.15) -> Neigh
     and the lattice images their cells needed (one more along each axis that ran short, so
     that a shrinking or shearing box re-allocates rarely)."""
     v = nbrs.verlet
+    if spec.bins is not None:
+        if not bool(v.bins_ok):  # bins too narrow now: a new grid for the last build's state
+            pbc = _periodic_axes(spec)
+            frac, search_cell = _fractional(np.asarray(v.reference),
+                                            np.asarray(v.reference_cell), pbc)
+            norms = np.linalg.norm(np.linalg.inv(search_cell), axis=0)
+            bins = cells.grid_shape(frac, norms, pbc, spec.radius)
+            spec = spec._replace(bins=bins, bin_capacity=0 if bins is None else max(
+                spec.bin_capacity, cells.fullest_bin(frac, pbc, bins) + 4))
+        if spec.bins is not None:
+            spec = spec._replace(bin_capacity=max(spec.bin_capacity,
+                                                  int(int(v.fullest_bin) * headroom) + 4))
     if not bool(v.images_ok):
         need = np.asarray(v.image_reach)
         have = (np.zeros(3, int) if spec.minimum_image
@@ -316,12 +377,23 @@ def build_verlet(positions: jnp.ndarray, cell: jnp.ndarray, spec: NeighbourSpec)
         out_s = jnp.zeros((rows.shape[0], m + 1, 3), dtype).at[b_idx, slot].set(cand_s)
         return out_j[:, :m], out_s[:, :m], jnp.sum(mask, axis=1)
 
-    n_blocks = -(-n // ROW_BLOCK)
-    rows = jnp.arange(n_blocks * ROW_BLOCK).reshape(n_blocks, ROW_BLOCK)
-    nb_j, nb_s, counts = jax.lax.map(row_block, rows)
-    nb_j = nb_j.reshape(-1, m)[:n]
-    nb_s = nb_s.reshape(-1, m, 3)[:n]
-    counts = counts.reshape(-1)[:n]
+    fullest, bins_ok = jnp.zeros((), jnp.int32), jnp.ones((), bool)
+    if spec.bins is not None:
+        axes = _periodic_axes(spec)
+        search_cell = cell if axes.any() else jnp.eye(3, dtype=dtype)
+        frac = wrapped @ jnp.linalg.inv(search_cell)
+        frac = jnp.where(jnp.asarray(axes), frac - jnp.floor(frac), frac)  # rounding at faces
+        found = cells.search(wrapped, frac, search_cell, axes, spec.radius, spec.bins,
+                             spec.bin_capacity, m)
+        nb_j, nb_s, counts = found.neighbours, found.shifts, found.counts
+        fullest, bins_ok = found.fullest, found.ok
+    else:
+        n_blocks = -(-n // ROW_BLOCK)
+        rows = jnp.arange(n_blocks * ROW_BLOCK).reshape(n_blocks, ROW_BLOCK)
+        nb_j, nb_s, counts = jax.lax.map(row_block, rows)
+        nb_j = nb_j.reshape(-1, m)[:n]
+        nb_s = nb_s.reshape(-1, m, 3)[:n]
+        counts = counts.reshape(-1)[:n]
 
     # Flatten the per-atom lists into one pair list of fixed capacity, in centre order.
     kept = jnp.minimum(counts, m)
@@ -343,9 +415,10 @@ def build_verlet(positions: jnp.ndarray, cell: jnp.ndarray, spec: NeighbourSpec)
     n_pairs = jnp.sum(counts).astype(jnp.int32)
     max_count = jnp.max(counts).astype(jnp.int32)
     covered = images_cover(cell, spec)
-    overflow = (n_pairs > spec.verlet_capacity) | (max_count > m) | ~covered
+    overflow = ((n_pairs > spec.verlet_capacity) | (max_count > m) | ~covered
+                | (fullest > spec.bin_capacity) & (spec.bins is not None) | ~bins_ok)
     return VerletList(centers, neighbours, shifts, positions, cell.astype(dtype), n_pairs,
-                      max_count, needed_images(cell, spec), covered, overflow)
+                      max_count, needed_images(cell, spec), covered, overflow, fullest, bins_ok)
 
 
 def _periodic_axes(spec: NeighbourSpec) -> np.ndarray:
@@ -477,6 +550,8 @@ def update(positions: jnp.ndarray, cell: jnp.ndarray, nbrs: Neighbours, spec: Ne
         max_count=jnp.maximum(verlet.max_count, nbrs.verlet.max_count),
         image_reach=jnp.maximum(verlet.image_reach, nbrs.verlet.image_reach),
         images_ok=verlet.images_ok & nbrs.verlet.images_ok,
+        fullest_bin=jnp.maximum(verlet.fullest_bin, nbrs.verlet.fullest_bin),
+        bins_ok=verlet.bins_ok & nbrs.verlet.bins_ok,
     )
     new = _with_selection(positions, cell, verlet, spec)
     if new.long_range is not None and nbrs.long_range is not None:
