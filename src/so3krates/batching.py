@@ -434,7 +434,138 @@ def single_graph(
     return graph, capacity
 
 
-class GraphDataset:
+class StructureGraphs(NamedTuple):
+    """What the batches of some structures are built from, per structure (see
+    :func:`structure_graphs`): neighbour lists, their halves orders (None: some list lacks
+    reverses), long-range lists (None: no term needs them), Ewald k-vectors (None for a
+    structure without an Ewald sum)."""
+
+    neighbour_lists: list[NeighbourList]
+    halves: list[np.ndarray] | None
+    long_range_lists: list[NeighbourList] | None
+    kvectors: list[np.ndarray | None]
+
+
+def structure_graphs(data, cutoff: float, pair_halves: bool = True, long_range: bool = False,
+                     long_range_cutoff: float | None = None,
+                     kspace_cutoff: float | None = None) -> StructureGraphs:
+    """Neighbour lists within ``cutoff`` Å and the other per-structure inputs of :func:`pack`
+    for every structure of ``data`` (a :class:`~so3krates.data.Dataset`)."""
+    lists = [neighbour_list(r, c, p, cutoff) for r, c, p in zip(data.positions, data.cells,
+                                                                  data.pbc)]
+    long_lists = None
+    if long_range:  # within ``long_range_cutoff``, or all pairs
+        long_lists = [long_range_list(r, c, p, long_range_cutoff)
+                      for r, c, p in zip(data.positions, data.cells, data.pbc)]
+    kvectors = [kspace_vectors(c, p, kspace_cutoff) for c, p in zip(data.cells, data.pbc)]
+    halves = [reverse_halves(nl) for nl in lists] if pair_halves else [None]
+    return StructureGraphs(lists, halves if all(h is not None for h in halves) else None,
+                           long_lists, kvectors)
+
+
+def ladder_for(n_atoms: np.ndarray, n_pairs: np.ndarray, batch_size: int, n_buckets: int = 3,
+               n_long_pairs: np.ndarray | None = None, max_kvectors: int = 0) -> list[Capacity]:
+    """The :func:`bucket_ladder` of a dataset whose structures have ``n_atoms``, ``n_pairs``
+    and ``n_long_pairs`` (each (S,)): its largest capacity holds the ``batch_size`` largest
+    structures of each count."""
+    b = min(batch_size, len(n_atoms))
+
+    def top(counts) -> int:
+        return int(np.sort(np.asarray(counts, dtype=np.int64))[::-1][:b].sum())
+
+    return bucket_ladder(top(n_atoms), top(n_pairs), batch_size, n_buckets,
+                         max_long_pairs=top(n_long_pairs) if n_long_pairs is not None else 0,
+                         max_kvectors=max_kvectors)
+
+
+def pack_structures(data, indices: Sequence[int], graphs: StructureGraphs, capacity: Capacity,
+                    dtype=np.float32, ewald: bool | None = None) -> tuple[Graph, Labels]:
+    """Structures ``indices`` of ``data`` (a :class:`~so3krates.data.Dataset`) and their
+    ``graphs`` (of all of ``data``'s structures) as a padded graph with labels.
+
+    ``ewald``: give the graph k-vectors (None: if some structure of ``graphs`` has them)."""
+    d = data
+    idx = np.asarray(indices, dtype=np.int64)
+    lrs = graphs.long_range_lists
+    if ewald is None:
+        ewald = any(m is not None for m in graphs.kvectors)
+    graph = pack(
+        [d.numbers[k] for k in idx],
+        [d.positions[k] for k in idx],
+        d.cells[idx],
+        [graphs.neighbour_lists[k] for k in idx],
+        capacity,
+        dtype,
+        halves=None if graphs.halves is None else [graphs.halves[k] for k in idx],
+        charge=d.charge[idx],
+        spin=d.spin[idx],
+        long_range_lists=None if lrs is None else [lrs[k] for k in idx],
+        kvectors=[graphs.kvectors[k] for k in idx] if ewald else None,
+    )
+    labels = pack_labels(d.energy[idx], [d.forces[k] for k in idx], capacity,
+                         None if d.stress is None else d.stress[idx],
+                         None if d.dipole is None else d.dipole[idx],
+                         None if d.charges is None else [d.charges[k] for k in idx])
+    return graph, labels
+
+
+class GraphSource:
+    """Structures served as padded batches of a few shapes: what training reads.
+
+    Subclasses hold ``batch_size`` and ``ladder`` (the capacities, smallest first) and
+    implement ``__len__``, :meth:`capacity_of`, :meth:`batch` and :attr:`pair_halves`;
+    :meth:`batches` and :meth:`num_batches` follow. :class:`GraphDataset` keeps everything in
+    memory; ``so3krates.streaming.StreamingGraphDataset`` reads structures from disk per batch.
+    """
+
+    batch_size: int
+    ladder: list[Capacity]
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def pair_halves(self) -> bool:
+        """True if the batches come in the halves layout (see :func:`pack`)."""
+        raise NotImplementedError
+
+    def capacity_of(self, indices: Sequence[int]) -> Capacity:
+        """The capacity of the ladder that :meth:`batch` chooses for structures ``indices``."""
+        raise NotImplementedError
+
+    def batch(self, indices: Sequence[int], capacity: Capacity | None = None
+              ) -> tuple[Graph, Labels]:
+        """Structures ``indices`` (at most ``batch_size``) as a padded graph with labels, padded
+        to ``capacity`` (one of the ladder's that holds them; default :meth:`capacity_of`)."""
+        raise NotImplementedError
+
+    def batches(self, order: Sequence[int] | None = None, start: int = 0,
+                shard: tuple[int, int] = (0, 1)):
+        """Yield ``(graph, labels)`` for consecutive chunks of ``order``, from chunk ``start``.
+
+        With ``shard=(rank, size)`` the chunks hold ``size * batch_size`` structures, and of
+        each this yields the ``rank``-th ``batch_size`` (fewer, or none, at the end): the share
+        of one process of a data-parallel run.
+        """
+        for indices in self.batch_indices(order, start, shard):
+            yield self.batch(indices)
+
+    def batch_indices(self, order: Sequence[int] | None = None, start: int = 0,
+                      shard: tuple[int, int] = (0, 1)):
+        """The structure indices of each batch of :meth:`batches`, in order."""
+        rank, size = shard
+        order = np.arange(len(self)) if order is None else np.asarray(order)
+        chunk = size * self.batch_size
+        for s in range(start * chunk, len(order), chunk):
+            lo = s + rank * self.batch_size
+            yield order[lo : min(lo + self.batch_size, s + chunk)]
+
+    def num_batches(self, shards: int = 1) -> int:
+        """Chunks in an epoch (see :meth:`batches`)."""
+        return -(-len(self) // (shards * self.batch_size))
+
+
+class GraphDataset(GraphSource):
     """A dataset with precomputed neighbour lists, served as padded batches.
 
     Capacities come from a short ladder (``n_buckets``) sized for the largest possible batch
@@ -453,27 +584,19 @@ class GraphDataset:
         self.data = data
         self.batch_size = batch_size
         self.dtype = dtype
-        self.neighbour_lists = [
-            neighbour_list(r, c, p, cutoff) for r, c, p in zip(data.positions, data.cells, data.pbc)
-        ]
+        self._graphs = structure_graphs(data, cutoff, pair_halves, long_range,
+                                        long_range_cutoff, kspace_cutoff)
+        self.neighbour_lists = self._graphs.neighbour_lists
         # Pairs of the long-range terms (``long_range``): within ``long_range_cutoff``, or all.
-        self.long_range_lists = None
-        if long_range:
-            self.long_range_lists = [long_range_list(r, c, p, long_range_cutoff)
-                                     for r, c, p in zip(data.positions, data.cells, data.pbc)]
+        self.long_range_lists = self._graphs.long_range_lists
         # Ewald k-vectors of the 3D-periodic structures (``kspace_cutoff``), if there are any.
-        kvectors = [kspace_vectors(c, p, kspace_cutoff) for c, p in zip(data.cells, data.pbc)]
+        kvectors = self._graphs.kvectors
         self.kvectors = kvectors if any(m is not None for m in kvectors) else None
-        halves = [reverse_halves(nl) for nl in self.neighbour_lists] if pair_halves else [None]
-        self._halves = halves if all(h is not None for h in halves) else None
-        n_atoms = np.sort(data.n_atoms)[::-1]
-        n_pairs = np.sort([len(nl.centers) for nl in self.neighbour_lists])[::-1]
-        b = min(batch_size, len(data))
-        n_long = np.sort([len(nl.centers) for nl in self.long_range_lists or []])[::-1]
-        self.ladder = bucket_ladder(
-            int(n_atoms[:b].sum()), int(n_pairs[:b].sum()), batch_size, n_buckets,
-            max_long_pairs=int(n_long[:b].sum()),
-            max_kvectors=max((len(m) for m in self.kvectors or [] if m is not None), default=0),
+        self.ladder = ladder_for(
+            data.n_atoms, [len(nl.centers) for nl in self.neighbour_lists], batch_size,
+            n_buckets, None if self.long_range_lists is None
+            else [len(nl.centers) for nl in self.long_range_lists],
+            max((len(m) for m in self.kvectors or [] if m is not None), default=0),
         )
 
     def __len__(self) -> int:
@@ -482,7 +605,7 @@ class GraphDataset:
     @property
     def pair_halves(self) -> bool:
         """True if the batches come in the halves layout (see :func:`pack`)."""
-        return self._halves is not None
+        return self._graphs.halves is not None
 
     def capacity_of(self, indices: Sequence[int]) -> Capacity:
         """The capacity of the ladder that :meth:`batch` chooses for structures ``indices``."""
@@ -495,46 +618,6 @@ class GraphDataset:
               ) -> tuple[Graph, Labels]:
         """Structures ``indices`` (at most ``batch_size``) as a padded graph with labels, padded
         to ``capacity`` (one of the ladder's that holds them; default :meth:`capacity_of`)."""
-        d = self.data
-        nls = [self.neighbour_lists[k] for k in indices]
-        lrs = (None if self.long_range_lists is None
-               else [self.long_range_lists[k] for k in indices])
         cap = self.capacity_of(indices) if capacity is None else capacity
-        idx = np.asarray(indices, dtype=np.int64)
-        graph = pack(
-            [d.numbers[k] for k in indices],
-            [d.positions[k] for k in indices],
-            d.cells[np.asarray(indices, dtype=np.int64)],
-            nls,
-            cap,
-            self.dtype,
-            halves=None if self._halves is None else [self._halves[k] for k in indices],
-            charge=d.charge[idx],
-            spin=d.spin[idx],
-            long_range_lists=lrs,
-            kvectors=None if self.kvectors is None else [self.kvectors[k] for k in indices],
-        )
-        labels = pack_labels(d.energy[idx], [d.forces[k] for k in indices], cap,
-                             None if d.stress is None else d.stress[idx],
-                             None if d.dipole is None else d.dipole[idx],
-                             None if d.charges is None else [d.charges[k] for k in indices])
-        return graph, labels
-
-    def batches(self, order: Sequence[int] | None = None, start: int = 0,
-                shard: tuple[int, int] = (0, 1)):
-        """Yield ``(graph, labels)`` for consecutive chunks of ``order``, from chunk ``start``.
-
-        With ``shard=(rank, size)`` the chunks hold ``size * batch_size`` structures, and of
-        each this yields the ``rank``-th ``batch_size`` (fewer, or none, at the end): the share
-        of one process of a data-parallel run.
-        """
-        rank, size = shard
-        order = np.arange(len(self)) if order is None else np.asarray(order)
-        chunk = size * self.batch_size
-        for s in range(start * chunk, len(order), chunk):
-            lo = s + rank * self.batch_size
-            yield self.batch(order[lo : min(lo + self.batch_size, s + chunk)])
-
-    def num_batches(self, shards: int = 1) -> int:
-        """Chunks in an epoch (see :meth:`batches`)."""
-        return -(-len(self) // (shards * self.batch_size))
+        return pack_structures(self.data, indices, self._graphs, cap, self.dtype,
+                               ewald=self.kvectors is not None)

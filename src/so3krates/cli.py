@@ -1,4 +1,4 @@
-"""Command line: ``so3krates train | evaluate | demo | md | relax | explore | analyze``."""
+"""Command line: ``so3krates train | evaluate | convert | demo | md | relax | explore | analyze``."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ console = Console(soft_wrap=True)  # messages with long paths stay on one line (
 def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train an SO3krates model on your data")
     p.add_argument("config", nargs="?", help="YAML config (default: the package defaults)")
-    p.add_argument("--data", help="dataset path (.npz, extxyz, any ASE format)")
+    p.add_argument("--data", help="dataset path (.npz, extxyz, any ASE format; .h5: a file of "
+                                  "so3krates convert, read from disk per batch)")
     p.add_argument("--n-train", type=int)
     p.add_argument("--n-valid", type=int)
     p.add_argument("--max-time", type=float, metavar="MINUTES", help="wall-clock budget")
@@ -50,6 +51,21 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="data reading options, e.g. --set data.energy_key=REF_energy")
+
+
+def _convert_parser(sub) -> None:
+    p = sub.add_parser("convert", help="write a dataset as an indexed HDF5 file, for training on "
+                                       "data larger than memory")
+    p.add_argument("data", help="dataset to read (.npz, extxyz, any ASE format)")
+    p.add_argument("output", help="HDF5 file to write (.h5 or .hdf5)")
+    p.add_argument("--cutoff", type=float, metavar="ANGSTROM",
+                   help="also store each structure's pair count within this cutoff (the "
+                        "model's model.cutoff, default 5): training then starts without a "
+                        "counting pass over the data")
+    p.add_argument("--chunk-size", type=int, default=1000, metavar="N",
+                   help="structures read and written at a time (bounds the memory; default 1000)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="data reading options as for train, e.g. --set data.energy_key=REF_energy")
 
 
 def _demo_parser(sub) -> None:
@@ -142,6 +158,7 @@ def evaluate_dir(model_dir: str, data_path: str | None, split: str, overrides: l
     """Evaluate a model directory; returns the metrics (also printed and written)."""
     import numpy as np
 
+    from so3krates.data import Dataset
     from so3krates.data.split import SPLIT_FILE, load_split
     from so3krates.evaluate import evaluate_model
     from so3krates.model_io import load_model
@@ -166,6 +183,8 @@ def evaluate_dir(model_dir: str, data_path: str | None, split: str, overrides: l
         else:
             console.print(f"[yellow]no split in {model_dir}; evaluating all structures[/yellow]")
             label = "all"
+    if not isinstance(data, Dataset):  # an HDF5 dataset file: this split, in memory
+        data = data.load()
     metrics, energy, forces, stress = evaluate_model(model, data, batch_size)
     metrics = {"model": str(model_dir_p), "data": str(config.data.path), "split": label, **metrics}
     print_metrics(metrics, f"{model_dir} on {config.data.path} ({label})")
@@ -184,6 +203,35 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    import os
+    import signal
+
+    from so3krates.data.hdf5 import convert
+    from so3krates.training.data import READING_OPTIONS
+
+    other = [o for o in args.set if not o.strip().startswith("data.")]
+    if other:
+        raise ValueError(f"convert takes data.* reading options only, not {other[0]!r}")
+    if args.chunk_size < 1:
+        raise ValueError(f"--chunk-size must be >= 1, not {args.chunk_size}")
+    d = load_config_file(None, list(args.set)).data
+    options = {k: getattr(d, k) for k in (*READING_OPTIONS, "nan_labels", "format")}
+    kill_after = int(os.environ.get("SO3KRATES_KILL_AFTER_CHUNK", "0"))  # fault injection (tests)
+    chunks = 0
+
+    def after_chunk(n_written: int) -> None:
+        nonlocal chunks
+        chunks += 1
+        if kill_after and chunks == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    n = convert(args.data, args.output, options, args.chunk_size, args.cutoff, after_chunk)
+    console.print(f"wrote {n} structures to [bold]{args.output}[/bold]"
+                  + (f" (pair counts within {args.cutoff:g} Å)" if args.cutoff else ""))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from so3krates.demo import run_demo
 
@@ -196,13 +244,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _evaluate_parser(sub)
+    _convert_parser(sub)
     _demo_parser(sub)
     md_cli.add_parsers(sub)
     args = parser.parse_args(argv)
     from so3krates.compile import use_compilation_cache
 
     use_compilation_cache()  # the next command compiles the same model from disk
-    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo}
+    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "convert": cmd_convert,
+                "demo": cmd_demo}
     handlers.update({k: (lambda a, f=f: f(a, console)) for k, f in md_cli.HANDLERS.items()})
     from pydantic import ValidationError
 

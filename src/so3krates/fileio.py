@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -28,5 +30,35 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         except FileNotFoundError:
             pass
         if isinstance(err, OSError):
+            raise OSError(err.errno, f"could not write {path}: {err.strerror}") from err
+        raise
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path in the folder of ``path`` for a writer that needs a file name (HDF5):
+    when the block ends without error the file there is synced and renamed to ``path``;
+    on an error it is removed and ``path``, if it exists, is left untouched. A process
+    killed inside the block leaves the hidden temporary file (``.NAME.*.tmp``), never a
+    partial ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException as err:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(err, OSError) and err.errno is not None:
             raise OSError(err.errno, f"could not write {path}: {err.strerror}") from err
         raise

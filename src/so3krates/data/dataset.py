@@ -6,6 +6,7 @@ model happen later (``so3krates.batching``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +14,19 @@ import numpy as np
 
 class DataError(ValueError):
     """Raised for input data that cannot be used: the message says what is wrong and where."""
+
+
+def renumbered(err: Exception, indices) -> Exception:
+    """``err`` (raised for a part of a file) with each "structure k" of its message made
+    "structure indices[k]": the structure's number in the whole file. Same type, no traceback
+    of its own (raise it ``from None``)."""
+    indices = np.asarray(indices)
+
+    def whole(m: re.Match) -> str:
+        k = int(m.group(1))
+        return f"structure {int(indices[k]) if k < len(indices) else k}"
+
+    return type(err)(re.sub(r"\bstructure (\d+)", whole, str(err)))
 
 
 @dataclass(frozen=True)

@@ -78,34 +78,62 @@ def read_dataset(
     Raises:
         DataError: missing file or keys, empty file, mismatched shapes, NaN, overlaps.
     """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: the file is empty")
-    e_fac = energy_factor(energy_unit)
-    l_fac = length_factor(length_unit)
-    keys = _ElectronicKeys(charge_key, spin_key, dipole_key, charges_key,
-                           float(default_charge), float(default_spin))
-    if format == "npz" or (format is None and path.suffix == ".npz"):
-        data = _read_npz(path, energy_key, forces_key, stress_key, keys)
+    r = _Reading.of(path, energy_key, forces_key, stress_key, virial_key, charge_key, spin_key,
+                    dipole_key, charges_key, default_charge, default_spin, energy_unit,
+                    length_unit, nan_labels, format)
+    if r.is_npz:
+        data = _read_npz(r.path, energy_key, forces_key, stress_key, r.keys)
     else:
-        data = _read_ase(path, energy_key, forces_key, stress_key, virial_key, format, keys)
-    data = Dataset(
-        numbers=data.numbers,
-        positions=[r * l_fac for r in data.positions],
-        cells=data.cells * l_fac,
-        pbc=data.pbc,
-        energy=data.energy * e_fac,
-        forces=[f * (e_fac / l_fac) for f in data.forces],
-        source=str(path),
-        stress=None if data.stress is None else data.stress * (e_fac / l_fac**3),
-        charge=data.charge,
-        spin=data.spin,
-        dipole=None if data.dipole is None else data.dipole * l_fac,
-        charges=data.charges,
-    )
-    return validate(data, nan_labels=nan_labels)
+        data = _read_ase(r.path, energy_key, forces_key, stress_key, virial_key, format, r.keys)
+    return r.finish(data)
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """What :func:`read_dataset` reads and how: the file, its kind, the label keys, the unit
+    factors and the NaN policy (:meth:`of` takes ``read_dataset``'s arguments by name; the
+    chunked reader, ``so3krates.data.chunked``, uses it too)."""
+
+    path: Path
+    is_npz: bool
+    keys: "_ElectronicKeys"
+    energy_factor: float
+    length_factor: float
+    nan_labels: str
+
+    @classmethod
+    def of(cls, path, energy_key, forces_key, stress_key, virial_key, charge_key, spin_key,
+           dipole_key, charges_key, default_charge, default_spin, energy_unit, length_unit,
+           nan_labels, format) -> "_Reading":
+        path = Path(path)
+        if not path.exists():
+            raise DataError(f"{path}: no such file")
+        if path.stat().st_size == 0:
+            raise DataError(f"{path}: the file is empty")
+        keys = _ElectronicKeys(charge_key, spin_key, dipole_key, charges_key,
+                               float(default_charge), float(default_spin))
+        is_npz = format == "npz" or (format is None and path.suffix == ".npz")
+        return cls(path, is_npz, keys, energy_factor(energy_unit), length_factor(length_unit),
+                   nan_labels)
+
+    def finish(self, data: Dataset) -> Dataset:
+        """``data`` as read converted to eV, Å, eV/Å, eV/Å³, and validated."""
+        e_fac, l_fac = self.energy_factor, self.length_factor
+        data = Dataset(
+            numbers=data.numbers,
+            positions=[r * l_fac for r in data.positions],
+            cells=data.cells * l_fac,
+            pbc=data.pbc,
+            energy=data.energy * e_fac,
+            forces=[f * (e_fac / l_fac) for f in data.forces],
+            source=str(self.path),
+            stress=None if data.stress is None else data.stress * (e_fac / l_fac**3),
+            charge=data.charge,
+            spin=data.spin,
+            dipole=None if data.dipole is None else data.dipole * l_fac,
+            charges=data.charges,
+        )
+        return validate(data, nan_labels=self.nan_labels)
 
 
 @dataclass(frozen=True)
@@ -375,12 +403,14 @@ def _agreed(found: list[tuple[str, float]], default: float, where: str, what: st
     return found[0][1] if found else default
 
 
-def _ase_electronic(frames, path: Path, keys: _ElectronicKeys):
+def _ase_electronic(frames, path: Path, keys: _ElectronicKeys, in_file: dict | None = None):
     """Total charge, unpaired electrons, dipole and per-atom charges of ASE structures.
 
     Scalars and the dipole come from ``info`` or the calculator results (extxyz moves a
     ``dipole`` there); per-atom charges from ``arrays`` or the calculator results (extxyz
-    reads a ``charge`` or ``charges`` column as the result ``charges``)."""
+    reads a ``charge`` or ``charges`` column as the result ``charges``). A key the user named
+    that no frame has is an error, unless ``in_file`` is given (frames of a part of a file):
+    then the kinds found and the keys seen are added to it (see :func:`check_named_keys`)."""
     charge, spin, dipole, charges = [], [], [], []
     seen = {kind: False for kind in ("charge", "spin", "dipole", "charges")}
     available: set[str] = set()
@@ -425,10 +455,12 @@ def _ase_electronic(frames, path: Path, keys: _ElectronicKeys):
                                 "numbers") from None
             charges.append(q.reshape(-1) if q.ndim == 2 and q.shape[1] == 1 else q)
             seen["charges"] = True
-    for kind, key in (("charge", keys.charge), ("spin", keys.spin), ("dipole", keys.dipole),
-                      ("charges", keys.charges)):
-        if keys.named(kind) and not seen[kind]:
-            raise _not_found(kind, key, path, available)
+    if in_file is None:
+        check_named_keys(keys, seen, available, path)
+    else:
+        for kind, value in seen.items():
+            in_file[kind] = in_file.get(kind, False) or value
+        in_file.setdefault("available", set()).update(available)
     return (np.asarray(charge, dtype=np.float64), np.asarray(spin, dtype=np.float64),
             np.stack(dipole) if seen["dipole"] else None, charges if seen["charges"] else None)
 
@@ -447,6 +479,23 @@ def _read_ase(path: Path, energy_key: str, forces_key: str, stress_key: str, vir
         frames = [frames]
     if len(frames) == 0:
         raise DataError(f"{path}: no structures found (empty file?)")
+    return _frames_dataset(frames, path, energy_key, forces_key, stress_key, virial_key, keys)
+
+
+def check_named_keys(keys: _ElectronicKeys, found: dict, available: set, path: Path) -> None:
+    """Raise for a label key the user named (not a default) that no structure has:
+    ``found[kind]`` says if one has it, ``available`` the keys the structures have."""
+    for kind, key in (("charge", keys.charge), ("spin", keys.spin), ("dipole", keys.dipole),
+                      ("charges", keys.charges)):
+        if keys.named(kind) and not found.get(kind):
+            raise _not_found(kind, key, path, available)
+
+
+def _frames_dataset(frames, path: Path, energy_key: str, forces_key: str, stress_key: str,
+                    virial_key: str, keys: _ElectronicKeys, in_file: dict | None = None
+                    ) -> Dataset:
+    """The labelled structures of ASE ``frames`` (a list of ``ase.Atoms``), as stored
+    (``in_file``: see :func:`_ase_electronic`)."""
     energies, forces, stresses = [], [], []
     for k, atoms in enumerate(frames):
         stresses.append(_stress_label(atoms, stress_key, virial_key, k, path))
@@ -457,7 +506,7 @@ def _read_ase(path: Path, energy_key: str, forces_key: str, stress_key: str, vir
             raise DataError(f"{path}: structure {k}: energy {e!r} is not a number") from None
         f = np.asarray(_label(atoms, forces_key, "forces", k, path), dtype=np.float64)
         forces.append(f)
-    charge, spin, dipole, charges = _ase_electronic(frames, path, keys)
+    charge, spin, dipole, charges = _ase_electronic(frames, path, keys, in_file)
     return Dataset(
         numbers=[a.numbers.astype(np.int64) for a in frames],
         positions=[a.positions.astype(np.float64) for a in frames],

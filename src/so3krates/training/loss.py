@@ -10,23 +10,25 @@ from so3krates.batching import Labels
 from so3krates.config import DEFAULT_STRESS_WEIGHT, TrainingConfig
 from so3krates.data import Dataset
 from so3krates.potential import Prediction
+from so3krates.training.statistics import TrainingSummary
 
 
-def with_stress_weight(cfg: TrainingConfig, data: Dataset) -> TrainingConfig:
-    """``cfg`` with its stress weight resolved for ``data``: the configured one (None:
-    :data:`~so3krates.config.DEFAULT_STRESS_WEIGHT`) if some structure has a stress label,
-    else 0 (no stress computed)."""
+def with_stress_weight(cfg: TrainingConfig, data: Dataset | TrainingSummary) -> TrainingConfig:
+    """``cfg`` with its stress weight resolved for ``data`` (a training set or its summary):
+    the configured one (None: :data:`~so3krates.config.DEFAULT_STRESS_WEIGHT`) if some
+    structure has a stress label, else 0 (no stress computed)."""
     if not data.has_stress:
         return cfg.model_copy(update={"stress_weight": 0.0})
     weight = DEFAULT_STRESS_WEIGHT if cfg.stress_weight is None else cfg.stress_weight
     return cfg.model_copy(update={"stress_weight": weight})
 
 
-def with_electronic_weights(cfg: TrainingConfig, data: Dataset, electrostatics: bool
-                            ) -> TrainingConfig:
+def with_electronic_weights(cfg: TrainingConfig, data: Dataset | TrainingSummary,
+                            electrostatics: bool) -> TrainingConfig:
     """``cfg`` with its dipole and partial-charge weights resolved: the configured ones (None:
-    1) where the model has electrostatics and ``data`` has such labels, else 0. A weight set
-    for a model without electrostatics is an error (nothing would learn it)."""
+    1) where the model has electrostatics and ``data`` (a training set or its summary) has
+    such labels, else 0. A weight set for a model without electrostatics is an error
+    (nothing would learn it)."""
     update = {}
     for name, has in (("dipole_weight", data.has_dipole), ("charges_weight", data.has_charges)):
         weight = getattr(cfg, name)

@@ -8,7 +8,6 @@ uninterrupted run with the same seed. Batch order is a pure function of (seed, e
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import math
 import os
@@ -25,7 +24,8 @@ from so3krates.batching import GraphDataset
 from so3krates.allocator import keep_freed_memory
 from so3krates.compile import jit
 from so3krates.config import Config, dump_yaml
-from so3krates.data import DataError, Dataset, read_dataset
+from so3krates.data import Dataset
+from so3krates.data.hdf5 import HDF5Dataset
 from so3krates.data.split import SPLIT_FILE, load_split, make_split, save_split
 from so3krates.evaluate import (
     electronic_errors,
@@ -35,8 +35,7 @@ from so3krates.evaluate import (
     predict_dataset,
 )
 from so3krates.fileio import atomic_write_bytes
-from so3krates.model_io import (build_module, check_efa_structures, init_params, reference_table,
-                                save_model)
+from so3krates.model_io import build_module, init_params, reference_table, save_model
 from so3krates.potential import make_predict_fn
 from so3krates.training.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from so3krates.training.guard import DivergenceGuard
@@ -54,7 +53,13 @@ from so3krates.training.optimizer import (
     with_moments_of,
 )
 from so3krates.training.plots import plot_learning_curves, plot_parity
-from so3krates.training.statistics import fit_reference_energies, force_scale
+from so3krates.streaming import prefetch
+from so3krates.training.data import (
+    check_training_data,
+    load_training_data,
+    training_graphs,
+    training_sets,
+)
 from so3krates.training.sharding import (
     ShardedStep,
     device_mesh,
@@ -91,30 +96,6 @@ class TrainResult:
     resumed_from_step: int
 
 
-def load_training_data(config: Config) -> Dataset:
-    """Read the dataset named in ``config.data``."""
-    d = config.data
-    if d.path is None:
-        raise DataError("no data given: pass --data PATH or set data.path in the config")
-    return read_dataset(
-        d.path,
-        energy_key=d.energy_key,
-        forces_key=d.forces_key,
-        stress_key=d.stress_key,
-        virial_key=d.virial_key,
-        charge_key=d.charge_key,
-        spin_key=d.spin_key,
-        dipole_key=d.dipole_key,
-        charges_key=d.charges_key,
-        default_charge=d.default_charge,
-        default_spin=d.default_spin,
-        energy_unit=d.energy_unit,
-        length_unit=d.length_unit,
-        nan_labels=d.nan_labels,
-        format=d.format,
-    )
-
-
 def _check_resume_config(output: Path, config: Config) -> None:
     raw = yaml.safe_load((output / CONFIG_FILE).read_text())
     # Runs of versions with process-based data parallelism: the count is a budget setting.
@@ -149,7 +130,7 @@ def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 def train(
     config: Config,
     output: str | os.PathLike,
-    data: Dataset | None = None,
+    data: Dataset | HDF5Dataset | None = None,
     console=None,
 ) -> TrainResult:
     """Train (or resume training) an SO3krates model; the model directory is ``output``.
@@ -158,6 +139,10 @@ def train(
     ``train_config.yaml``, ``split.npz``, ``metrics.csv``, ``checkpoints/latest.msgpack``
     and ``plots/*.png``. ``console``: a ``rich`` console for messages and the progress bar,
     or ``"stdout"`` / ``"stderr"`` (default stdout).
+
+    ``data``: the dataset (default: read ``config.data.path``); a
+    :class:`~so3krates.data.hdf5.HDF5Dataset` (a ``.h5`` file of ``so3krates convert``) keeps
+    the training set on disk and reads each batch when needed (:mod:`so3krates.training.data`).
 
     With ``training.devices > 1`` every batch is split over that many devices
     (:mod:`so3krates.training.sharding`); in a multi-host run every host calls this and the
@@ -177,9 +162,7 @@ def train(
     data = data if data is not None else load_training_data(config)
     mesh = device_mesh(tcfg.devices) if tcfg.devices > 1 else None
     terms = PhysicalTerms.from_config(mcfg)
-    terms.check_periodic(data.pbc)  # what the terms cannot do with this data, before any work
-    terms.check_elements(data.numbers)
-    check_efa_structures(mcfg, data.positions, data.pbc)
+    check_training_data(data, terms, mcfg)  # what the terms cannot do with it, before any work
 
     resume = (output / LATEST).exists()
     saved = None
@@ -196,17 +179,15 @@ def train(
                            dcfg.split_seed, dcfg.shuffle_split)
         if root:
             save_split(output, split, len(data))
-    train_set, valid_set = data.subset(split["train"]), data.subset(split["valid"])
+    # An HDF5 dataset file: the training set stays on disk, summarised in a streaming pass.
+    train_set, valid_set, summary = training_sets(data, split, terms, mcfg)
 
-    tcfg = with_stress_weight(tcfg, train_set)
-    tcfg = with_electronic_weights(tcfg, train_set, terms.electrostatics)
-    refs = fit_reference_energies(dataclasses.replace(
-        train_set, energy=train_set.energy - terms.parameter_free_energies(train_set)))
-    scale = force_scale(train_set)
+    tcfg = with_stress_weight(tcfg, summary)
+    tcfg = with_electronic_weights(tcfg, summary, terms.electrostatics)
+    refs, scale = summary.reference_energies, summary.force_scale
     module = build_module(mcfg, scale)
     np_dtype = np.dtype(mcfg.dtype)
-    train_graphs = GraphDataset(train_set, mcfg.cutoff, tcfg.batch_size // tcfg.devices, tcfg.buckets,
-                                np_dtype, **terms.graph_options())
+    train_graphs = training_graphs(train_set, mcfg, tcfg, terms.graph_options())
     valid_graphs = GraphDataset(valid_set, mcfg.cutoff, tcfg.batch_size, tcfg.buckets, np_dtype,
                                 **terms.graph_options())
     # Batches in the halves layout (always, for full neighbour lists): the network then
@@ -372,7 +353,8 @@ def train(
                 break
             order = _epoch_order(tcfg.seed, epoch, len(train_set))
             batches = (train_graphs.batches(order, start=step % n_batches) if mesh is None
-                       else sharded_batches(train_graphs, mesh, order, start=step % n_batches))
+                       else prefetch(sharded_batches(train_graphs, mesh, order, start=step % n_batches),
+                                     getattr(train_graphs, "prefetch", 0)))
             for graph, labels in batches:
                 params, opt_state, ema, loss = train_step(params, opt_state, ema, graph, labels)
                 step_losses.append(loss)
