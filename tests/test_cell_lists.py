@@ -14,16 +14,11 @@ from ase.build import bulk
 from so3krates.md.system import System
 from so3krates.neighbours import neighbour_list
 from so3krates.neighbours import verlet as nl
+from test_md_engine import pair_set
 
 CUTOFF, SKIN = 3.0, 0.5
 build = jax.jit(nl.build, static_argnums=2)
 update = jax.jit(nl.update, static_argnums=3)
-
-
-def pair_set(lst, n):
-    c, j, s = (np.asarray(a) for a in (lst.centers, lst.neighbours, lst.shifts))
-    m = c < n
-    return set(zip(c[m], j[m], map(tuple, np.rint(s[m]).astype(int))))
 
 
 def reference(atoms, radius):
