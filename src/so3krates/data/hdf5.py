@@ -191,8 +191,9 @@ def write_hdf5(chunks: Iterable[Dataset], path: str | os.PathLike, source: str,
 class HDF5Dataset:
     """Labelled structures in an HDF5 file of this format, read on demand.
 
-    Holds in memory only the index: atom offsets of the structures it serves (8 bytes each)
-    and, where asked, pair counts. :meth:`subset` gives a view (file indices, no reading);
+    Holds in memory only an index: the file's atom offsets (8 bytes per structure, shared by
+    its views) and the file indices of its own structures (8 bytes each). :meth:`subset`
+    gives a view (file indices, nothing read);
     :meth:`load` reads structures into an in-memory :class:`Dataset`; :meth:`chunks` reads
     them all in file order, a bounded block at a time.
 
