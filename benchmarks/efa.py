@@ -1,6 +1,7 @@
-"""Euclidean fast attention (``model.efa.enabled=true``, docs/efa.md) against the same local
-model: accuracy where a local model cannot see (three reference sets of the EFA paper) and the
-cost of energy + forces as the cluster grows.
+"""Euclidean fast attention (EFA) against the same local model: accuracy and cost.
+
+``model.efa.enabled=true`` (docs/efa.md): accuracy where a local model cannot see (three
+reference sets of the EFA paper) and the cost of energy + forces as the cluster grows.
 
 Phases (``--phase``; ``all`` runs them in this order):
 
@@ -19,7 +20,11 @@ Phases (``--phase``; ``all`` runs them in this order):
   against N for the local model, EFA in total and the EFA part (EFA minus local). EFA is timed
   twice: with the grid the cluster needs (max_extent covering it, the degree chosen for
   max_frequency x max_extent, growing with the cluster) and with a fixed grid (degree of the
-  smallest cluster), which is the cost at constant max_frequency x max_extent.
+  smallest cluster), which is the cost at constant max_frequency x max_extent. Sizes whose
+  extrapolated memory or time is beyond ``--max-memory-gb`` / ``--cost-timeout`` are skipped
+  (recorded with the reason); measurements are cached in ``<workdir>/cost/`` and reused.
+  Then a second pass times local and fixed-grid EFA interleaved in one process per size
+  (``interleaved``), so that both see the same load from other processes.
 
 Training: both variants of a phase get the same split, model (F = 64, 2 blocks, degrees 1-2,
 5 Å cutoff), training recipe (the package defaults) and the same budget in *steps* (not
@@ -29,7 +34,8 @@ root::
 
     .venv/bin/python benchmarks/efa.py --phase all
 
-(about 70 minutes on a 2-core EPYC VM; ``--phase cumulene`` etc. for one part,
+(about 55 minutes on a shared 2-core EPYC VM: cumulene 10, two_atoms 6, sn2 12, cost 25;
+``--phase cumulene`` etc. for one part,
 ``--steps-scale 0.05`` for a quick check that it runs). Writes
 ``benchmarks/results/efa_<machine>_<date>.json`` (a phase run again replaces its entry).
 """
@@ -421,13 +427,14 @@ def grid_size(n_molecules: int, variant: str) -> int:
     return int(lebedev_grid(choose_degree(COST_EFA_MAX_FREQUENCY * extent))[1].size)
 
 
-def run_cost(sizes, variants, timeout_s: float, max_memory_gb: float) -> dict:
+def run_cost(sizes, variants, timeout_s: float, max_memory_gb: float, cache: Path) -> dict:
     """One process per size and variant (sizes ascending, the local model first). A size is
     skipped, ending that variant's series, when it fails, runs past ``timeout_s``, or when
     its peak RSS or its run time (compilation + repeats), extrapolated from the variant's
     previous size, would pass ``max_memory_gb`` or ``timeout_s``: the local model's growth
     above its RSS before the first call scaled by N, an EFA variant's excess over the local
-    model (RSS and time) scaled by N x M."""
+    model (RSS and time) scaled by N x M. Each measurement is kept in ``cache``
+    (``<molecules>_<variant>.json``) and reused by a later run."""
     rows, skipped = [], []
     done = set()
 
@@ -472,6 +479,11 @@ def run_cost(sizes, variants, timeout_s: float, max_memory_gb: float) -> dict:
                     print(f"cost {n}:{v} skipped ({why})", file=sys.stderr, flush=True)
                     done.add(v)
                     continue
+            cached = cache / f"{n}_{v}.json"
+            if cached.exists():
+                rows.append(json.loads(cached.read_text()))
+                print(f"cost {n}:{v}: reusing {cached}", file=sys.stderr, flush=True)
+                continue
             cmd = [sys.executable, __file__, "--phase", "cost-one", "--one", f"{n}:{v}",
                    "--repeats", str(repeats)]
             t0 = time.time()
@@ -485,6 +497,8 @@ def run_cost(sizes, variants, timeout_s: float, max_memory_gb: float) -> dict:
                 row = json.loads(proc.stdout.decode().strip().splitlines()[-1])
                 row["process_wall_s"] = time.time() - t0
                 rows.append(row)
+                cache.mkdir(parents=True, exist_ok=True)
+                cached.write_text(json.dumps(row))
                 print(json.dumps(row), file=sys.stderr, flush=True)
             else:
                 skipped.append({"molecules": n, "n_atoms": 9 * n, "variant": v, "why": why})
@@ -594,7 +608,7 @@ def main() -> None:
         if phase == "cost":
             sizes = [int(s) for s in args.sizes.split(",")]
             entry = run_cost(sizes, args.cost_variants.split(","), args.cost_timeout,
-                             args.max_memory_gb)
+                             args.max_memory_gb, workdir / "cost")
             entry["interleaved"] = run_interleaved(
                 [int(s) for s in args.interleaved_sizes.split(",")],
                 ["local", "efa_fixed_grid"], 5, args.cost_timeout)
