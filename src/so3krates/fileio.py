@@ -10,28 +10,15 @@ from typing import Iterator
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``.
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``
+    (:func:`atomic_path`).
 
     On any error (e.g. ``ENOSPC``) the temporary file is removed and the previous content of
     ``path``, if any, is left untouched; the error is re-raised with the path in its message.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(err, OSError):
-            raise OSError(err.errno, f"could not write {path}: {err.strerror}") from err
-        raise
+    with atomic_path(path) as tmp, os.fdopen(os.open(tmp, os.O_WRONLY | os.O_TRUNC), "wb") as fh:
+        fh.write(data)
+        fh.flush()
 
 
 @contextmanager

@@ -73,6 +73,25 @@ def fullest_bin(fractional: np.ndarray, periodic: np.ndarray, bins: tuple[int, i
     return int(np.bincount(ids, minlength=1).max(initial=0))
 
 
+def grid_for(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, radius: float,
+             headroom: float) -> tuple[tuple[int, int, int] | None, int]:
+    """``(bins, capacity)`` for a structure (host side): the grid of :func:`grid_shape` and
+    ``headroom`` times its fullest bin (plus 4); ``(None, 0)`` where no grid fits.
+
+    Args:
+        positions: (N, 3) Å; cell: (3, 3) lattice vectors as rows, Å (completed, see
+            ``verlet.complete_cell``; ignored for molecules); pbc: (3,) bool.
+    """
+    pbc = np.asarray(pbc, dtype=bool)
+    search_cell = np.asarray(cell, np.float64) if pbc.any() else np.eye(3)
+    frac = np.asarray(positions, np.float64) @ np.linalg.inv(search_cell)
+    frac = np.where(pbc, frac - np.floor(frac), frac)
+    bins = grid_shape(frac, np.linalg.norm(np.linalg.inv(search_cell), axis=0), pbc, radius)
+    if bins is None:
+        return None, 0
+    return bins, int(fullest_bin(frac, pbc, bins) * headroom) + 4
+
+
 def _bin_ids(frac: jnp.ndarray, periodic: jnp.ndarray, bins: tuple[int, int, int]):
     """Per-atom bin (N, 3) int32 and flat bin id (N,); fractional coordinates of periodic axes
     must lie in [0, 1). Open axes span the atoms' extent."""

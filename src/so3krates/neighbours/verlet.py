@@ -250,14 +250,6 @@ def allocate(
     )
 
 
-def _fractional(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray):
-    """Fractional coordinates (wrapped along periodic axes) and the search cell (the identity
-    for molecules), host side."""
-    search_cell = cell if pbc.any() else np.eye(3)
-    frac = np.asarray(positions, np.float64) @ np.linalg.inv(search_cell)
-    return np.where(pbc, frac - np.floor(frac), frac), search_cell
-
-
 def _cell_grid(positions, cell, pbc, radius: float, headroom: float, search: str):
     """``(bins, bin_capacity)`` of the cell-list search for this structure, or ``(None, 0)``
     for the all-pairs search (see :func:`allocate`)."""
@@ -265,15 +257,10 @@ def _cell_grid(positions, cell, pbc, radius: float, headroom: float, search: str
         raise ValueError(f"unknown neighbour search {search!r} (auto, cells, all_pairs)")
     if search == "all_pairs" or len(positions) == 0:
         return None, 0
-    frac, search_cell = _fractional(positions, cell, pbc)
-    norms = np.linalg.norm(np.linalg.inv(search_cell), axis=0)
-    bins = cells.grid_shape(frac, norms, pbc, radius)
-    if bins is None:
-        if search == "cells":
-            raise ValueError(f"cell lists need 3 bins of {radius:g} Å along each periodic axis; "
-                             f"this cell is too small")
-        return None, 0
-    capacity = int(cells.fullest_bin(frac, pbc, bins) * headroom) + 4
+    bins, capacity = cells.grid_for(positions, cell, pbc, radius, headroom)
+    if bins is None and search == "cells":
+        raise ValueError(f"cell lists need 3 bins of {radius:g} Å along each periodic axis; "
+                         f"this cell is too small")
     if search == "auto" and 27 * capacity * 4 > len(positions):
         return None, 0
     return bins, capacity
@@ -286,13 +273,10 @@ def grow(spec: NeighbourSpec, nbrs: Neighbours, headroom: float = 1.15) -> Neigh
     v = nbrs.verlet
     if spec.bins is not None:
         if not bool(v.bins_ok):  # bins too narrow now: a new grid for the last build's state
-            pbc = _periodic_axes(spec)
-            frac, search_cell = _fractional(np.asarray(v.reference),
-                                            np.asarray(v.reference_cell), pbc)
-            norms = np.linalg.norm(np.linalg.inv(search_cell), axis=0)
-            bins = cells.grid_shape(frac, norms, pbc, spec.radius)
+            bins, capacity = cells.grid_for(np.asarray(v.reference), np.asarray(v.reference_cell),
+                                            _periodic_axes(spec), spec.radius, 1.0)
             spec = spec._replace(bins=bins, bin_capacity=0 if bins is None else max(
-                spec.bin_capacity, cells.fullest_bin(frac, pbc, bins) + 4))
+                spec.bin_capacity, capacity))
         if spec.bins is not None:
             spec = spec._replace(bin_capacity=max(spec.bin_capacity,
                                                   int(int(v.fullest_bin) * headroom) + 4))
