@@ -13,7 +13,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from so3krates.neighbours import NeighbourList, long_range_list, neighbour_list, reverse_halves
-from so3krates.neighbours.kspace import kspace_indices
+from so3krates.neighbours.kspace import kspace_indices, mesh_shape, use_pme
 
 
 class PairSet(NamedTuple):
@@ -42,10 +42,15 @@ class KSpace(NamedTuple):
         kvectors: integer indices ``m`` of ``k = 2π m inv(cell)ᵀ``, (S, K, 3) int32; zero rows
             are padding.
         periodic: (S,) True for the 3D-periodic structures (the others have no k-space part).
+        mesh: None, or for a particle-mesh Ewald sum of structure 0 (the only periodic one; its
+            ``kvectors`` are then empty) an int8 array whose *shape* is the mesh, (n0, n1, n2):
+            under ``jit`` a shape is static, so the mesh travels with the graph (its values
+            are not used).
     """
 
     kvectors: np.ndarray
     periodic: np.ndarray
+    mesh: np.ndarray | None = None
 
 
 class Graph(NamedTuple):
@@ -117,13 +122,15 @@ class Labels(NamedTuple):
 
 class Capacity(NamedTuple):
     """Padded sizes of a batch: atoms, pairs and structures (each including one padding),
-    long-range pairs (0: none) and k-vectors per structure (0: no Ewald sum)."""
+    long-range pairs (0: none), k-vectors per structure (0: no Ewald sum) and the
+    particle-mesh Ewald grid of a single structure (empty: none)."""
 
     atoms: int
     pairs: int
     structures: int
     long_pairs: int = 0
     kvectors: int = 0
+    mesh: tuple[int, ...] = ()
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -387,6 +394,8 @@ def single_graph(
     long_range: bool = False,
     long_range_cutoff: float | None = None,
     kspace_cutoff: float | None = None,
+    kspace_method: str = "ewald",
+    ewald_alpha: float | None = None,
 ) -> tuple[Graph, Capacity]:
     """One structure as a :class:`Graph`; the capacity grows (with headroom) only when needed.
 
@@ -396,7 +405,10 @@ def single_graph(
     ``charge``, ``spin``: the structure's total charge (e) and unpaired electrons;
     ``long_range``: add the long-range pairs (within ``long_range_cutoff``, or all pairs of a
     molecule when it is None); ``kspace_cutoff`` (1/Å): add the Ewald k-vectors of a
-    3D-periodic structure.
+    3D-periodic structure, or with ``kspace_method`` "pme" (or "auto" for a large N·K, see
+    ``so3krates.neighbours.kspace.use_pme``) a particle-mesh Ewald grid for the splitting
+    parameter ``ewald_alpha`` (1/Å). The grid is kept (grown per axis only when a changed cell
+    needs more points), like the other capacities.
     """
     nl = neighbour_list(positions, cell, pbc, cutoff)
     halves = None
@@ -407,6 +419,12 @@ def single_graph(
     lr = [long_range_list(positions, cell, pbc, long_range_cutoff)] if long_range else None
     m = kspace_vectors(cell, pbc, kspace_cutoff)
     n, p = len(numbers), len(nl.centers)
+    mesh = ()
+    if m is not None and use_pme(kspace_method, n, len(m)):
+        mesh = mesh_shape(cell, ewald_alpha)
+        if capacity is not None and capacity.mesh:
+            mesh = tuple(max(a, b) for a, b in zip(mesh, capacity.mesh))
+        m = None
     lp = len(lr[0].centers) if lr else 0
     nk = 0 if m is None else len(m)
     if capacity is not None and lp > capacity.long_pairs:
@@ -428,9 +446,13 @@ def single_graph(
                             pairs=pairs, structures=2,
                             long_pairs=max(long_pairs, capacity.long_pairs if capacity else 0),
                             kvectors=max(kvectors, capacity.kvectors if capacity else 0))
+    capacity = capacity._replace(mesh=mesh)
     graph = pack([numbers], [positions], np.asarray(cell)[None], [nl], capacity, dtype=dtype,
                  halves=halves, charge=[charge], spin=[spin], long_range_lists=lr,
                  kvectors=None if m is None else [m])
+    if mesh:
+        graph = graph._replace(ewald=KSpace(np.zeros((2, 0, 3), np.int32),
+                                            np.array([True, False]), np.zeros(mesh, np.int8)))
     return graph, capacity
 
 

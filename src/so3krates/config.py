@@ -6,6 +6,7 @@ Defaults are the published SO3krates reference settings. ``--set a.b=value`` ove
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,9 +62,13 @@ class ModelConfig(_Strict):
                               "unpaired electrons of each structure into the atomic features")
     electrostatics: bool = Field(False, description="learned partial charges summing to the "
                                  "total charge, and their damped Coulomb energy")
-    dispersion: Literal["none", "learned"] = Field(
+    dispersion: Literal["none", "learned", "d3"] = Field(
         "none", description="'learned': Tkatchenko-Scheffler dispersion from learned "
-        "Hirshfeld-volume ratios (SO3LR)")
+        "Hirshfeld-volume ratios (SO3LR); 'd3': DFT-D3(BJ) two-body dispersion as a fixed term "
+        "(parameters of d3_functional), for data computed without dispersion")
+    d3_functional: str = Field(
+        "pbe", description="the functional whose D3(BJ) parameters dispersion 'd3' uses "
+        "(so3krates.terms.d3.BJ_PARAMETERS: pbe, pbe0, b3lyp, r2scan, ...)")
     zbl: bool = Field(False, description="Ziegler-Biersack-Littmark nuclear repulsion, switched "
                       "off smoothly at the cutoff")
     long_range_cutoff: float | None = Field(
@@ -74,6 +79,11 @@ class ModelConfig(_Strict):
         1e-6, gt=0, lt=1, description="electrostatics of 3D-periodic structures (an Ewald sum "
         "with long_range_cutoff as its real-space cutoff): erfc(alpha rc), which also sets the "
         "k-space cutoff; smaller is more accurate and costs more k-vectors")
+    kspace_method: Literal["auto", "ewald", "pme"] = Field(
+        "auto", description="reciprocal part of the Ewald sum of a single periodic structure "
+        "(calculator, md, relax): over its k-vectors (ewald), on a particle-mesh grid (pme, "
+        "O(N log N) for large cells), or pme where atoms x k-vectors exceed 2e5 (auto); "
+        "training batches always use k-vectors")
 
     @property
     def long_range(self) -> bool:
@@ -157,6 +167,22 @@ TRAINING_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+FREEZE_STRATEGIES = ("none", "embedding", "blocks:K", "all_but_readout")
+
+
+def parse_freeze_strategy(strategy: str) -> tuple[str, int]:
+    """``(kind, K)`` of a ``training.freeze`` value (K for ``blocks:K``, else 0); raises
+    ValueError naming the known strategies (see ``so3krates.training.freezing``)."""
+    text = str(strategy).strip()
+    if text in ("none", "embedding", "all_but_readout"):
+        return text, 0
+    m = re.fullmatch(r"blocks:\s*(\d+)", text)
+    if m:
+        return "blocks", int(m.group(1))
+    raise ValueError(f"unknown freeze strategy {strategy!r} (known: "
+                     f"{', '.join(FREEZE_STRATEGIES)}, with K a number of interaction blocks)")
+
+
 class TrainingConfig(_Strict):
     """Optimisation, validation, checkpoints and budgets."""
 
@@ -231,6 +257,39 @@ class TrainingConfig(_Strict):
         "batch, batch_size / devices structures each (so3krates.training.sharding)"
     )
     progress: bool = True
+    # Fine-tuning (so3krates.training.fine_tuning, docs/fine-tuning.md).
+    init_from: str | None = Field(
+        None, description="a trained model directory to start from instead of random "
+        "parameters (fine-tuning; so3krates train --init-from DIR): its architecture "
+        "(model.yaml) and parameters; a model.* setting that changes the architecture is "
+        "refused (dtype, ewald_accuracy, kspace_method and output_init may differ)")
+    freeze: str = Field(
+        "none", description="fine-tuning: parameters kept fixed, bitwise: none; embedding (the "
+        "element embedding, and the charge and spin embeddings); blocks:K (the embedding and "
+        "the first K interaction blocks); all_but_readout (everything but the output MLP, the "
+        "per-element energy scale and shift and the per-atom heads). Rows of elements new to "
+        "the model always train")
+    reference_energies: Literal["refit", "keep"] = Field(
+        "refit", description="fine-tuning: refit the per-element reference energies on the "
+        "new training set, as a new run does (refit), or keep the initial model's and fit only "
+        "those of new elements, by least squares on the residual (keep)")
+
+    @field_validator("freeze")
+    @classmethod
+    def _freeze(cls, v: str) -> str:
+        kind, k = parse_freeze_strategy(v)  # ValueError: unknown strategy
+        return f"blocks:{k}" if kind == "blocks" else kind
+
+    @model_validator(mode="after")
+    def _fine_tuning_needs_a_model(self):
+        if self.init_from is None:
+            if self.freeze != "none":
+                raise ValueError(f"training.freeze={self.freeze} needs training.init_from "
+                                 "(--init-from DIR): only a trained model's parameters are frozen")
+            if self.reference_energies != "refit":
+                raise ValueError("training.reference_energies=keep needs training.init_from "
+                                 "(--init-from DIR): a new run has no reference energies to keep")
+        return self
 
     @model_validator(mode="before")
     @classmethod

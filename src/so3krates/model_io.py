@@ -292,7 +292,7 @@ class Model:
         return single_graph(atoms.numbers, atoms.positions, atoms.cell[:], atoms.pbc,
                             self.cutoff, capacity, dtype=dtype or np.dtype(self.dtype),
                             pair_halves=pair_halves, charge=charge, spin=spin,
-                            **self.terms.graph_options())
+                            **self.terms.single_graph_options())
 
     def check_elements(self, numbers: np.ndarray) -> None:
         """Raise ``ValueError`` naming any element the model was not trained on."""

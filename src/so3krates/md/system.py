@@ -20,7 +20,7 @@ from ase.data import atomic_masses
 from so3krates.batching import Graph, KSpace, PairSet
 from so3krates.model_io import check_efa_structures, electronic_state, reference_table
 from so3krates.neighbours import long_range_list
-from so3krates.neighbours.kspace import kspace_indices
+from so3krates.neighbours.kspace import kspace_indices, mesh_shape, use_pme
 from so3krates.neighbours import verlet as nl
 from so3krates.neighbours.verlet import Neighbours, complete_cell
 from so3krates.potential import derive, make_atomic_energy_fn
@@ -82,7 +82,7 @@ class System(NamedTuple):
 
 
 def graph(positions: jnp.ndarray, cell: jnp.ndarray, system: System, nbrs: Neighbours,
-          long_range: bool = False, kvectors: jnp.ndarray | None = None) -> Graph:
+          long_range: bool = False, kspace: KSpace | None = None) -> Graph:
     """A one-structure :class:`Graph` (plus one padding atom) from in-loop neighbours.
 
     ``nbrs`` already holds only the pairs within the cutoff at these positions (see
@@ -90,8 +90,9 @@ def graph(positions: jnp.ndarray, cell: jnp.ndarray, system: System, nbrs: Neigh
     beyond the cutoff, so a pair that rounding in a lower precision puts just outside adds 0.
     ``cell`` (3, 3) is traced: it may change during a run (NPT, cell relaxation).
     ``long_range``: add the long-range pairs: those of ``nbrs.long_range`` (a list built
-    with a ``long_cutoff``), else every pair of the molecule (a constant). ``kvectors``:
-    the Ewald k-vector indices (K, 3) of a 3D-periodic structure (fixed during the run).
+    with a ``long_cutoff``), else every pair of the molecule (a constant). ``kspace``: the
+    reciprocal part of a 3D-periodic structure's Ewald sum (fixed during the run), from
+    :func:`kspace_of`.
     """
     n = system.n_atoms
     dtype = positions.dtype
@@ -111,9 +112,26 @@ def graph(positions: jnp.ndarray, cell: jnp.ndarray, system: System, nbrs: Neigh
         charge=jnp.array([system.charge, 0.0], dtype),
         spin=jnp.array([system.spin, 0.0], dtype),
         long_range=_long_pairs(system, nbrs) if long_range else None,
-        ewald=None if kvectors is None else KSpace(
-            jnp.stack([kvectors, jnp.zeros_like(kvectors)]), jnp.array([True, False])),
+        ewald=kspace,
     )
+
+
+def kspace_of(system: System, terms) -> KSpace | None:
+    """The reciprocal part of the Ewald sum of ``system`` (and a padding structure) for the
+    physical terms ``terms`` of a model: the k-vectors of the start cell, or its particle-mesh
+    grid (``terms.kspace_method``, see ``so3krates.neighbours.kspace.use_pme``); None for a
+    structure without one. Under NPT both stay those of the start cell: exact derivatives,
+    with an accuracy that drifts with large deformations (see so3krates.terms.ewald)."""
+    k_cutoff = terms.graph_options()["kspace_cutoff"]
+    if not (system.pbc.all() and k_cutoff is not None):
+        return None
+    m = kspace_indices(system.cell, k_cutoff)
+    periodic = jnp.array([True, False])
+    if use_pme(terms.kspace_method, system.n_atoms, len(m)):
+        return KSpace(jnp.zeros((2, 0, 3), jnp.int32), periodic,
+                      jnp.zeros(mesh_shape(system.cell, terms.ewald_alpha), jnp.int8))
+    m = jnp.asarray(np.concatenate([m, np.zeros((1, 3), np.int32)]))
+    return KSpace(jnp.stack([m, jnp.zeros_like(m)]), periodic)
 
 
 def _long_pairs(system: System, nbrs: Neighbours) -> PairSet:
@@ -164,18 +182,13 @@ def model_energy_fn(model, system: System, module=None, params=None) -> EnergyFn
                                    terms=model.terms)
     params = model.inference_params if params is None else params
     n, dtype = system.n_atoms, jnp.dtype(model.dtype)
-    long_range, kvectors = model.terms.long_range, None
+    long_range, kspace = model.terms.long_range, None
     if long_range:
         model.terms.check_periodic(system.pbc)  # the errors now, not at the first step
-        k_cutoff = model.terms.graph_options()["kspace_cutoff"]
-        if system.pbc.all() and k_cutoff is not None:
-            # The k-vectors of the start cell: exact derivatives under NPT, with an accuracy
-            # that drifts with large deformations (see so3krates.terms.ewald).
-            m = kspace_indices(system.cell, k_cutoff)
-            kvectors = jnp.asarray(np.concatenate([m, np.zeros((1, 3), np.int32)]))
+        kspace = kspace_of(system, model.terms)
 
     def energy_fn(positions, cell, nbrs):
-        g = graph(positions.astype(dtype), cell, system, nbrs, long_range, kvectors)
+        g = graph(positions.astype(dtype), cell, system, nbrs, long_range, kspace)
         return atomic(params, g)[:n]
 
     return energy_fn

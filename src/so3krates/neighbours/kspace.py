@@ -27,3 +27,52 @@ def kspace_indices(cell: np.ndarray, k_cutoff: float) -> np.ndarray:
                                               | ((m[:, 1] == 0) & (m[:, 2] > 0))))
     inside = np.linalg.norm(m @ reciprocal, axis=1) <= k_cutoff
     return m[half & inside].astype(np.int32)
+
+
+PME_ORDER = 5
+"""B-spline order of particle-mesh Ewald (points per axis each atom spreads onto; C³ smooth)."""
+
+PME_SPACING_PER_WIDTH = 0.25
+"""PME mesh spacing as a fraction of the Ewald Gaussian width 1/(√2 α)."""
+
+PME_AUTO_THRESHOLD = 200_000
+"""Ewald phase factors N·K above which the "auto" k-space method uses PME."""
+
+
+def _fft_size(n: int) -> int:
+    """The smallest integer >= n (and >= 2 × the spline order, so that a spline never wraps
+    onto itself) whose prime factors are 2, 3 and 5: fast FFT sizes."""
+    n = max(int(n), 2 * PME_ORDER)
+    while True:
+        m = n
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 1
+
+
+def mesh_shape(cell: np.ndarray, alpha: float) -> tuple[int, int, int]:
+    """Grid points along each lattice vector of a particle-mesh Ewald sum with splitting
+    parameter ``alpha`` (1/Å) in ``cell`` (lattice vectors as rows, Å): a spacing between
+    grid planes of at most :data:`PME_SPACING_PER_WIDTH` Gaussian widths (measured between
+    lattice planes, so that skewed cells get enough points)."""
+    cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+    volume = abs(np.linalg.det(cell))
+    if volume < 1e-12:
+        raise ValueError("particle-mesh Ewald needs a 3D-periodic cell with a volume")
+    planes = volume / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+    spacing = PME_SPACING_PER_WIDTH / (np.sqrt(2.0) * float(alpha))
+    return tuple(_fft_size(int(np.ceil(d / spacing))) for d in planes)
+
+
+def use_pme(method: str, n_atoms: int, n_kvectors: int) -> bool:
+    """Whether one periodic structure's reciprocal sum runs on a mesh (PME) rather than over
+    its k-vectors: ``method`` "pme" or "ewald" decide; "auto" chooses the mesh where the
+    Ewald sum's N·K phase factors exceed :data:`PME_AUTO_THRESHOLD`."""
+    if method not in ("auto", "ewald", "pme"):
+        raise ValueError(f"unknown k-space method {method!r}: use auto, ewald or pme")
+    if method != "auto":
+        return method == "pme"
+    return n_atoms * n_kvectors > PME_AUTO_THRESHOLD

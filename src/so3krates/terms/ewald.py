@@ -86,7 +86,7 @@ def ewald_parameters(cell: np.ndarray, real_cutoff: float,
     return EwaldParameters(alpha, kspace_indices(cell, k_cut))
 
 
-def _reciprocal(cell: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+def reciprocal_cell(cell: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Volume () Å³ and reciprocal vectors as rows (3, 3) 1/Å, ``a_i · b_j = 2π δ_ij``
     (closed form of a 3 × 3 inverse: cross products over the triple product)."""
     a, b, c = cell
@@ -166,7 +166,7 @@ def kspace_atomic_energies(
     q = jnp.where(on, charges.astype(dtype), 0.0)
     # Non-periodic and padding structures get a unit cell: no zero volume in any derivative.
     cells = jnp.where(periodic[:, None, None], cells.astype(dtype), jnp.eye(3, dtype=dtype))
-    volume, reciprocal_cells = jax.vmap(_reciprocal)(cells)  # (S,), (S, 3, 3)
+    volume, reciprocal_cells = jax.vmap(reciprocal_cell)(cells)  # (S,), (S, 3, 3)
     k = jnp.einsum("skc,scd->skd", kvectors.astype(dtype), reciprocal_cells)  # (S, K, 3) 1/Å
     k2 = jnp.sum(k * k, axis=-1)
     valid = jnp.any(kvectors != 0, axis=-1) & periodic[:, None]  # no 1/0 at k = 0 (padding)
@@ -181,14 +181,23 @@ def kspace_atomic_energies(
     reciprocal = (4.0 * jnp.pi / volume)[structure] * q * jnp.sum(
         weight[structure] * (cos * s_cos[structure] + sin * s_sin[structure]), axis=-1)
 
+    e = COULOMB_CONSTANT * reciprocal + self_and_background(q, structure, volume, on, alpha,
+                                                             n_struct)
+    return jnp.where(on, e, 0.0)
+
+
+def self_and_background(q: jnp.ndarray, structure: jnp.ndarray, volume: jnp.ndarray,
+                        on: jnp.ndarray, alpha: float | jnp.ndarray, n_struct: int) -> jnp.ndarray:
+    """The Ewald self term and the neutralising background per atom, (N,) in eV: charges
+    ``q`` (N,) e (zero where ``on`` is False), ``structure`` (N,) indices into ``volume``
+    (S,) Å³, ``alpha`` 1/Å."""
     self_term = -alpha / jnp.sqrt(jnp.pi) * q**2
     # A non-neutral cell sits in a uniform neutralising background; its energy (∝ Q²) has no
     # atom of its own and is shared evenly by the cell's atoms.
-    count = jax.ops.segment_sum(on.astype(dtype), structure, n_struct)
+    count = jax.ops.segment_sum(on.astype(q.dtype), structure, n_struct)
     total = jax.ops.segment_sum(q, structure, n_struct)
     background = -jnp.pi * total**2 / (2.0 * volume * alpha**2) / jnp.maximum(count, 1.0)
-    e = COULOMB_CONSTANT * (reciprocal + self_term + background[structure])
-    return jnp.where(on, e, 0.0)
+    return COULOMB_CONSTANT * (self_term + background[structure])
 
 
 def ewald_pair_energy(r: jnp.ndarray, qi: jnp.ndarray, qj: jnp.ndarray, mask: jnp.ndarray,

@@ -8,7 +8,8 @@ outputs to per-atom energies of each term. ZBL uses the network's pairs (it is s
 at the network's cutoff); electrostatics and dispersion use the graph's long-range pairs
 (``Graph.long_range``, a half list: within ``model.long_range_cutoff``, or all pairs of a
 molecule). The electrostatics of 3D-periodic structures is an Ewald sum: real space over the
-long-range pairs, reciprocal space over the graph's k-vectors (``Graph.ewald``).
+long-range pairs, reciprocal space over the graph's k-vectors (``Graph.ewald``) or, for one
+large structure, on a particle-mesh grid (``so3krates.terms.pme``).
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from so3krates.batching import Graph, PairSet
+from so3krates.terms import d3
 from so3krates.terms.coulomb import conserve_charge, coulomb_pair_energy, dipole_moment
 from so3krates.terms.dispersion import free_atom_parameters, ts_pair_energy
 from so3krates.terms.ewald import ewald_pair_energy, ewald_split, kspace_atomic_energies
+from so3krates.terms.pme import pme_atomic_energies
 from so3krates.terms.zbl import zbl_pair_energy
 
 
@@ -49,13 +52,19 @@ class PhysicalTerms(NamedTuple):
             shifted-force to zero at ``long_range_cutoff`` when that is set; in 3D-periodic
             structures the Ewald sum of the same damped energy, without a cutoff (real space
             within ``long_range_cutoff``, reciprocal space balanced by ``ewald_accuracy``).
-        dispersion: "none", or "learned": Tkatchenko–Scheffler dispersion with the network's
-            Hirshfeld-volume ratios (softplus of its "hirshfeld" head), switched off over the
+        dispersion: "none"; "learned": Tkatchenko–Scheffler dispersion with the network's
+            Hirshfeld-volume ratios (softplus of its "hirshfeld" head); "d3": DFT-D3(BJ)
+            two-body dispersion with the parameters of ``d3_functional`` (no parameters
+            learned; coordination numbers from the same pairs). Both switched off over the
             last 2 Å before ``long_range_cutoff`` when that is set.
         cutoff: the network's cutoff in Å.
         long_range_cutoff: Å, or None (every pair of a molecule).
         ewald_accuracy: ``erfc(α long_range_cutoff)`` of the Ewald sums (see
             ``so3krates.terms.ewald.ewald_split``).
+        kspace_method: the reciprocal sum of a single periodic structure: "ewald" (its
+            k-vectors), "pme" (a particle-mesh grid, ``so3krates.terms.pme``) or "auto" (the
+            mesh for large N·K, ``so3krates.neighbours.kspace.use_pme``). Training batches
+            always use k-vectors.
     """
 
     zbl: bool = False
@@ -64,12 +73,15 @@ class PhysicalTerms(NamedTuple):
     cutoff: float = 5.0
     long_range_cutoff: float | None = None
     ewald_accuracy: float = 1e-6
+    kspace_method: str = "auto"
+    d3_functional: str = "pbe"
 
     @classmethod
     def from_config(cls, config) -> "PhysicalTerms":
         """From a :class:`so3krates.config.ModelConfig`."""
         return cls(config.zbl, config.electrostatics, config.dispersion, config.cutoff,
-                   config.long_range_cutoff, config.ewald_accuracy)
+                   config.long_range_cutoff, config.ewald_accuracy, config.kspace_method,
+                   config.d3_functional)
 
     @property
     def active(self) -> bool:
@@ -115,8 +127,13 @@ class PhysicalTerms(NamedTuple):
         the free-atom table), so that training refuses them up front; ``numbers``: a list of
         per-structure atomic-number arrays. A trained model then only meets elements it has
         data for (the calculator and MD refuse the others as unknown to the model)."""
-        if self.dispersion == "learned" and len(numbers):
-            free_atom_parameters(np.unique(np.concatenate([np.ravel(z) for z in numbers])))
+        if self.dispersion != "none" and len(numbers):
+            elements = np.unique(np.concatenate([np.ravel(z) for z in numbers]))
+            if self.dispersion == "learned":
+                free_atom_parameters(elements)
+            else:
+                d3.check_elements(elements)
+                d3.d3_bj_parameters(self.d3_functional)
 
     @property
     def ewald_alpha(self) -> float | None:
@@ -135,23 +152,34 @@ class PhysicalTerms(NamedTuple):
         return {"long_range": self.long_range, "long_range_cutoff": self.long_range_cutoff,
                 "kspace_cutoff": k_cutoff}
 
+    def single_graph_options(self) -> dict:
+        """:meth:`graph_options` plus the k-space method of a single structure (keyword
+        arguments of ``so3krates.batching.single_graph``: the calculator's graphs)."""
+        return {**self.graph_options(), "kspace_method": self.kspace_method,
+                "ewald_alpha": self.ewald_alpha}
+
     def parameter_free_energies(self, data) -> np.ndarray:
-        """Energies (S,) in eV of the terms without parameters (ZBL) for each structure of a
-        :class:`so3krates.data.Dataset`: the reference energies are fitted to the labels minus
-        these, so that the network does not start tens of eV off."""
-        from so3krates.neighbours import neighbour_list
+        """Energies (S,) in eV of the terms without parameters (ZBL, D3 dispersion) for each
+        structure of a :class:`so3krates.data.Dataset`: the reference energies are fitted to
+        the labels minus these, so that the network does not start tens of eV off."""
+        from so3krates.neighbours import long_range_list, neighbour_list
 
         out = np.zeros(len(data))
-        if not self.zbl:
-            return out
-        for k in range(len(data)):
-            nl = neighbour_list(data.positions[k], data.cells[k], data.pbc[k], self.cutoff)
-            vec = (data.positions[k][nl.neighbours] - data.positions[k][nl.centers]
-                   + nl.shifts @ data.cells[k])
-            z = data.numbers[k]
-            e = zbl_pair_energy(jnp.asarray(np.linalg.norm(vec, axis=1)), z[nl.centers],
-                                z[nl.neighbours], self.cutoff, jnp.ones(len(vec), bool))
-            out[k] = 0.5 * float(jnp.sum(e))
+        for k in range(len(data) if self.zbl or self.dispersion == "d3" else 0):
+            positions, cell, pbc, z = (data.positions[k], data.cells[k], data.pbc[k],
+                                       data.numbers[k])
+            if self.zbl:
+                nl = neighbour_list(positions, cell, pbc, self.cutoff)
+                vec = positions[nl.neighbours] - positions[nl.centers] + nl.shifts @ cell
+                e = zbl_pair_energy(jnp.asarray(np.linalg.norm(vec, axis=1)), z[nl.centers],
+                                    z[nl.neighbours], self.cutoff, jnp.ones(len(vec), bool))
+                out[k] += 0.5 * float(jnp.sum(e))
+            if self.dispersion == "d3":  # the model's pairs: a half list, as in the model
+                lr = long_range_list(positions, cell, pbc, self.long_range_cutoff)
+                out[k] += float(d3.d3_energy_from_pairs(
+                    jnp.asarray(positions), jnp.asarray(cell), jnp.asarray(z), lr.centers,
+                    lr.neighbours, lr.shifts, np.ones(len(lr.centers), bool),
+                    self.d3_functional, self.long_range_cutoff, self.long_range_cutoff))
         return out
 
     def electronic(self, graph: Graph, heads: dict) -> Electronic:
@@ -198,16 +226,30 @@ class PhysicalTerms(NamedTuple):
             if pairs is None:
                 raise ValueError("the graph has no long-range pairs: build it with the model's "
                                  "long_range settings")
+            # Pair energies in the model's precision (float32 transcendentals cost a third of
+            # float64 on a CPU), summed per atom in float64.
             r = _distances(long_range_vectors(graph, pairs), pairs.mask)
             i, j = pairs.centers, pairs.neighbours
             if self.electrostatics:
                 out["electrostatics"] = self._electrostatics(graph, electronic.charges, r,
                                                              per_atom_half)
             if self.dispersion == "learned":
-                h, z = electronic.hirshfeld_ratios, graph.numbers
+                h, z = electronic.hirshfeld_ratios.astype(r.dtype), graph.numbers
                 out["dispersion"] = per_atom_half(ts_pair_energy(
                     r, z[i], z[j], h[i], h[j], pairs.mask, self.long_range_cutoff), i, j)
+            elif self.dispersion == "d3":
+                out["dispersion"] = per_atom_half(self._d3(graph, r, pairs), i, j)
         return {k: jnp.where(graph.atom_mask, v, 0.0) for k, v in out.items()}
+
+    def _d3(self, graph: Graph, r: jnp.ndarray, pairs: PairSet) -> jnp.ndarray:
+        """D3(BJ) energy of each long-range pair (P,), coordination numbers counted over the
+        same pairs (a half list) with the same switch: the counting function is ~1e-4 at
+        twice the covalent distance, so a 10 Å list misses nothing of it."""
+        z, i, j = graph.numbers, pairs.centers, pairs.neighbours
+        cn = d3.coordination_numbers(r, z[i], z[j], i, graph.positions.shape[0], pairs.mask,
+                                     j, self.long_range_cutoff)
+        return d3.d3_pair_energy(r, z[i], z[j], cn[i], cn[j], pairs.mask,
+                                 d3.d3_bj_parameters(self.d3_functional), self.long_range_cutoff)
 
     def _electrostatics(self, graph: Graph, q: jnp.ndarray, r: jnp.ndarray,
                         per_atom_half) -> jnp.ndarray:
@@ -215,17 +257,24 @@ class PhysicalTerms(NamedTuple):
         Ewald sum of 3D-periodic structures (those flagged in ``graph.ewald``)."""
         pairs, on, off = graph.long_range, 0.25 * self.cutoff, 0.75 * self.cutoff
         i, j = pairs.centers, pairs.neighbours
+        qp = q.astype(r.dtype)  # the pair terms' precision; the k-space sums keep float64
         if graph.ewald is None:
-            return per_atom_half(coulomb_pair_energy(r, q[i], q[j], pairs.mask, on, off,
+            return per_atom_half(coulomb_pair_energy(r, qp[i], qp[j], pairs.mask, on, off,
                                                      self.long_range_cutoff), i, j)
         periodic = graph.ewald.periodic[graph.structure[i]]
         alpha = self.ewald_alpha
-        pair = (coulomb_pair_energy(r, q[i], q[j], pairs.mask & ~periodic, on, off,
+        pair = (coulomb_pair_energy(r, qp[i], qp[j], pairs.mask & ~periodic, on, off,
                                     self.long_range_cutoff)
-                + ewald_pair_energy(r, q[i], q[j], pairs.mask & periodic, alpha, on, off))
-        return per_atom_half(pair, i, j) + kspace_atomic_energies(
-            graph.positions.astype(jnp.float64), q, graph.structure, graph.cells,
-            graph.ewald.kvectors, graph.ewald.periodic, graph.atom_mask, alpha)
+                + ewald_pair_energy(r, qp[i], qp[j], pairs.mask & periodic, alpha, on, off))
+        positions = graph.positions.astype(jnp.float64)
+        if graph.ewald.mesh is not None:  # one periodic structure (index 0) on a PME grid
+            kspace = pme_atomic_energies(positions, q, graph.cells[0], graph.atom_mask
+                                         & (graph.structure == 0), alpha, graph.ewald.mesh.shape)
+        else:
+            kspace = kspace_atomic_energies(positions, q, graph.structure, graph.cells,
+                                            graph.ewald.kvectors, graph.ewald.periodic,
+                                            graph.atom_mask, alpha)
+        return per_atom_half(pair, i, j) + kspace
 
     def dipole(self, graph: Graph, electronic: Electronic) -> jnp.ndarray | None:
         """Σ q_i R_i per structure, (S, 3) e Å, or None without electrostatics."""
