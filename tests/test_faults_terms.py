@@ -30,3 +30,10 @@ def test_train_periodic_electrostatics_without_cutoff_or_of_a_slab(capsys, tmp_p
     assert_error(cli(capsys, "train", "--data", path, "--set", "model.electrostatics=true",
                      "--output", tmp_path / "m"),
                  "needs model.long_range_cutoff")
+
+
+def test_train_d3_with_an_unknown_functional(capsys, tmp_path):
+    path = write(tmp_path / "e.xyz", [labelled(ethanol()) for _ in range(3)])
+    assert_error(cli(capsys, "train", "--data", path, "--set", "model.dispersion=d3",
+                     "--set", "model.d3_functional=pbe7", "--output", tmp_path / "m"),
+                 "no D3(BJ) parameters for functional 'pbe7'")

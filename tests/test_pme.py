@@ -20,7 +20,7 @@ from so3krates.potential import derive
 from so3krates.terms.ewald import ewald_split, kspace_atomic_energies
 from so3krates.terms.pme import pme_atomic_energies
 
-from test_long_range import make_model
+from test_long_range import make_model, nve_drift
 from test_periodic_electrostatics import crystal
 
 CELL = np.array([[18.0, 0.0, 0.0], [1.5, 17.0, 0.0], [0.7, -1.1, 19.0]])
@@ -158,3 +158,14 @@ def test_the_md_engine_with_a_mesh_equals_the_calculator(models):
     np.testing.assert_allclose(np.asarray(out.forces), atoms.get_forces(), atol=1e-9)
     np.testing.assert_allclose(np.asarray(out.virial) / atoms.get_volume(),
                                voigt_6_to_full_3x3_stress(atoms.get_stress()), atol=1e-10)
+
+
+def test_nve_with_a_mesh_and_d3_dispersion_conserves_energy(tmp_path):
+    """The compiled engine on a triclinic crystal: electrostatics on a PME mesh and D3(BJ)
+    dispersion, both from the engine's own long-range list."""
+    model = make_model(long_range_cutoff=6.0, zbl=False, dispersion="d3",
+                       kspace_method="pme")
+    atoms = crystal().repeat((2, 1, 1))
+    atoms.rattle(0.02, seed=5)
+    drift, summary = nve_drift(model, atoms, tmp_path)
+    assert drift < 0.05, summary
