@@ -37,6 +37,12 @@ def _train_parser(sub) -> None:
                    help="a named training recipe (training.preset; settings given with --set "
                         "or in the YAML file win): huber = lowest errors with long budgets, "
                         "check MD stability; legacy = the former defaults")
+    p.add_argument("--init-from", metavar="MODEL_DIR",
+                   help="fine-tune: start from this trained model directory's architecture and "
+                        "parameters (training.init_from; see docs/fine-tuning.md)")
+    p.add_argument("--freeze", metavar="STRATEGY",
+                   help="fine-tuning: parameters kept fixed (training.freeze): none, embedding, "
+                        "blocks:K, all_but_readout")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config entry, e.g. --set model.features=64")
 
@@ -90,6 +96,10 @@ def cmd_train(args) -> int:
         overrides.append(f"training.devices={args.devices}")
     if args.preset:
         overrides.append(f"training.preset={args.preset}")
+    if args.init_from:
+        overrides.append(f"training.init_from={json.dumps(args.init_from)}")
+    if args.freeze:
+        overrides.append(f"training.freeze={args.freeze}")
     config = load_config_file(args.config, overrides)
     start_devices(config.training.devices, args.coordinator, args.hosts, args.host_id)
     result = train(config, args.output, console=console)

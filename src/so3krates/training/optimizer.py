@@ -145,35 +145,60 @@ def make_optimizer(
     )
 
 
+def _chain(opt_state):
+    """The state of :func:`make_optimizer`'s chain: ``opt_state`` itself, or inside the
+    ``optax.multi_transform`` of a run with frozen parameters
+    (``so3krates.training.freezing.freezing_optimizer``), its trainable part's."""
+    if hasattr(opt_state, "inner_states"):
+        from so3krates.training.freezing import TRAINABLE
+
+        return opt_state.inner_states[TRAINABLE].inner_state
+    return opt_state
+
+
+def _with_chain(opt_state, chain):
+    """A copy of ``opt_state`` whose chain state (see :func:`_chain`) is ``chain``."""
+    if hasattr(opt_state, "inner_states"):
+        from so3krates.training.freezing import TRAINABLE
+
+        inner = dict(opt_state.inner_states)
+        inner[TRAINABLE] = inner[TRAINABLE]._replace(inner_state=tuple(chain))
+        return opt_state._replace(inner_states=inner)
+    return tuple(chain)
+
+
 def plateau_factor(opt_state) -> float:
     """Current reduce-on-plateau multiplier of the learning rate."""
-    return float(opt_state[-1].hyperparams["step_size"])
+    return float(_chain(opt_state)[-1].hyperparams["step_size"])
 
 
 def set_plateau_factor(opt_state, factor: float):
     """A copy of ``opt_state`` with the plateau multiplier set to ``factor``."""
-    last = opt_state[-1]
+    chain = _chain(opt_state)
+    last = chain[-1]
     hp = dict(last.hyperparams)
     hp["step_size"] = jnp.asarray(factor, dtype=jnp.asarray(hp["step_size"]).dtype)
-    return (*opt_state[:-1], last._replace(hyperparams=hp))
+    return _with_chain(opt_state, (*chain[:-1], last._replace(hyperparams=hp)))
 
 
 def decay_horizon(opt_state) -> float:
     """Steps over which the learning rate decays by ``decay_rate``."""
-    return float(opt_state[-2].horizon)
+    return float(_chain(opt_state)[-2].horizon)
 
 
 def set_decay_horizon(opt_state, horizon: float):
     """A copy of ``opt_state`` whose learning rate decays over ``horizon`` steps."""
-    decay = opt_state[-2]
-    return (*opt_state[:-2], decay._replace(horizon=jnp.asarray(max(horizon, 1.0), jnp.float32)),
-            opt_state[-1])
+    chain = _chain(opt_state)
+    decay = chain[-2]
+    return _with_chain(opt_state, (
+        *chain[:-2], decay._replace(horizon=jnp.asarray(max(horizon, 1.0), jnp.float32)),
+        chain[-1]))
 
 
 def with_moments_of(opt_state, source):
     """A copy of ``opt_state`` whose gradient statistics (Adam moments) come from ``source``;
     its schedule (step count, decay horizon, plateau factor) is kept."""
-    return (*source[:-2], *opt_state[-2:])
+    return _with_chain(opt_state, (*_chain(source)[:-2], *_chain(opt_state)[-2:]))
 
 
 def current_learning_rate(cfg: TrainingConfig, step: int, opt_state) -> float:

@@ -138,8 +138,8 @@ class ShardedStep:
         def share(params, graph, labels, clock):
             graph, labels = jax.tree.map(lambda x: x[0], (graph, labels))  # this device's share
             loss, grads = grad_fn(params, graph, labels)
-            w = jnp.sum(graph.structure_mask).astype(grads.dtype)
-            total = jax.lax.psum((w * grads, w * loss, w), AXIS)
+            w = jnp.sum(graph.structure_mask).astype(jax.tree.leaves(grads)[0].dtype)
+            total = jax.lax.psum((jax.tree.map(lambda g: w * g, grads), w * loss, w), AXIS)
             return total, jax.lax.pmax(clock[0], AXIS)
 
         spec, rep = PartitionSpec(AXIS), PartitionSpec()
@@ -152,7 +152,8 @@ class ShardedStep:
         @jit(donate_argnums=DONATE_STATE)
         def step(params, opt_state, ema, graph, labels, clock):
             (grads, loss, weight), agreed = sharded(params, graph, labels, clock)
-            return (*update_fn(params, opt_state, ema, grads / weight), loss / weight, agreed)
+            grads = jax.tree.map(lambda g: g / weight, grads)
+            return (*update_fn(params, opt_state, ema, grads), loss / weight, agreed)
 
         self._step = step
         self._clock_sharding = NamedSharding(mesh, spec)

@@ -107,6 +107,26 @@ class ReferenceEnergyFit:
         coef, *_ = np.linalg.lstsq(a, self.cte[elements], rcond=1e-12)
         return {int(z): float(c) for z, c in zip(elements, coef)}
 
+    def solve_keeping(self, known: dict[int, float]) -> dict[int, float]:
+        """``known`` per-element energies (eV) as they are, and those of the other elements
+        seen fitted by least squares to the residual ``E - sum_{Z known} n_Z e_Z`` (the
+        normal equations of the unknown elements' columns; minimum-norm as :meth:`solve`).
+        Returns every element of ``known`` and every element seen."""
+        fixed = np.zeros(MAX_Z + 1)
+        is_known = np.zeros(MAX_Z + 1, dtype=bool)
+        for z, e in known.items():
+            fixed[int(z)], is_known[int(z)] = float(e), True
+        out = {int(z): float(e) for z, e in known.items()}
+        new = np.flatnonzero(self.present & ~is_known)
+        if not new.size:
+            return out
+        a = self.ctc[np.ix_(new, new)]
+        b = self.cte[new] - self.ctc[np.ix_(new, np.flatnonzero(is_known))] @ fixed[is_known]
+        if not a.any():
+            return {**out, **{int(z): 0.0 for z in new}}
+        coef, *_ = np.linalg.lstsq(a, b, rcond=1e-12)
+        return {**out, **{int(z): float(c) for z, c in zip(new, coef)}}
+
 
 
 def streaming_summary(chunks: Iterable[Dataset], terms) -> TrainingSummary:

@@ -13,6 +13,7 @@ from jax.flatten_util import ravel_pytree
 
 from so3krates.compile import jit
 from so3krates.config import TrainingConfig
+from so3krates.training.freezing import keep_frozen
 from so3krates.training.loss import energy_forces_loss, huber_delta
 
 
@@ -47,14 +48,17 @@ def loss_and_gradients(predict, tcfg: TrainingConfig) -> Callable:
 
 def update(optimizer: optax.GradientTransformation, tcfg: TrainingConfig) -> Callable:
     """``f(params, opt_state, ema, grads) -> (params, opt_state, ema)``: an ``optimizer``
-    update and the exponential moving average of the parameters."""
+    update and the exponential moving average of the parameters. Frozen parameters (the
+    two-vector layout of ``so3krates.training.freezing``) and their EMA pass through as they
+    are."""
     ema_decay = tcfg.ema_decay or 0.0
 
     def f(params, opt_state, ema, grads):
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
-        return params, opt_state, ema
+        new = keep_frozen(optax.apply_updates(params, updates), params)
+        ema = keep_frozen(jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
+                                       ema, new), ema)
+        return new, opt_state, ema
 
     return f
 

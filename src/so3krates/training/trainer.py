@@ -38,6 +38,23 @@ from so3krates.fileio import atomic_write_bytes
 from so3krates.model_io import build_module, init_params, reference_table, save_model
 from so3krates.potential import make_predict_fn
 from so3krates.training.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from so3krates.training.fine_tuning import (
+    ORIGIN_FILE,
+    check_resume_origin,
+    initial_parameters,
+    kept_reference_energies,
+    resolve_init_from,
+    write_origin,
+)
+from so3krates.training.freezing import (
+    TRAINABLE,
+    count,
+    freeze_labels,
+    freezing_optimizer,
+    frozen_summary,
+    partitioned_training_state,
+    trainable_mask,
+)
 from so3krates.training.guard import DivergenceGuard
 from so3krates.terms.physical import PhysicalTerms
 from so3krates.training.loss import errors_loss, with_electronic_weights, with_stress_weight
@@ -147,6 +164,10 @@ def train(
     With ``training.devices > 1`` every batch is split over that many devices
     (:mod:`so3krates.training.sharding`); in a multi-host run every host calls this and the
     first writes the files.
+
+    With ``training.init_from`` (a model directory) the run fine-tunes that model: its
+    architecture and parameters, ``training.freeze`` and ``training.reference_energies``
+    (:mod:`so3krates.training.fine_tuning`, :mod:`so3krates.training.freezing`).
     """
     from rich.console import Console
 
@@ -157,6 +178,9 @@ def train(
     elif console is None or isinstance(console, str):
         console = Console(stderr=console == "stderr")
     output = Path(output)
+    # Fine-tuning: the initial model's architecture (errors before anything is written).
+    config, init = resolve_init_from(config, output)
+    tcfg = config.training
     output.mkdir(parents=True, exist_ok=True)
     mcfg, dcfg = config.model, config.data
     data = data if data is not None else load_training_data(config)
@@ -167,11 +191,16 @@ def train(
     resume = (output / LATEST).exists()
     saved = None
     if resume:
+        check_resume_origin(output, output / CONFIG_FILE, init)
         _check_resume_config(output, config)
         # Read now: a corrupt checkpoint fails before the batches are built and compiled.
         saved = _resume_checkpoint(output, lambda: read_checkpoint(output / LATEST))
     elif root:
         dump_yaml(config.model_dump(), output / CONFIG_FILE)
+        if init is not None:
+            write_origin(output, init, config)
+        else:
+            (output / ORIGIN_FILE).unlink(missing_ok=True)
     if (output / SPLIT_FILE).exists():
         split = load_split(output, len(data))
     else:
@@ -185,6 +214,11 @@ def train(
     tcfg = with_stress_weight(tcfg, summary)
     tcfg = with_electronic_weights(tcfg, summary, terms.electrostatics)
     refs, scale = summary.reference_energies, summary.force_scale
+    new_elements: list[int] = []
+    if init is not None:
+        # The per-element scales of the initial model were initialised with its scale.
+        scale = init.energy_scale
+        new_elements = sorted(set(summary.reference_energies) - set(init.elements))
     module = build_module(mcfg, scale)
     np_dtype = np.dtype(mcfg.dtype)
     train_graphs = training_graphs(train_set, mcfg, tcfg, terms.graph_options())
@@ -192,20 +226,49 @@ def train(
                                 **terms.graph_options())
     # Batches in the halves layout (always, for full neighbour lists): the network then
     # neither reorders pairs nor compiles a fallback for lists without reverses.
-    predict = make_predict_fn(module, reference_table(refs),
-                              pair_halves=train_graphs.pair_halves and valid_graphs.pair_halves,
-                              stress=bool(tcfg.stress_weight), terms=terms)
-    valid_predict = jit(predict)
+    pair_halves = train_graphs.pair_halves and valid_graphs.pair_halves
 
-    g0, _ = train_graphs.batch([0])
-    tree_params = init_params(module, g0, tcfg.seed)
-    params, flat_predict, unravel = flat_training_state(predict, tree_params)
+    def make_predict(refs: dict[int, float], stress: bool):
+        return make_predict_fn(module, reference_table(refs), pair_halves=pair_halves,
+                               stress=stress, terms=terms)
+
+    if init is None:
+        g0, _ = train_graphs.batch([0])
+        tree_params = init_params(module, g0, tcfg.seed)
+    else:
+        tree_params = initial_parameters(init, np_dtype)
+        if tcfg.reference_energies == "keep":  # and the new elements' fitted to the residual
+            refs = init.reference_energies
+            if new_elements:
+                initial = jit(make_predict(refs, stress=False))
+                refs = kept_reference_energies(train_graphs, initial, tree_params, refs)
+    predict = make_predict(refs, bool(tcfg.stress_weight))
+    valid_predict = jit(predict)
     decay_mask = weight_decay_mask(tree_params, flat=True)
     n_batches = train_graphs.num_batches(shards=tcfg.devices)
     epoch_steps = tcfg.max_epochs * n_batches
     max_steps = min(tcfg.max_steps or epoch_steps, epoch_steps)
     limit_reason = "max_steps" if tcfg.max_steps and tcfg.max_steps <= epoch_steps else "max_epochs"
-    optimizer = make_optimizer(tcfg, initial_horizon(tcfg, max_steps), decay_mask)
+    horizon = initial_horizon(tcfg, max_steps)
+    if init is not None and tcfg.freeze != "none":
+        # Two flat vectors, trainable and frozen; the optimiser leaves the frozen one alone.
+        mask = trainable_mask(tree_params, freeze_labels(tree_params, tcfg.freeze, mcfg.num_layers),
+                              new_elements)
+        params, flat_predict, unravel, partition = partitioned_training_state(
+            predict, tree_params, mask)
+        optimizer = freezing_optimizer(
+            make_optimizer(tcfg, horizon, partition.split(decay_mask)[TRAINABLE]))
+    else:
+        mask = (None if init is None else
+                trainable_mask(tree_params, freeze_labels(tree_params, "none", mcfg.num_layers)))
+        params, flat_predict, unravel = flat_training_state(predict, tree_params)
+        optimizer = make_optimizer(tcfg, horizon, decay_mask)
+    origin = _origin(config, init, mask)
+    if init is not None:
+        console.print(
+            f"fine-tuning {init.directory}: {frozen_summary(mask)} (freeze: {tcfg.freeze}); "
+            f"reference energies {'kept' if tcfg.reference_energies == 'keep' else 'refitted'}"
+            + (f"; new elements {new_elements}" if new_elements else ""))
     state = {
         "params": params,
         "opt_state": optimizer.init(params),
@@ -313,7 +376,8 @@ def train(
             host["best_valid_loss"] = vloss
             host["bad_validations"] = host["plateau_bad"] = 0
             if root:
-                save_model(output, mcfg, ema_params, refs, scale, extra=_model_extra(config, step, m))
+                save_model(output, mcfg, ema_params, refs, scale,
+                           extra=_model_extra(config, step, m, origin))
         else:
             host["bad_validations"] += 1
             host["plateau_bad"] += 1
@@ -409,8 +473,19 @@ def train(
     )
 
 
-def _model_extra(config: Config, step: int, metrics: dict) -> dict:
+def _origin(config: Config, init, mask) -> dict:
+    """``model.yaml``'s record of a fine-tuning run's initial model (empty for a new model)."""
+    if init is None:
+        return {}
+    trainable, frozen = count(mask)
+    return {"init_from": {**init.provenance(), "freeze": config.training.freeze,
+                          "reference_energies": config.training.reference_energies,
+                          "trainable_parameters": trainable, "frozen_parameters": frozen}}
+
+
+def _model_extra(config: Config, step: int, metrics: dict, origin: dict | None = None) -> dict:
     return {
+        **(origin or {}),
         "trained": {
             "data": config.data.path,
             "step": int(step),
