@@ -11,7 +11,8 @@ in one directory per group: a tutorial that trains its own model starts a new gr
 others use the model of the group's first), and groups run side by side.
 
 So that the suite stays short, shell commands run with small budgets (``QUICK``): the
-training commands get a tiny network and a step limit, MD fewer steps, the thermal
+training commands get a tiny network (fine-tuning runs, ``--init-from``, keep the initial
+model's) and a step limit, MD fewer steps, the thermal
 conductivity shorter runs. Nothing else is changed; ``make`` lines are not run (this test is
 itself run by ``make test``). YAML blocks that look like a configuration are validated.
 See docs/contributing-docs.md.
@@ -88,7 +89,10 @@ def quick(line: str) -> str:
             words[i + 1] = value(words[i + 1])
         else:
             words += [option, value(None)]
-    words += QUICK_APPEND.get(command, [])
+    append = QUICK_APPEND.get(command, [])
+    if "--init-from" in words:  # fine-tuning: the network is the initial model's, the budget ours
+        append = [a for s in QUICK_TRAIN if not s.startswith("model.") for a in ("--set", s)]
+    words += append
     return " ".join(words) + (" &" if background else "")
 
 
