@@ -51,20 +51,32 @@ class MoleculeEvaluator:
         system = System.from_numbers(numbers)
         self.spec = nl.allocate(positions, system.cell, system.pbc, model.cutoff, skin)
         self._nbrs = None
-        derived = derive(model_energy_fn(model, system))
+        outputs = self._outputs(model, system)
         cell = jnp.zeros((3, 3))
 
         def evaluate(positions, nbrs, spec):
             nbrs = nl.update(positions, cell, nbrs, spec)
-            out = derived(positions, cell, nbrs)
-            return (out.energy, out.forces, out.atomic_energies, nbrs.overflow), nbrs
+            return (*outputs(positions, cell, nbrs), nbrs.overflow), nbrs
 
         self._build = jit(lambda positions, spec: nl.build(positions, cell, spec),
                           static_argnames="spec")
         self._evaluate = jit(evaluate, static_argnames="spec")
 
-    def __call__(self, positions: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-        """``(energy eV, forces (N, 3) eV/Å, per-atom energies (N,) eV)`` as float64 NumPy."""
+    @staticmethod
+    def _outputs(model, system):
+        """``fn(positions, cell, nbrs) -> tuple of arrays`` that a call returns: energy, forces
+        and per-atom energies (an ensemble's evaluator adds its spread)."""
+        derived = derive(model_energy_fn(model, system))
+
+        def outputs(positions, cell, nbrs):
+            out = derived(positions, cell, nbrs)
+            return out.energy, out.forces, out.atomic_energies
+
+        return outputs
+
+    def evaluate(self, positions: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The outputs of :meth:`_outputs` at ``positions`` as NumPy arrays (the neighbour
+        list updated, grown and rebuilt as needed)."""
         # NumPy in, NumPy out: a jitted call takes host arrays directly, and ``np.asarray`` per
         # output is cheaper than ``jax.device_get`` (together ~50 of ~2,000 us for aspirin).
         positions = np.asarray(positions, dtype=np.float64)
@@ -72,13 +84,18 @@ class MoleculeEvaluator:
             if self._nbrs is None:
                 self._nbrs = self._build(positions, self.spec)
             out, nbrs = self._evaluate(positions, self._nbrs, self.spec)
-            energy, forces, energies, overflow = (np.asarray(a) for a in out)
+            *values, overflow = (np.asarray(a) for a in out)
             if not overflow:
                 self._nbrs = nbrs
-                return float(energy), forces, energies.astype(np.float64)
+                return tuple(values)
             # More pairs than allocated: grow, rebuild, and evaluate again (never drop pairs).
             self.spec = nl.grow(self.spec, nbrs)
             self._nbrs = None
+
+    def __call__(self, positions: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        """``(energy eV, forces (N, 3) eV/Å, per-atom energies (N,) eV)`` as float64 NumPy."""
+        energy, forces, energies = self.evaluate(positions)[:3]
+        return float(energy), forces, energies.astype(np.float64)
 
     def compiled_variants(self) -> int:
         """How many shapes the evaluation has been compiled for (1 unless it had to grow)."""
@@ -143,6 +160,9 @@ class So3kratesCalculator(Calculator):
     open directions are zero: a free surface carries no stress); a periodic cell without
     volume raises an error.
 
+    Given an :class:`so3krates.ensemble.Ensemble` or an ensemble directory it is an
+    :class:`EnsembleCalculator` (the members' mean, and their spread in ``results``).
+
     Args:
         model: a loaded :class:`so3krates.model_io.Model` or a model directory.
         dtype: ``"float32"`` or ``"float64"`` when loading from a directory.
@@ -151,6 +171,11 @@ class So3kratesCalculator(Calculator):
 
     implemented_properties = ["energy", "free_energy", "forces", "energies", "stress", "stresses",
                               "charges", "dipole"]
+
+    def __new__(cls, model=None, *args, **kwargs):
+        if cls is So3kratesCalculator and _is_ensemble(model):
+            cls = EnsembleCalculator
+        return super().__new__(cls)
 
     def __init__(self, model, dtype: str | None = None, skin: float = DEFAULT_SKIN, **kwargs):
         super().__init__(**kwargs)
@@ -193,13 +218,17 @@ class So3kratesCalculator(Calculator):
             raise PropertyNotImplementedError(
                 "stress needs a periodic cell; these atoms have pbc=False in every direction")
         if self._molecule is None or {"numbers", "pbc"} & set(system_changes):
-            self._molecule = MoleculeEvaluator(self.model, atoms.numbers, atoms.positions,
-                                               self.skin)
-        energy, forces, energies = self._molecule(atoms.positions)
-        self.results = {"energy": energy, "free_energy": energy, "forces": forces,
-                        "energies": energies}
-        if not np.isfinite(energy):
+            self._molecule = self._evaluator_class(self.model, atoms.numbers, atoms.positions,
+                                                   self.skin)
+        self.results = self._molecule_results(atoms)
+        if not np.isfinite(self.results["energy"]):
             explain_non_finite(atoms)
+
+    _evaluator_class = MoleculeEvaluator
+
+    def _molecule_results(self, atoms) -> dict:
+        energy, forces, energies = self._molecule(atoms.positions)
+        return {"energy": energy, "free_energy": energy, "forces": forces, "energies": energies}
 
     @property
     def _graph_inputs(self) -> bool:
@@ -213,6 +242,10 @@ class So3kratesCalculator(Calculator):
         graph_, self._capacity = self.model.graph(atoms, self._capacity, pair_halves=True)
         pred = self.model.predict(graph_, pair_halves=True, stress=stress and not stresses,
                                   atomic_stresses=stresses)
+        return self._graph_results(atoms, pred, stress, stresses)
+
+    def _graph_results(self, atoms, pred, stress: bool, stresses: bool) -> dict:
+        """``results`` from a prediction of the padded graph of ``atoms``."""
         # Outputs to the host as they are, then slice off the padding there.
         n = len(atoms)
         energy = float(np.asarray(pred.energy)[0])
@@ -244,3 +277,81 @@ class So3kratesCalculator(Calculator):
         if self._molecule is not None:
             return self._molecule.compiled_variants()
         return self.model.compiled_variants(pair_halves=True, stress=stress)
+
+
+def _is_ensemble(model) -> bool:
+    from so3krates.ensemble import Ensemble, is_ensemble
+
+    return isinstance(model, Ensemble) or (isinstance(model, (str, os.PathLike))
+                                           and is_ensemble(model))
+
+
+class EnsembleMoleculeEvaluator(MoleculeEvaluator):
+    """:class:`MoleculeEvaluator` of an :class:`so3krates.ensemble.Ensemble`: every member in
+    one call; :meth:`evaluate` returns the mean energy, forces and per-atom energies, then the
+    energy uncertainty (eV), the per-atom force uncertainty (N,) eV/Å and the members'
+    energies (M,) eV."""
+
+    @staticmethod
+    def _outputs(ensemble, system):
+        derived = ensemble.derived_fn(system)
+
+        def outputs(positions, cell, nbrs):
+            out = derived(positions, cell, nbrs)
+            return (out.energy, out.forces, out.atomic_energies, out.energy_uncertainty,
+                    out.forces_uncertainty, out.member_energies)
+
+        return outputs
+
+
+class EnsembleCalculator(So3kratesCalculator):
+    """ASE calculator of a committee (:class:`so3krates.ensemble.Ensemble`): the results of
+    :class:`So3kratesCalculator` as the members' mean (the mean force is the gradient of the
+    mean energy), plus their spread:
+
+    - ``results["energy_uncertainty"]``: standard deviation of the members' energies (ddof=0),
+      eV;
+    - ``results["forces_uncertainty"]``: (N,) eV/Å, per atom ``sqrt(mean over x, y, z of the
+      members' force variance)``;
+    - ``results["member_energies"]``: (M,) eV.
+
+    Every member is evaluated in one compiled call, which, as for one model, is compiled once
+    per system size (moving atoms do not recompile). ``So3kratesCalculator(ensemble)`` gives
+    one too.
+
+    Args:
+        ensemble: a loaded :class:`so3krates.ensemble.Ensemble` or an ensemble directory.
+        dtype: ``"float32"`` or ``"float64"`` when loading from a directory.
+        skin: Verlet skin in Å of the device neighbour list of molecules.
+    """
+
+    implemented_properties = So3kratesCalculator.implemented_properties + [
+        "energy_uncertainty", "forces_uncertainty", "member_energies"]
+    _evaluator_class = EnsembleMoleculeEvaluator
+
+    def __init__(self, ensemble, dtype: str | None = None, skin: float = DEFAULT_SKIN, **kwargs):
+        if isinstance(ensemble, (str, os.PathLike)):
+            from so3krates.ensemble import load_ensemble
+
+            ensemble = load_ensemble(ensemble, dtype=dtype)
+        super().__init__(ensemble, dtype=dtype, skin=skin, **kwargs)
+
+    @property
+    def ensemble(self):
+        return self.model
+
+    def _molecule_results(self, atoms) -> dict:
+        energy, forces, energies, e_unc, f_unc, members = self._molecule.evaluate(atoms.positions)
+        energy = float(energy)
+        return {"energy": energy, "free_energy": energy, "forces": forces,
+                "energies": energies.astype(np.float64), "energy_uncertainty": float(e_unc),
+                "forces_uncertainty": f_unc.astype(np.float64),
+                "member_energies": members.astype(np.float64)}
+
+    def _graph_results(self, atoms, pred, stress: bool, stresses: bool) -> dict:
+        results = super()._graph_results(atoms, pred, stress, stresses)
+        n = len(atoms)
+        results["energy_uncertainty"] = float(np.asarray(pred.energy_uncertainty)[0])
+        results["forces_uncertainty"] = np.asarray(pred.forces_uncertainty, np.float64)[:n]
+        results["member_energies"] = np.asarray(pred.members.energy, np.float64)[:, 0]
+        return results

@@ -18,7 +18,10 @@ def predict_dataset(
     """Energies (S,), per-structure forces and stresses (S, 3, 3) (None if ``predict_fn``
     computes no stress) of every structure of ``graphs``, in order. With ``extras`` a fourth
     item: a dict of what the potential predicts besides ("dipole" (S, 3) e Å, "charges" per
-    structure (n_i,) e, "energy_terms" {name: (S,) eV}), empty for a plain network."""
+    structure (n_i,) e, "energy_terms" {name: (S,) eV}; for an ensemble's
+    :class:`~so3krates.ensemble.EnsemblePrediction` "energy_uncertainty" (S,) eV,
+    "forces_uncertainty" per structure (n_i,) eV/Å and "member_energies" (S, M) eV), empty
+    for a plain network."""
     energies, forces, stresses = [], [], []
     more: dict = {}
     for graph, _ in graphs.batches():
@@ -40,11 +43,20 @@ def predict_dataset(
             for name, e_term in pred.energy_terms.items():
                 more.setdefault("energy_terms", {}).setdefault(name, []).append(
                     np.asarray(e_term)[:n_struct])
+        if extras and getattr(pred, "energy_uncertainty", None) is not None:
+            more.setdefault("energy_uncertainty", []).append(
+                np.asarray(pred.energy_uncertainty, np.float64)[:n_struct])
+            more.setdefault("member_energies", []).append(
+                np.asarray(pred.members.energy, np.float64)[:, :n_struct].T)
+            fu = np.asarray(pred.forces_uncertainty, np.float64)
+            more.setdefault("forces_uncertainty", []).extend(
+                np.split(fu[: counts.sum()], np.cumsum(counts)[:-1]))
     out = (np.concatenate(energies), forces, np.concatenate(stresses) if stresses else None)
     if not extras:
         return out
-    if "dipole" in more:
-        more["dipole"] = np.concatenate(more["dipole"])
+    for key in ("dipole", "energy_uncertainty", "member_energies"):
+        if key in more:
+            more[key] = np.concatenate(more[key])
     if "energy_terms" in more:
         more["energy_terms"] = {k: np.concatenate(v) for k, v in more["energy_terms"].items()}
     return (*out, more)
@@ -130,6 +142,60 @@ def metrics_of_errors(data: Dataset, de: np.ndarray, df: np.ndarray,
     return metrics
 
 
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation of ``x`` and ``y`` (NaN for fewer than 3 pairs, constant
+    or non-finite input)."""
+    if x.size < 3 or not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        return float("nan")
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(x, y).statistic)
+
+
+def uncertainty_metrics(
+    data: Dataset, energy: np.ndarray, forces: list[np.ndarray], extras: dict
+) -> dict[str, float]:
+    """How an ensemble's spread relates to its errors (labelled entries only; NaN where there
+    is nothing to compare):
+
+    - ``n_members``;
+    - ``energy_uncertainty_mean`` (eV), ``forces_uncertainty_mean`` (eV/Å): the mean predicted
+      energy uncertainty per structure and force uncertainty per atom (over all structures);
+    - ``energy_uncertainty_spearman``: Spearman rank correlation between the per-structure
+      energy uncertainty and the absolute energy error;
+    - ``forces_uncertainty_spearman``: the same between the per-atom force uncertainty and the
+      norm of the per-atom force error (atoms with all three components labelled);
+    - ``energy_error_to_uncertainty``, ``forces_error_to_uncertainty``: RMS error over RMS
+      uncertainty (energies; force components against the per-atom force uncertainty, which
+      is per component): about 1 when the spread is a calibrated standard deviation, above 1
+      when the committee is over-confident.
+    """
+    e_unc = extras["energy_uncertainty"]
+    f_unc = extras["forces_uncertainty"]
+    nan = float("nan")
+    out = {"n_members": int(extras["member_energies"].shape[1]),
+           "energy_uncertainty_mean": float(np.mean(e_unc)),
+           "forces_uncertainty_mean": float(np.mean(np.concatenate(f_unc)))}
+    ok = np.isfinite(data.energy)
+    de = np.abs(energy - data.energy)[ok]
+    out["energy_uncertainty_spearman"] = _spearman(e_unc[ok], de)
+    rms_e = np.sqrt(np.mean(e_unc[ok] ** 2)) if ok.any() else 0.0
+    out["energy_error_to_uncertainty"] = (float(np.sqrt(np.mean(de**2)) / rms_e) if rms_e > 0
+                                          else nan)
+    labelled = [np.all(np.isfinite(r), axis=1) for r in data.forces]
+    err = np.concatenate([np.linalg.norm(p - r, axis=1)[m]
+                          for p, r, m in zip(forces, data.forces, labelled)])
+    unc = np.concatenate([u[m] for u, m in zip(f_unc, labelled)])
+    out["forces_uncertainty_spearman"] = _spearman(unc, err)
+    rms_f = np.sqrt(np.mean(unc**2)) if unc.size else 0.0
+    # err is the norm of 3 components: the RMS component error is sqrt(mean(err^2) / 3).
+    out["forces_error_to_uncertainty"] = (float(np.sqrt(np.mean(err**2) / 3.0) / rms_f)
+                                          if rms_f > 0 else nan)
+    return out
+
+
 def evaluate_model(
     model, data: Dataset, batch_size: int = 16
 ) -> tuple[dict, np.ndarray, list[np.ndarray], np.ndarray | None]:
@@ -138,6 +204,10 @@ def evaluate_model(
 
     With physical terms the metrics hold dipole and partial-charge errors where labelled, and
     ``energy_terms_mean``: each term's mean energy per structure (eV).
+
+    ``model`` may be an :class:`so3krates.ensemble.Ensemble`: the errors are then those of
+    the members' mean (the energies, forces and stresses returned), and the metrics add the
+    uncertainty statistics of :func:`uncertainty_metrics`.
 
     Raises ``ValueError`` if ``data`` contains elements the model never saw.
     """
@@ -157,4 +227,23 @@ def evaluate_model(
     if "energy_terms" in extras:
         metrics["energy_terms_mean"] = {k: float(np.mean(v))
                                         for k, v in extras["energy_terms"].items()}
+    if "energy_uncertainty" in extras:
+        metrics.update(uncertainty_metrics(data, energy, forces, extras))
     return metrics, energy, forces, stress
+
+
+def load_for_evaluation(path, dtype: str | None = None):
+    """A model directory as a :class:`~so3krates.model_io.Model`, an ensemble directory
+    (:func:`so3krates.ensemble.is_ensemble`) as an :class:`~so3krates.ensemble.Ensemble`:
+    either can be given to :func:`evaluate_model`."""
+    from so3krates.ensemble import load_model_or_ensemble
+
+    return load_model_or_ensemble(path, dtype=dtype)
+
+
+def evaluate_path(
+    path, data: Dataset, batch_size: int = 16, dtype: str | None = None
+) -> tuple[dict, np.ndarray, list[np.ndarray], np.ndarray | None]:
+    """:func:`evaluate_model` of a model or ensemble directory (see
+    :func:`load_for_evaluation`)."""
+    return evaluate_model(load_for_evaluation(path, dtype), data, batch_size)
