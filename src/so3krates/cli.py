@@ -43,6 +43,10 @@ def _train_parser(sub) -> None:
     p.add_argument("--freeze", metavar="STRATEGY",
                    help="fine-tuning: parameters kept fixed (training.freeze): none, embedding, "
                         "blocks:K, all_but_readout")
+    p.add_argument("--ensemble", type=int, metavar="N",
+                   help="train a committee of N models (seeds seed, seed+1, ...; one data split) "
+                        "into OUTPUT/members/K and write OUTPUT as an ensemble directory; "
+                        "--max-time is each member's budget (see docs/uncertainty.md)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config entry, e.g. --set model.features=64")
 
@@ -102,8 +106,38 @@ def cmd_train(args) -> int:
         overrides.append(f"training.freeze={args.freeze}")
     config = load_config_file(args.config, overrides)
     start_devices(config.training.devices, args.coordinator, args.hosts, args.host_id)
+    if args.ensemble is not None:
+        return train_ensemble(args, overrides, config.training.seed)
     result = train(config, args.output, console=console)
     console.print(f"model directory: [bold]{result.output}[/bold]")
+    return 0
+
+
+def train_ensemble(args, overrides: list[str], seed: int) -> int:
+    """``train --ensemble N``: N members that differ only in their seed (initialisation and
+    batch order; the data split is the same), each an ordinary run directory (a killed run
+    resumes member by member), then the ensemble file. The ensemble directory gets the first
+    member's training config and split, so that ``evaluate`` finds the data and the test set."""
+    import shutil
+
+    from so3krates.data.split import SPLIT_FILE
+    from so3krates.ensemble import write_ensemble
+    from so3krates.training.trainer import CONFIG_FILE, train
+
+    if args.ensemble < 2:
+        raise ValueError(f"--ensemble needs at least 2 members, got {args.ensemble}")
+    output = Path(args.output)
+    members = []
+    for k in range(args.ensemble):
+        config = load_config_file(args.config, overrides + [f"training.seed={seed + k}"])
+        console.print(f"member {k + 1} of {args.ensemble} (seed {seed + k})")
+        members.append(train(config, output / "members" / str(k), console=console).output)
+    for name in (CONFIG_FILE, SPLIT_FILE):
+        if (members[0] / name).exists():
+            shutil.copyfile(members[0] / name, output / name)
+    write_ensemble(output, members, extra={"training": {
+        "seeds": [seed + k for k in range(args.ensemble)]}})
+    console.print(f"ensemble directory: [bold]{output}[/bold] ({args.ensemble} members)")
     return 0
 
 
@@ -156,6 +190,9 @@ def print_metrics(metrics: dict, title: str) -> None:
         ("forces_rmse", "meV/Å", 1e3), ("energy_max_error", "meV", 1e3),
         ("forces_max_error", "meV/Å", 1e3), ("stress_mae_GPa", "GPa", 1.0),
         ("stress_rmse_GPa", "GPa", 1.0), ("stress_mae", "meV/Å³", 1e3),
+        ("energy_uncertainty_mean", "meV", 1e3), ("forces_uncertainty_mean", "meV/Å", 1e3),
+        ("energy_uncertainty_spearman", "rank correlation with |error|", 1.0),
+        ("forces_uncertainty_spearman", "rank correlation with |error|", 1.0),
     ):
         if key in metrics:
             table.add_row(f"{key} ({unit})", f"{metrics[key] * scale:.3f}")
@@ -170,13 +207,12 @@ def evaluate_dir(model_dir: str, data_path: str | None, split: str, overrides: l
 
     from so3krates.data import Dataset
     from so3krates.data.split import SPLIT_FILE, load_split
-    from so3krates.evaluate import evaluate_model
-    from so3krates.model_io import load_model
+    from so3krates.evaluate import evaluate_model, load_for_evaluation
     from so3krates.training.plots import plot_parity
     from so3krates.training.trainer import CONFIG_FILE, load_training_data
 
     model_dir_p = Path(model_dir)
-    model = load_model(model_dir_p, dtype=dtype)
+    model = load_for_evaluation(model_dir_p, dtype)  # a model or an ensemble directory
     cfg_path = model_dir_p / CONFIG_FILE
     config = load_config_file(cfg_path if cfg_path.exists() else None, overrides)
     if data_path:
