@@ -52,6 +52,7 @@ SUMMARIES = {
     "defaults_silicon": "defaults_epyc1core_2026-12-07_silicon.json",
     "defaults_aspirin300K": "defaults_epyc1core_2026-12-07_aspirin300K.json",
     "long_range": "long_range_epyc_2026-12-07.json",
+    "long_range_cost": "long_range_epyc_2026-12-08.json",
 }
 
 
@@ -325,7 +326,36 @@ def long_range_section(path: Path) -> str:
                          [[fmt(t["n_atoms"]), fmt(t["local_ms"], 1),
                            f"{fmt(t['all_terms_ms'], 1)} ({fmt(t['ratio_all_pairs'], 2)}×)",
                            f"{fmt(t['all_terms_cutoff10_ms'], 1)} ({fmt(t['ratio_cutoff10'], 2)}×)"]]))
+    cost = d.get("term_cost")
+    if cost:
+        out.append(f"**Cost of the terms (`long_range.py --phase cost`, `{path.name}`; "
+                   f"{d.get('machine', '?')}; ms, × the local model, wall / CPU time)**\n\n"
+                   + table(["system", "atoms", "model", "terms", "calculator E+F",
+                            "calculator E+F+σ", "MD engine step"], cost_rows(cost)))
     return "\n\n".join(out)
+
+
+def cost_rows(rows: list[dict]) -> list[list[str]]:
+    """One row per system and variant of ``long_range.py --phase cost``."""
+    def cell(r, name, prop):
+        if f"{name}_{prop}_ms" not in r:
+            return "–"
+        text = fmt(r[f"{name}_{prop}_ms"], 0)
+        if f"ratio_{name}_{prop}" in r:
+            text += (f" ({fmt(r[f'ratio_{name}_{prop}'], 2)}× / "
+                     f"{fmt(r.get(f'cpu_ratio_{name}_{prop}'), 2)}×)")
+        return text
+
+    out = []
+    for r in rows:
+        names = [k[: -len("_forces_ms")] for k in r if k.endswith("_forces_ms")]
+        for name in names:
+            label = name.replace("terms_ewald", "all, k-vectors" if r["system"] == "box"
+                                 else "all").replace("terms_pme", "all, PME")
+            out.append([r["system"], fmt(r["n_atoms"]), r.get("model", "?"), label,
+                        cell(r, name, "forces"), cell(r, name, "stress"),
+                        cell(r, name, "engine")])
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,8 +64,9 @@ def benchmark_tables() -> str:
     for key, path in summaries.items():
         if key.startswith("defaults"):
             parts.append(results_table.defaults_section(path))
-    if "long_range" in summaries:
-        parts.append(results_table.long_range_section(summaries["long_range"]))
+    for key, path in summaries.items():
+        if key.startswith("long_range"):
+            parts.append(results_table.long_range_section(path))
     return "\n\n".join(p for p in parts if p)
 
 
