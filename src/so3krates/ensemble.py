@@ -57,7 +57,6 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import yaml
 
 from so3krates.compile import jit
 from so3krates.config import dump_yaml
@@ -66,6 +65,7 @@ from so3krates.model_io import (
     Model,
     ModelFileError,
     load_model,
+    read_versioned_yaml,
     reference_table,
 )
 from so3krates.potential import Prediction, derive
@@ -436,16 +436,7 @@ def is_ensemble(path: str | os.PathLike) -> bool:
 
 
 def _read_ensemble_file(path: Path) -> dict:
-    try:
-        meta = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise EnsembleFileError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
-    fmt = meta.get("format") if isinstance(meta, dict) else None
-    if isinstance(fmt, str) and fmt.startswith("so3krates-ensemble/") and fmt != ENSEMBLE_FORMAT:
-        raise EnsembleFileError(f"{path}: written in format {fmt} by another so3krates "
-                                f"version; this version reads {ENSEMBLE_FORMAT}")
-    if fmt != ENSEMBLE_FORMAT:
-        raise EnsembleFileError(f"{path}: not a so3krates ensemble file")
+    meta = read_versioned_yaml(path, ENSEMBLE_FORMAT, "ensemble", EnsembleFileError)
     members = meta.get("members")
     if not isinstance(members, list) or not members or not all(
             isinstance(m, dict) and isinstance(m.get("path"), str) for m in members):

@@ -380,19 +380,28 @@ def one_line(err: ValidationError) -> str:
                      for e in err.errors())
 
 
-def _read_meta(path: Path) -> dict:
-    """``model.yaml`` as a dict, with one-line errors for files that are not model files
-    (bad YAML, another format version, missing entries)."""
+def read_versioned_yaml(path: Path, expected: str, kind: str,
+                        error: type[Exception] = ValueError) -> dict:
+    """A YAML file whose ``format`` entry must be ``expected`` (``"so3krates-<kind>/<version>"``)
+    as a dict; ``error`` with one line for bad YAML, another version or another kind of file."""
     try:
         meta = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ModelFileError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+        raise error(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
     fmt = meta.get("format") if isinstance(meta, dict) else None
-    if isinstance(fmt, str) and fmt.startswith("so3krates-model/") and fmt != MODEL_FORMAT:
-        raise ModelFileError(f"{path}: written in format {fmt} by another so3krates version; "
-                             f"this version reads {MODEL_FORMAT}")
-    if fmt != MODEL_FORMAT:
-        raise ModelFileError(f"{path}: not a so3krates model file")
+    family = expected.split("/")[0] + "/"
+    if isinstance(fmt, str) and fmt.startswith(family) and fmt != expected:
+        raise error(f"{path}: written in format {fmt} by another so3krates version; "
+                    f"this version reads {expected}")
+    if fmt != expected:
+        raise error(f"{path}: not a so3krates {kind} file")
+    return meta
+
+
+def _read_meta(path: Path) -> dict:
+    """``model.yaml`` as a dict, with one-line errors for files that are not model files
+    (bad YAML, another format version, missing entries)."""
+    meta = read_versioned_yaml(path, MODEL_FORMAT, "model", ModelFileError)
     missing = [k for k in ("model", "reference_energies_eV", "energy_scale") if k not in meta]
     if missing:
         raise ModelFileError(f"{path}: incomplete model file, missing {missing}")
