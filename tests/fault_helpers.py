@@ -69,3 +69,10 @@ def ethanol() -> Atoms:
 def write(path: Path, frames) -> Path:
     ase.io.write(path, frames, format="extxyz")
     return path
+
+
+def assert_one_line_error(code: int, text: str, match: str) -> None:
+    """Exit code 2 and the whole output one ``error:`` line holding ``match``."""
+    lines = text.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:"), text
+    assert match in lines[0], text

@@ -16,7 +16,7 @@ import yaml
 from flax import serialization
 from jax.flatten_util import ravel_pytree
 
-from so3krates.cli import main
+from fault_helpers import assert_one_line_error, cli
 from so3krates.config import load_config
 from so3krates.data import read_dataset
 from so3krates.data.split import load_split
@@ -323,18 +323,6 @@ def test_killed_fine_tuning_run_resumes_to_the_uninterrupted_result(base_model, 
     assert wrong.returncode == 2 and "holds a fine-tuning run from" in wrong.stdout, wrong.stdout
     assert "Traceback" not in wrong.stdout + wrong.stderr
     assert len(wrong.stdout.strip().splitlines()) == 1
-
-
-def cli(capsys, *args) -> tuple[int, str]:
-    code = main(list(args))
-    out = capsys.readouterr()
-    return code, out.out + out.err
-
-
-def assert_one_line_error(code: int, text: str, match: str) -> None:
-    lines = text.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:"), text
-    assert match in lines[0], text
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from flax import serialization
 
 from conftest import TINY_TRAIN
 from so3krates.batching import GraphDataset
-from so3krates.cli import main
+from fault_helpers import assert_one_line_error, cli
 from so3krates.config import ModelConfig, load_config
 from so3krates.data import DataError, read_dataset
 from so3krates.data.chunked import read_chunks
@@ -239,18 +239,6 @@ def test_out_of_core_training_equals_in_memory_and_resumes(ethanol_h5, tmp_path)
     assert np.abs(a["params"] - np.concatenate([x.ravel() for x in jax_leaves(start)])).max() > 1e-3
     for key in ("params", "ema"):
         np.testing.assert_allclose(b[key], a[key], rtol=1e-9, atol=1e-12)
-
-
-def cli(capsys, *args) -> tuple[int, str]:
-    code = main(list(args))
-    out = capsys.readouterr()
-    return code, out.out + out.err
-
-
-def assert_one_line_error(code: int, text: str, match: str) -> None:
-    lines = text.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:"), text
-    assert match in lines[0], text
 
 
 def test_cli_convert_and_train_errors_are_one_line(capsys, tmp_path, ethanol_h5):
